@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ConfigError, InputError, ManifestError, StreamStateError
-from .runner import NUMPY_DTYPES
+from .runner import NUMPY_DTYPES, ORT_TYPES
 from .vad import VadEvents, VadState
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,12 @@ class BlockStream:
         self._n_returned = len(self.runner.returned_outputs)
         prob_name = m.output_for("probability")
         self._prob_index = self.runner.returned_outputs.index(prob_name) if prob_name else None
+        # Zero-block feeds still return every output, shaped [0, ...] like the graph's output.
+        graph_outputs = {o.name: o for o in self.runner.session.get_outputs()}
+        self._empty_outputs = {
+            name: np.empty((0,) + tuple(d if isinstance(d, int) else 0 for d in graph_outputs[name].shape[1:]),
+                           dtype=NUMPY_DTYPES.get(ORT_TYPES.get(graph_outputs[name].type), "float32"))
+            for name in self.runner.returned_outputs}
         self._aux_feeds = {}
         for aux in m.aux:
             if aux.fill != "constant":
@@ -248,7 +254,7 @@ class BlockStream:
             outputs = {name: np.concatenate([r[j] for r in per_block], axis=0)  # [n_blocks, ...]
                        for j, name in enumerate(names)}
         else:
-            outputs = {name: np.empty((0,), dtype=np.float32) for name in names}
+            outputs = dict(self._empty_outputs)
         if self._prob_index is not None and n_blocks:
             probs = outputs[names[self._prob_index]].reshape(n_blocks).astype(np.float32, copy=False)
         else:
