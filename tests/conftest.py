@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny models built from configs once per test session (no downloads)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+TINY_KINDS = ("llama", "qwen2", "gpt2")
+
+
+def export_tiny(kind: str, root: Path) -> tuple[Path, Path]:
+    """Build a tiny HF model of `kind` and its ONNX model directory; returns (hf_dir, onnx_dir)."""
+    from optimum.exporters.onnx import main_export
+
+    from edge_stream.introspect import draft_manifest
+    from export.tiny_models import build_tiny
+
+    hf_dir = build_tiny(kind, root / f"{kind}-hf")
+    onnx_dir = root / f"{kind}-onnx"
+    main_export(str(hf_dir), output=str(onnx_dir), task="text-generation-with-past")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (hf_dir / name).exists():
+            shutil.copy(hf_dir / name, onnx_dir / name)
+    draft_manifest(onnx_dir).save(onnx_dir)
+    return hf_dir, onnx_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    logging.getLogger("optimum").setLevel(logging.ERROR)
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_root):
+    """kind -> (hf_dir, onnx_dir), built lazily once per session."""
+    built: dict[str, tuple[Path, Path]] = {}
+
+    def get(kind: str) -> tuple[Path, Path]:
+        if kind not in built:
+            built[kind] = export_tiny(kind, tiny_root)
+        return built[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def loaded_models(tiny_models):
+    """kind -> (edge_stream Model, torch reference model), loaded once per session."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import edge_stream as es
+
+    torch.set_num_threads(1)
+    cache = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            hf_dir, onnx_dir = tiny_models(kind)
+            ref = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
+            cache[kind] = (es.load(onnx_dir, intra_op_threads=1), ref)
+        return cache[kind]
+
+    return get
