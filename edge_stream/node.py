@@ -318,6 +318,11 @@ class Node:
         except (ProtocolError, InputError) as exc:
             code = "input" if isinstance(exc, InputError) else "protocol"
             self._error_event(exc.reason, code, exc.stream, exc.seq, exc.pub_id)
+            # A rejected message whose numbering was readable still counts, so the next one is no "gap".
+            entry = self.streams.get(exc.stream)
+            if entry is not None and exc.pub_id is not None and exc.seq is not None \
+                    and exc.seq > entry.seqs.get(exc.pub_id, -1):
+                entry.seqs[exc.pub_id] = exc.seq
             return
         route = self.by_topic.get(msg.topic)
         if route is None:  # cannot happen with exact subscriptions; kept as a boundary check

@@ -246,7 +246,7 @@ def as_wire_array(data) -> tuple[np.ndarray, str]:
     """(C-contiguous little-endian array, dtype name); ProtocolError for dtypes outside the whitelist."""
     arr = np.asarray(data)
     for name, dt in DTYPES.items():
-        if arr.dtype == dt or arr.dtype == dt.newbyteorder("="):
+        if arr.dtype.newbyteorder("<") == dt:  # any byte order; sent little-endian
             return np.ascontiguousarray(arr, dtype=dt), name
     raise ProtocolError(f"dtype {arr.dtype} is not allowed on the wire; allowed: {', '.join(DTYPES)}")
 
