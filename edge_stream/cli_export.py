@@ -1,0 +1,77 @@
+"""`edge-stream inspect` and `edge-stream export` subcommands.
+
+`inspect` needs only the runtime (onnxruntime, numpy). `export` needs the
+export extra (torch, transformers, optimum-onnx, onnx), imported only when run.
+Each command's `func(args)` returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ManifestError
+
+
+def add_commands(subparsers) -> None:
+    """Register `inspect` and `export` on the top-level CLI's subparsers."""
+    p = subparsers.add_parser("inspect", help="print a model's I/O and its draft manifest",
+                              description="Print an ONNX model's inputs/outputs and the manifest derived "
+                                          "from their names (optimum, onnxruntime-genai, silero-style state).")
+    p.add_argument("model", help="MODEL.onnx or a model directory")
+    p.add_argument("--write", action="store_true", help="save the draft as manifest.json beside the model")
+    p.set_defaults(func=run_inspect)
+
+    p = subparsers.add_parser("export", help="export a model to an edge-stream model directory",
+                              description="Export a model; every export ends with a parity check.")
+    sources = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    hf = sources.add_parser("hf", help="Hugging Face causal LM via optimum-onnx",
+                            description="Export a Hugging Face causal LM (local folder, or hub id where a "
+                                        "network exists) to model.onnx + manifest.json + tokenizer files.")
+    _add_hf_arguments(hf)
+    hf.set_defaults(func=run_export_hf)
+
+
+def _add_hf_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from export.hf import add_arguments
+    except ImportError:  # edge_stream installed without the export/ scripts
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        return
+    add_arguments(parser)
+
+
+def run_inspect(args) -> int:
+    from .introspect import describe, draft_manifest, resolve_model_file
+
+    try:
+        info = describe(args.model)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(info.table())
+    try:
+        manifest = draft_manifest(args.model)
+    except ManifestError as exc:
+        print(f"\nno draft manifest: {exc}", file=sys.stderr)
+        return 1
+    print("\ndraft manifest:")
+    print(json.dumps(manifest.to_dict(), indent=2))
+    if args.write:
+        path = manifest.save(resolve_model_file(args.model).parent)
+        print(f"\nwrote {path}")
+    return 0
+
+
+def run_export_hf(args) -> int:
+    import logging
+
+    try:
+        from export.hf import run
+    except ImportError as exc:
+        print(f"error: export needs the export extra and the export/ scripts "
+              f"(pip install -c constraints.txt 'edge-stream[export]'): {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(args)
