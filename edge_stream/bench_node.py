@@ -1,0 +1,143 @@
+"""Node overhead benchmark: chunk published -> first output received, minus the model's own run time.
+
+    python -m edge_stream.bench_node --vad-dir models/silero-vad [--rate 1000] [--chunks 5000]
+
+The node runs in its own process (`edge-stream run` on a generated launch
+file). A Publisher sends 512-sample VAD chunks (one model block each) at
+`--rate` chunks/s over loopback, spread over `--streams` streams; a
+Subscriber in another thread records arrival times. Overhead per chunk =
+(receive time - send time) - infer_ms reported by the node, so
+it holds both sockets, both msgpack codecs, the queue hop to the worker and the
+inproc hop back. Prints p50/p99/max in ms and checks them against the targets
+(p50 <= 0.3 ms, p99 <= 1 ms); exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .client import Publisher, Subscriber
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node_process(vad_dir: str, transport: str, folder: Path) -> tuple[subprocess.Popen, str, str]:
+    """The node in its own process (as on a robot): the benchmark's threads must not share its GIL."""
+    if transport == "tcp":
+        ep_in, ep_out = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
+    else:
+        ep_in, ep_out = f"ipc://{folder}/in", f"ipc://{folder}/out"
+    launch = folder / "bench.toml"
+    launch.write_text(f"""[[node]]
+name = "bench"
+input.bind = ["{ep_in}"]
+output.bind = ["{ep_out}"]
+[[node.models]]
+name = "vad"
+dir = "{Path(vad_dir).resolve()}"
+topics = ["mic"]
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli_node", "run", str(launch)],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if "ready" not in line:
+        proc.kill()
+        raise SystemExit(f"node did not start: {line!r}")
+    return proc, ep_in, ep_out
+
+
+def run(vad_dir: str, rate: float, chunks: int, streams: int, warmup: int, transport: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, ep_in, ep_out = start_node_process(vad_dir, transport, Path(tmp))
+        try:
+            return _measure(ep_in, ep_out, rate, chunks, streams, warmup)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(10)
+
+
+def _measure(ep_in, ep_out, rate, chunks, streams, warmup) -> dict:
+    names = [f"s{i}" for i in range(streams)]
+    sub = Subscriber([f"out/{n}" for n in names], connect=[ep_out])
+    pub = Publisher("mic", connect=[ep_in], sndhwm=100_000)
+    total = warmup + chunks
+    results: list[tuple[int, tuple, float]] = []  # (t_recv_ns, (stream, in_seq), infer_ms)
+    done = threading.Event()
+
+    def receive():
+        while len(results) < total and not done.is_set():
+            rec = sub.recv(0.5)
+            if rec is not None and rec.kind == "result":
+                h = rec.header
+                results.append((rec.t_recv_ns, (h["stream"], h["in_seq"]), h["infer_ms"]))
+
+    try:
+        if not pub.wait_ready(10):
+            raise SystemExit("node did not subscribe")
+        time.sleep(0.5)  # the subscriber's subscription reaches the node
+        sent: dict[tuple, int] = {}
+        rx = threading.Thread(target=receive, daemon=True)
+        rx.start()
+        block = (np.random.default_rng(0).standard_normal(512) * 0.05).astype(np.float32)
+        period = 1.0 / rate
+        t0 = time.perf_counter()
+        for i in range(total):
+            delay = t0 + i * period - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)  # sleeping releases the GIL to the receiving thread; spinning would not
+            name = names[i % streams]
+            t_send = time.time_ns()
+            seq = pub.send(block, stream=name, sr=16000)
+            sent[(name, seq)] = t_send
+        send_s = time.perf_counter() - t0
+        rx.join(10)
+        done.set()
+    finally:
+        pub.close()
+        sub.close()
+    rows = results[warmup:]
+    overhead = np.array([(t - sent[key]) / 1e6 - infer for t, key, infer in rows])
+    infer = np.array([r[2] for r in rows])
+    return {"received": len(results), "sent": total, "achieved_rate": total / send_s,
+            "overhead_ms": overhead, "infer_ms": infer}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vad-dir", default="models/silero-vad")
+    p.add_argument("--rate", type=float, default=1000.0, help="chunks per second")
+    p.add_argument("--chunks", type=int, default=5000)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--transport", choices=("tcp", "ipc"), default="tcp")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    r = run(args.vad_dir, args.rate, args.chunks, args.streams, args.warmup, args.transport)
+    o, inf = r["overhead_ms"], r["infer_ms"]
+    print(f"{args.transport} loopback, {args.streams} streams, {r['achieved_rate']:.0f} chunks/s sent, "
+          f"{r['received']}/{r['sent']} outputs received")
+    print(f"model run (infer_ms): p50 {np.percentile(inf, 50):.3f}  p99 {np.percentile(inf, 99):.3f}")
+    p50, p99 = np.percentile(o, 50), np.percentile(o, 99)
+    print(f"node overhead ms over {len(o)} chunks: p50 {p50:.3f}  p99 {p99:.3f}  max {o.max():.3f}")
+    ok = p50 <= 0.3 and p99 <= 1.0 and r["received"] == r["sent"]
+    print("targets (p50 <= 0.3 ms, p99 <= 1 ms, nothing lost):", "met" if ok else "MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
