@@ -7,7 +7,6 @@ Each command's `func(args)` returns the process exit status.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -29,17 +28,10 @@ def add_commands(subparsers) -> None:
     hf = sources.add_parser("hf", help="Hugging Face causal LM via optimum-onnx",
                             description="Export a Hugging Face causal LM (local folder, or hub id where a "
                                         "network exists) to model.onnx + manifest.json + tokenizer files.")
-    _add_hf_arguments(hf)
+    from export.hf import add_arguments  # stdlib-only at import; torch loads when it runs
+
+    add_arguments(hf)
     hf.set_defaults(func=run_export_hf)
-
-
-def _add_hf_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from export.hf import add_arguments
-    except ImportError:  # edge_stream installed without the export/ scripts
-        parser.add_argument("rest", nargs=argparse.REMAINDER)
-        return
-    add_arguments(parser)
 
 
 def run_inspect(args) -> int:
@@ -65,13 +57,13 @@ def run_inspect(args) -> int:
 
 
 def run_export_hf(args) -> int:
-    import logging
+    from export.hf import run
+    from export.parity import progress_logging
 
+    progress_logging()
     try:
-        from export.hf import run
+        return run(args)
     except ImportError as exc:
-        print(f"error: export needs the export extra and the export/ scripts "
+        print(f"error: export needs the export extra "
               f"(pip install -c constraints.txt 'edge-stream[export]'): {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run(args)

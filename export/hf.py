@@ -32,7 +32,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from export.parity import progress_logging
+
+log = logging.getLogger("export.hf")  # not __name__: "__main__" under python -m
 
 PRECISIONS = ("fp32", "int8", "fp16")
 # Tokenizer and generation files copied from SRC when present (optimum also saves some).
@@ -239,7 +241,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Export a Hugging Face causal LM to an edge-stream model directory.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress_logging()
     return run(args)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export.parity")  # not __name__: "__main__" under python -m
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,24 @@ class Tolerance:
 
 # Bounds for int8/fp16 come from measurements on the tiny random models of
 # export.tiny_models (llama, qwen2, gpt2 x 2 weight seeds x 4 stream seeds, 4 chunkings
-# each, 140-200 tokens; margin 0.5 leaves 20-100% of positions "confident"):
+# each, 128-180 tokens; margin 0.5 leaves 20-100% of positions "confident"):
 #   fp16: max abs 2.1e-3..3.3e-3, top-1 >= 0.994, confident top-1 1.0, mean KL <= 1.2e-7
 #   int8 (MatMul, per-channel): max abs 0.06..0.12, top-1 >= 0.968, confident 1.0, KL <= 1.4e-4
-#   int8 (MatMul, per-tensor):  top-1 >= 0.949, KL <= 2.5e-4 (the worst clean variant measured)
-# fp32 is the issue's bound. fp16 KL allows 400x the measured worst yet rejects int8-sized
-# noise; int8 KL allows 4x the worst per-tensor run yet rejects a 1.5x scale error in one
-# MLP weight (KL 4e-3). max abs is printed, not bounded, for fp16/int8: it grows with the
-# logit scale of real models while KL and top-1 do not. Real models quantise worse than
-# random ones: pass looser bounds (export.parity --kl-mean/--top1) when that is expected.
+#   int8 (MatMul, per-tensor):  top-1 >= 0.949, KL <= 2.5e-4
+# and on the 30-layer SmolLM2-135M-shaped random Llama (errors grow with depth):
+#   fp16: max abs 0.019, top-1 1.0, KL 5.8e-6;  int8: max abs 0.91, top-1 0.926, confident 1.0, KL 0.0104
+# fp32 is the issue's bound. fp16's KL bound is 9x the deep model's; fp16 failures
+# (overflow to inf/NaN, a wrongly converted op) land orders of magnitude above it. int8's
+# bounds pass the deep model with 3x room on KL and fail a broken quantisation (one MLP
+# weight scale negated: top-1 0.62, confident 0.85, KL 0.064), but not a subtle one (that
+# scale x1.5 gives KL 4e-3 on the tiny llama and passes). max abs is printed, not bounded,
+# for fp16/int8: it grows with depth and logit scale (fp16 0.003 -> 0.019 above) where a
+# fixed bound would say little. Trained models may quantise differently: pass other bounds
+# (export.parity --kl-mean/--top1) when that is expected.
 TOLERANCES = {
     "fp32": Tolerance(max_abs=1e-4),
     "fp16": Tolerance(top1=0.98, top1_confident=0.99, kl_mean=5e-5),
-    "int8": Tolerance(top1=0.92, top1_confident=0.98, kl_mean=1e-3),
+    "int8": Tolerance(top1=0.85, top1_confident=0.98, kl_mean=3e-2),
 }
 
 
@@ -85,6 +90,13 @@ class ParityReport:
                 f"top1={self.top1_agreement:.4f} top1_confident={self.top1_confident_agreement:.4f} "
                 f"(n={self.confident_positions}) kl_mean={self.kl_mean:.3g} kl_max={self.kl_max:.3g} -> "
                 + ("PASS" if self.passed else "FAIL: " + "; ".join(self.failures)))
+
+
+def progress_logging() -> None:
+    """INFO from our loggers only: onnxruntime.quantization logs per-node chatter on the root logger."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("export", "edge_stream"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def random_chunkings(n_tokens: int, count: int, rng: np.random.Generator) -> list[list[int]]:
@@ -203,7 +215,7 @@ def main(argv=None) -> int:
                             help=f"override the precision's {name} bound")
     parser.add_argument("--json", action="store_true", help="print the report as JSON too")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress_logging()
     tolerance = None
     overrides = {k: getattr(args, k) for k in ("max_abs", "top1", "top1_confident", "kl_mean")
                  if getattr(args, k) is not None}

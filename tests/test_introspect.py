@@ -279,3 +279,12 @@ def test_inspect_of_unknown_roles_fails_with_the_reason(tmp_path, capsys):
     assert run_cli(["inspect", str(path), "--write"]) == 1
     assert "'knob'" in capsys.readouterr().err
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_introspect_and_cli_commands_import_without_torch_or_onnx():
+    """The runtime side (robots run it) must not pull in the export stack."""
+    code = ("import sys, edge_stream.introspect, edge_stream.cli_export; "
+            "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'optimum') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

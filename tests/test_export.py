@@ -1,0 +1,141 @@
+"""`export.hf` end to end on tiny Hugging Face models (fp32, int8, fp16) with the parity
+check of `export.parity` passing, and a corrupted export making it fail."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_stream as es
+from export.hf import export_hf
+from export.parity import TOLERANCES, check_parity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ops(model_dir) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph.node}
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_models, tmp_path_factory):
+    """(kind, precision) -> (hf_dir, out_dir, report), each exported once per module."""
+    root = tmp_path_factory.mktemp("exports")
+    done = {}
+
+    def get(kind: str, precision: str):
+        if (kind, precision) not in done:
+            hf_dir, _ = tiny_models(kind)
+            out = root / f"{kind}-{precision}"
+            report = export_hf(str(hf_dir), out, precision=precision, chunkings=3)
+            done[kind, precision] = (hf_dir, out, report)
+        return done[kind, precision]
+
+    return get
+
+
+def test_fp32_export_through_the_cli_passes_parity_within_1e4(tiny_models, tmp_path):
+    hf_dir, _ = tiny_models("llama")
+    out = tmp_path / "llama-fp32"
+    proc = subprocess.run([sys.executable, "-m", "export.hf", str(hf_dir), "-o", str(out), "--chunkings", "3"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "parity [fp32]" in proc.stdout and "PASS" in proc.stdout
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):  # progress on every long step
+        assert step in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "fp32" and manifest["source"]["hf"] == str(hf_dir)
+    assert (out / "tokenizer.json").is_file()
+    model = es.load(out)
+    assert model.encode("move forward").size > 0  # the copied tokenizer works
+
+
+@pytest.mark.parametrize("kind,precision", [("llama", "int8"), ("llama", "fp16"), ("gpt2", "fp16"),
+                                            ("qwen2", "int8")])
+def test_reduced_precision_export_passes_its_parity_bounds(exports, kind, precision):
+    _, out, report = exports(kind, precision)
+    assert report.passed, report.summary()
+    assert report.top1_agreement >= TOLERANCES[precision].top1
+    assert es.load_manifest(out).precision == precision
+
+
+def test_int8_export_quantises_matmul_weights_only(exports):
+    _, out, _ = exports("llama", "int8")
+    graph_ops = ops(out)
+    assert "DynamicQuantizeLinear" in graph_ops or "DynamicQuantizeMatMul" in graph_ops
+    assert "MatMulInteger" in graph_ops or "DynamicQuantizeMatMul" in graph_ops
+    assert "Gather" in graph_ops  # the embedding stays fp32
+
+
+def test_fp16_manifest_states_kv_dtype_of_the_graph_and_logits_stay_fp32(exports):
+    _, out, _ = exports("llama", "fp16")
+    m = es.load_manifest(out)
+    assert {s.dtype for s in m.kv_states} == {"float16"}
+    model = es.load(out)
+    assert model.runner.input_types["past_key_values.0.key"] == "float16"
+    logits = model.open_stream().feed(np.array([1, 2, 3])).logits
+    assert logits.dtype == np.float32 and logits.shape == (3, 512)
+
+
+def test_fp16_keeps_rotary_angles_in_fp32(exports):
+    """Positions past 2048 lose whole radians in fp16: the Cos/Sin inputs must stay fp32."""
+    import onnx
+
+    _, out, _ = exports("llama", "fp16")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out / "model.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    cos_inputs = [n.input[0] for n in model.graph.node if n.op_type in ("Cos", "Sin")]
+    assert cos_inputs and all(types[i] == onnx.TensorProto.FLOAT for i in cos_inputs)
+
+
+def corrupt_one_weight(src, dst, delta: float):
+    """Copy an export and add `delta` to one element of its largest MatMul weight."""
+    import onnx
+    from onnx import numpy_helper
+
+    shutil.copytree(src, dst)
+    model = onnx.load(str(dst / "model.onnx"))
+    matmul_inputs = {i for n in model.graph.node if n.op_type == "MatMul" for i in n.input}
+    target = max((t for t in model.graph.initializer if t.name in matmul_inputs),
+                 key=lambda t: np.prod(t.dims))
+    w = numpy_helper.to_array(target).copy()
+    w.flat[0] += delta
+    target.CopyFrom(numpy_helper.from_array(w, target.name))
+    onnx.save(model, str(dst / "model.onnx"))
+
+
+def test_corrupted_fp32_export_fails_the_parity_check(tiny_models, tmp_path):
+    hf_dir, onnx_dir = tiny_models("llama")
+    bad = tmp_path / "corrupted"
+    corrupt_one_weight(onnx_dir, bad, delta=0.05)
+    proc = subprocess.run([sys.executable, "-m", "export.parity", str(bad), "--reference", str(hf_dir),
+                           "--chunkings", "2"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    assert "FAIL: max_abs_err" in proc.stdout
+
+
+def test_int8_bounds_reject_a_sign_flipped_weight_scale(exports, tmp_path):
+    """A broken quantisation (layer 0's MLP down-projection scale negated) must not pass as
+    int8 noise. (Attention weights of a random model barely move its logits: not a fair probe.)"""
+    import onnx
+    from onnx import numpy_helper
+
+    hf_dir, out, _ = exports("llama", "int8")
+    bad = tmp_path / "bad-int8"
+    shutil.copytree(out, bad)
+    model = onnx.load(str(bad / "model.onnx"))
+    down = next(n for n in model.graph.node if n.op_type == "MatMulInteger" and "layers.0/mlp/down_proj" in n.name)
+    scale_name = down.input[1].removesuffix("_quantized") + "_scale"
+    target = next(t for t in model.graph.initializer if t.name == scale_name)
+    target.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(target), target.name))
+    onnx.save(model, str(bad / "model.onnx"))
+    report = check_parity(bad, hf_dir, chunkings=2)
+    assert not report.passed, report.summary()
