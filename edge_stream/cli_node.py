@@ -15,6 +15,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+SWITCH_INTERVAL_S = 0.0002
+
 
 def add_commands(subparsers) -> None:
     """Register the node's commands on the main parser's subparsers; each sets `func(args) -> int`."""
@@ -72,6 +74,9 @@ def cmd_run(args) -> int:
 
     launch = load_launch(args.launch)
     only = set(args.only)
+    # The loop and worker threads hand the GIL back and forth per chunk; the default 5 ms switch
+    # interval lets one thread hold it for 5 ms while the other waits with a chunk in hand.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     started = []
     try:
         for cfg in launch.proxies:
