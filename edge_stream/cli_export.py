@@ -24,14 +24,23 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("export", help="export a model to an edge-stream model directory",
                               description="Export a model; every export ends with a parity check.")
+    try:
+        from export.hf import add_arguments  # stdlib + numpy at import; torch loads when it runs
+    except ModuleNotFoundError as exc:  # a runtime-only install without the export/ scripts
+        p.set_defaults(func=lambda args: _no_export(exc))
+        return
     sources = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
     hf = sources.add_parser("hf", help="Hugging Face causal LM via optimum-onnx",
                             description="Export a Hugging Face causal LM (local folder, or hub id where a "
                                         "network exists) to model.onnx + manifest.json + tokenizer files.")
-    from export.hf import add_arguments  # stdlib-only at import; torch loads when it runs
-
     add_arguments(hf)
     hf.set_defaults(func=run_export_hf)
+
+
+def _no_export(exc) -> int:
+    print(f"error: export needs the export/ scripts and extra "
+          f"(pip install -c constraints.txt 'edge-stream[export]'): {exc}", file=sys.stderr)
+    return 2
 
 
 def run_inspect(args) -> int:
@@ -63,7 +72,5 @@ def run_export_hf(args) -> int:
     progress_logging()
     try:
         return run(args)
-    except ImportError as exc:
-        print(f"error: export needs the export extra "
-              f"(pip install -c constraints.txt 'edge-stream[export]'): {exc}", file=sys.stderr)
-        return 2
+    except ImportError as exc:  # torch, transformers, optimum-onnx or onnx missing
+        return _no_export(exc)

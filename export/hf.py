@@ -94,9 +94,15 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(src, dst, op_types_to_quantize=list(INT8_OP_TYPES), per_channel=per_channel,
-                     weight_type=QuantType.QInt8,
-                     use_external_data_format=_weights_bytes(src) > EXTERNAL_DATA_BYTES)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantizer logs a line per skipped node on the root logger
+    try:
+        quantize_dynamic(src, dst, op_types_to_quantize=list(INT8_OP_TYPES), per_channel=per_channel,
+                         weight_type=QuantType.QInt8,
+                         use_external_data_format=_weights_bytes(src) > EXTERNAL_DATA_BYTES)
+    finally:
+        root.setLevel(level)
 
 
 def rotary_nodes(model) -> list[str]:

@@ -93,10 +93,8 @@ class ParityReport:
 
 
 def progress_logging() -> None:
-    """INFO from our loggers only: onnxruntime.quantization logs per-node chatter on the root logger."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for name in ("export", "edge_stream"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    """Progress lines on stderr for the `python -m` scripts (the CLI configures its own)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def random_chunkings(n_tokens: int, count: int, rng: np.random.Generator) -> list[list[int]]:
