@@ -93,8 +93,11 @@ class StreamSession:
     """
 
     def __init__(self, model, kv_window: int | None = ..., sink_tokens: int | None = None,
-                 max_chunk: int | None = None, max_feed: int = DEFAULT_MAX_FEED):
+                 max_chunk: int | None = None, max_feed: int = DEFAULT_MAX_FEED, **unknown):
         m = model.manifest
+        if unknown:
+            raise ConfigError(f"{m.name}: unknown stream option(s) {', '.join(sorted(unknown))}; sequence "
+                              "streams take kv_window, sink_tokens, max_chunk, max_feed")
         self.model = model
         self.manifest = m
         self.runner = model.runner

@@ -391,3 +391,9 @@ def test_learned_position_stream_full_is_refused_and_unchanged(loaded_models):
     assert stream.snapshot() is before
     stream.feed([1, 2])  # exactly fills the position table
     assert stream.position == max_pos
+
+
+def test_unknown_stream_option_is_a_config_error(loaded_models):
+    model, _ = loaded_models("llama")
+    with pytest.raises(es.ConfigError, match="kv_windw"):
+        model.open_stream(kv_windw=8)
