@@ -32,6 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from edge_stream.errors import ConfigError, ManifestError
 from export.parity import progress_logging
 
 log = logging.getLogger("export.hf")  # not __name__: "__main__" under python -m
@@ -76,7 +77,7 @@ def optimum_export(src: str, out: Path) -> Path:
                 do_validation=False, local_files_only=Path(src).is_dir())
     model = out / "model.onnx"
     if not model.is_file():
-        raise SystemExit(f"optimum wrote no model.onnx in {out}: {sorted(p.name for p in out.iterdir())}")
+        raise ManifestError(f"optimum wrote no model.onnx in {out}: {sorted(p.name for p in out.iterdir())}")
     return model
 
 
@@ -163,7 +164,7 @@ def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = 
     from export.parity import check_parity
 
     if precision not in PRECISIONS:
-        raise SystemExit(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device != "cuda":
         log.warning("fp16 targets the CUDA provider; on CPU use fp32 or int8 (the check still runs on CPU)")
     if precision == "int8" and device == "cuda":
@@ -171,7 +172,7 @@ def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "model.onnx").exists():
-        raise SystemExit(f"{out}/model.onnx exists; choose an empty output directory")
+        raise ConfigError(f"{out}/model.onnx exists; choose an empty output directory")
     steps = 4 if check else 3
     t = _step(1, steps, f"optimum export of {src} (text-generation-with-past, fp32)")
     with tempfile.TemporaryDirectory(prefix="edge-stream-export-", dir=out.parent) as tmp:
@@ -248,7 +249,11 @@ def main(argv=None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     progress_logging()
-    return run(args)
+    try:
+        return run(args)
+    except (ConfigError, ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
