@@ -207,7 +207,8 @@ class StreamSession:
 
         Stops after `max_new_tokens` or at a stop token (manifest's by default; not
         yielded). Every yielded or stop token is part of the stream when the
-        generator pauses or ends: the next feed continues after it.
+        generator pauses or ends: the next feed continues after it. A paused
+        generator whose stream was changed meanwhile raises StreamStateError.
         `finish_reason` is then 'stop' or 'length'.
         """
         if not self.tokens or self._logits_name is None:
@@ -226,11 +227,14 @@ class StreamSession:
             if st.pending.size:  # run the previous token now: its logits give the next one
                 st, _ = self._run_all(dataclasses.replace(st, pending=_NO_TOKENS), st.pending)
             token = next_token(st.last_logits, temperature, top_k, top_p, rng)
-            self._state = dataclasses.replace(st, pending=np.array([token], dtype=np.int64))
+            self._state = handed_out = dataclasses.replace(st, pending=np.array([token], dtype=np.int64))
             if token in stops:
                 self.finish_reason = "stop"
                 return
             yield Piece(token, deltas.push(token) if deltas else "")
+            if self._state is not handed_out:  # fed, rewound, restored or reset while paused
+                raise StreamStateError(f"{self.manifest.name}: the stream changed while this generation "
+                                       "was paused; start a new generate()")
         self.finish_reason = "length"
 
     def rewind(self, n: int) -> None:

@@ -397,3 +397,15 @@ def test_unknown_stream_option_is_a_config_error(loaded_models):
     model, _ = loaded_models("llama")
     with pytest.raises(es.ConfigError, match="kv_windw"):
         model.open_stream(kv_windw=8)
+
+
+def test_a_paused_generation_refuses_to_continue_after_the_stream_changed(loaded_models):
+    model, _ = loaded_models("llama")
+    stream = model.open_stream()
+    stream.feed([1, 2, 3])
+    gen = stream.generate(max_new_tokens=5, stop_token_ids=[])
+    next(gen)
+    stream.feed([4])  # barge-in: new input while the generation is paused
+    with pytest.raises(es.StreamStateError, match="changed while this generation was paused"):
+        next(gen)
+    assert stream.position == 5  # prompt, the one generated token, the new input
