@@ -1,0 +1,644 @@
+"""Speed figures of the streaming runtime, measured in one run on the machine at hand.
+
+    python -m edge_stream.bench [--scenario overhead ttft window] [--precision fp32 int8]
+                                [--quick] [--threads 2] [--tokens N] [--json FILE]
+
+Scenarios (issue 2's speed goals; `--scenario` picks them by name):
+  overhead  StreamSession.feed vs a bare InferenceSession.run with identical feeds, per
+            16-token chunk and per decode step at several cache lengths, a chunk into a
+            full sliding window (eviction counts as overhead), and greedy generate() vs a
+            hand-written run+argmax loop. A/B pairs alternate so machine noise hits both
+            sides alike; figures are per-pair ratios, plus the stream's own time outside
+            ORT measured inside the same calls. Goal: median ratio <= 1.05.
+  ttft      time to first token after the last 16-token chunk of a 1024-token input
+            (feed of the last chunk + choosing the token) vs prefilling the whole input
+            at once from an empty state. Goal: batch / streamed >= 40.
+  window    an endless stream through a sliding window with attention sinks: per-chunk
+            latency and process memory (VmRSS, and VmHWM since the scenario began) at 2k
+            and at `--tokens` streamed tokens. Goal: each within 10% of its 2k value.
+            Runs on int8 only by default (`--window-precision`): 100k tokens take ~4 min
+            in int8, ~20 min in fp32 on 2 cores.
+
+`--quick` (about a minute once models are built): int8 only, fewer pairs, a 512-token
+prompt, window 256 over 4096 tokens. The reference model is a Llama with
+SmolLM2-135M's shape and random weights (`export.tiny_models`), built once into
+`--cache-dir` by `export.hf` (optimum-onnx fp32; int8 = onnxruntime dynamic quantisation
+of the MatMul weights) and reused; building needs the `export` extra, running does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edge-stream/bench@1"
+DEFAULT_MODEL = "smollm2-135m-shape"
+DEFAULT_CACHE = Path(".cache/bench-models")
+PRECISIONS = ("fp32", "int8")
+GOALS = {"overhead": "median stream/bare <= 1.05", "ttft": "batch/streamed >= 40",
+         "window": "far/near within 1.10 (latency p50, RSS, peak RSS)"}
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and how long; `quick()` shrinks it to finish in about a minute."""
+
+    model: str = DEFAULT_MODEL  # export.tiny_models kind, built into cache_dir
+    model_dir: Path | None = None  # an existing model directory instead (one precision: as exported)
+    precisions: tuple = PRECISIONS
+    # The window logic and the fp32 KV cache are the same in both precisions; int8 is 5x faster.
+    window_precisions: tuple = ("int8",)
+    scenarios: tuple = ("overhead", "ttft", "window")
+    threads: int = 2  # ORT intra-op threads
+    cache_dir: Path = DEFAULT_CACHE
+    seed: int = 0
+    chunk: int = 16  # tokens per streamed chunk
+    # overhead
+    pairs: int = 30  # timed A/B pairs per case (after `warmup` untimed ones)
+    warmup: int = 3
+    cache_lengths: tuple = (128, 512, 1008)
+    generate_tokens: int = 16
+    # ttft
+    prompt_tokens: int = 1024
+    ttft_repeats: int = 5
+    # window
+    kv_window: int = 1024
+    sink_tokens: int = 4
+    near_tokens: int = 2048  # the "2k" point
+    tokens: int = 100_000  # the far point: tokens streamed in all
+    span_tokens: int = 1024  # latency at T = median over the chunks of the last span_tokens before T
+    window_chunk: int = 16
+    quick_mode: bool = False
+
+    def quick(self) -> "BenchConfig":
+        return replace(self, precisions=("int8",), pairs=8, warmup=2, cache_lengths=(128, 512), generate_tokens=8,
+                       prompt_tokens=512, ttft_repeats=3, kv_window=256, near_tokens=1024,
+                       tokens=4096, span_tokens=256, quick_mode=True)
+
+
+# ----- measurement helpers ---------------------------------------------------------------------
+
+
+def dist(values) -> dict:
+    """p10/p50/p90/mean/n of a sample (same unit as the sample)."""
+    a = np.asarray(values, dtype=np.float64)
+    p10, p50, p90 = np.percentile(a, [10, 50, 90])
+    return {"p10": float(p10), "p50": float(p50), "p90": float(p90), "mean": float(a.mean()), "n": int(a.size)}
+
+
+def _timed_ms(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+class OrtClock:
+    """Stands in for a runner's InferenceSession and adds up the time spent inside `run`,
+    so a stream's own Python cost (total minus ORT) is measured within the same call."""
+
+    def __init__(self, session):
+        self.session = session
+        self.ns = 0
+
+    def run(self, *args, **kwargs):
+        t0 = time.perf_counter_ns()
+        try:
+            return self.session.run(*args, **kwargs)
+        finally:
+            self.ns += time.perf_counter_ns() - t0
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def ab_pairs(a: Callable[[], object], b: Callable[[], object], pairs: int, warmup: int,
+             before: Callable[[], object] | None = None, clock: OrtClock | None = None,
+             names: tuple[str, str] = ("stream_ms", "bare_ms")) -> dict:
+    """Time `a` (the stream) and `b` (bare ORT) back to back `pairs` times, alternating
+    which goes first.
+
+    Returns both distributions (ms), the per-pair ratio a/b and difference a-b: noise
+    lasting longer than one pair (frequency changes, a neighbour's burst) hits both
+    sides. With `clock` (installed in a's runner) also `self_ms`: a's time outside ORT.
+    `before` runs untimed ahead of every call (e.g. restoring a snapshot).
+    """
+    before = before or (lambda: None)
+    ta, tb, ts = [], [], []
+    for i in range(warmup + pairs):
+        for side in ("ab" if i % 2 == 0 else "ba"):
+            before()
+            if side == "a":
+                if clock is not None:
+                    clock.ns = 0
+                ta.append(_timed_ms(a))
+                if clock is not None:
+                    ts.append(ta[-1] - clock.ns / 1e6)
+            else:
+                tb.append(_timed_ms(b))
+    ta, tb = np.array(ta[warmup:]), np.array(tb[warmup:])
+    out = {names[0]: dist(ta), names[1]: dist(tb), "ratio": dist(ta / tb), "diff_ms": dist(ta - tb)}
+    if clock is not None:
+        out["self_ms"] = dist(ts[warmup:])
+    return out
+
+
+def read_status_kb() -> dict:
+    """VmRSS and VmHWM (peak RSS) of this process in kB, from /proc/self/status (Linux)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0])
+    return out
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0 `clear_refs` 5); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_info(threads: int) -> dict:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or "unknown"
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu in ("unknown", platform.machine(), ""):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line
+    except OSError:
+        pass
+    isa = [x for x in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {x}" in flags]
+    return {
+        "cpu": cpu, "isa": isa, "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "intra_op_threads": threads,
+    }
+
+
+# ----- models ----------------------------------------------------------------------------------
+
+
+def ensure_model(kind: str, precision: str, cache_dir: Path) -> Path:
+    """The model directory for `kind` at `precision`, built into `cache_dir` on first use
+    with `export.hf` (its parity check skipped: speed does not depend on weight values).
+
+    Built into a temporary folder and renamed, so an interrupted build is never reused.
+    """
+    out = cache_dir / f"{kind}-{precision}"
+    if (out / "manifest.json").is_file():
+        return out
+    from edge_stream.manifest import load_manifest
+    from export.hf import export_hf
+    from export.tiny_models import build_tiny
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    hf_dir = cache_dir / f"{kind}-hf"
+    if not (hf_dir / "config.json").is_file():
+        log.info("building %s (random weights) in %s", kind, hf_dir)
+        build_tiny(kind, hf_dir)
+    tmp = cache_dir / f".{kind}-{precision}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    export_hf(str(hf_dir), tmp, precision=precision, check=False)
+    replace(load_manifest(tmp), name=out.name).save(tmp)  # export_hf named it after the temporary folder
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("built %s in %.0f s", out, time.perf_counter() - t0)
+    return out
+
+
+def model_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file() and "onnx" in p.name)
+
+
+# ----- scenarios -------------------------------------------------------------------------------
+
+
+def _tokens(rng: np.random.Generator, model, n: int) -> np.ndarray:
+    return rng.integers(0, model.manifest.input.vocab_size, size=n, dtype=np.int64)
+
+
+def bare_feeds(model, states, past: int, first: int, chunk: np.ndarray) -> dict:
+    """The feed dict a hand-written loop gives ORT for `chunk` after `past` cached entries whose
+    next position is `first`: the same arrays StreamSession builds, made here without it."""
+    m = model.manifest
+    n = len(chunk)
+    feeds = {m.input.name: chunk[None]}  # [1, n]
+    mask, pos = m.aux_for("attention_mask"), m.aux_for("position_ids")
+    if mask is not None:
+        feeds[mask.name] = np.ones((1, past + n), dtype=np.int64)  # [1, past + n]
+    if pos is not None:
+        feeds[pos.name] = np.arange(first, first + n, dtype=np.int64)[None]  # [1, n]
+    for a in m.aux:
+        if a.fill == "constant":
+            feeds[a.name] = np.asarray(a.value)
+    for spec, value in zip(m.states, states):
+        feeds[spec.input] = value  # kv: [1, kv_heads, past, head_dim]
+    return feeds
+
+
+def scenario_overhead(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
+    """StreamSession vs bare session.run with identical feeds: chunks and decode steps at
+    several cache lengths, a chunk into a full sliding window, a greedy generate loop."""
+    runner = model.runner
+    session = runner.session
+    clock = runner.session = OrtClock(session)  # the stream's runs go through the clock; bare runs do not
+    try:
+        bench = _Overhead(model, session, clock, cfg)
+        stream = model.open_stream(kv_window=None)
+        for past in cfg.cache_lengths:
+            stream.reset()
+            if past:
+                stream.feed(_tokens(rng, model, past))
+            snap = stream.snapshot()
+            for label, n in (("chunk", cfg.chunk), ("decode", 1)):
+                bench.feed_case(f"{label}{n}@{past}", label, stream, snap, snap.states, _tokens(rng, model, n))
+        if model.manifest.kv_states:
+            bench.window_case(rng)
+        bench.generate_case(stream, rng)
+    finally:
+        runner.session = session
+    cases = bench.cases
+    worst = max(c["ratio"]["p50"] for c in cases)
+    return {"cases": cases, "worst_median_ratio": worst, "goal": GOALS["overhead"], "pass": worst <= 1.05}
+
+
+def _cache_len(manifest, states) -> int:
+    """Entries in a kv cache: the first kv state's length along its sequence axis."""
+    for spec, value in zip(manifest.states, states):
+        if spec.kind == "kv":
+            return int(value.shape[spec.seq_axis])
+    return 0
+
+
+@dataclass
+class _Overhead:
+    """The overhead cases of one model; `session` is the bare ORT session, `clock` the
+    stream's timed stand-in for it."""
+
+    model: object
+    session: object
+    clock: OrtClock
+    cfg: BenchConfig
+    cases: list = field(default_factory=list)
+
+    def _logits(self, feeds: dict) -> np.ndarray:
+        fetch = self.model.runner.fetch
+        return self.session.run(fetch, feeds)[fetch.index(self.model.manifest.output_for("logits"))][0]
+
+    def _add(self, case: dict) -> None:
+        self.cases.append(case)
+        log.info("overhead %-16s stream %7.2f ms, bare %7.2f ms, own %.3f ms, ratio p50 %.3f",
+                 case["case"], case["stream_ms"]["p50"], case["bare_ms"]["p50"],
+                 case["self_ms"]["p50"], case["ratio"]["p50"])
+
+    def feed_case(self, name: str, kind: str, stream, snap, states, chunk: np.ndarray) -> None:
+        """stream.feed(chunk) from `snap` vs one bare run from `states` (the cache it should see)."""
+        past = _cache_len(self.model.manifest, states)
+        feeds = bare_feeds(self.model, states, past, snap.next_model_position, chunk)
+        # Identical feeds must give identical logits, else the comparison is meaningless.
+        stream.restore(snap)
+        same = bool(np.array_equal(stream.feed(chunk).logits, self._logits(feeds)))
+        fetch = self.model.runner.fetch
+        r = ab_pairs(lambda: stream.feed(chunk), lambda: self.session.run(fetch, feeds), self.cfg.pairs,
+                     self.cfg.warmup, before=lambda: stream.restore(snap), clock=self.clock)
+        self._add({"case": name, "kind": kind, "tokens": len(chunk), "cache_len": past,
+                   "identical_logits": same, **r})
+
+    def window_case(self, rng: np.random.Generator) -> None:
+        """A chunk into a full sliding window: the stream evicts before its run; the bare run
+        gets the already-evicted cache, so the eviction counts as stream overhead."""
+        m, k, w, n = self.model.manifest, self.cfg.sink_tokens, self.cfg.kv_window, self.cfg.chunk
+        stream = self.model.open_stream(kv_window=w, sink_tokens=k)
+        stream.feed(_tokens(rng, self.model, k + w))
+        snap = stream.snapshot()
+        keep = np.r_[0:k, snap.cache_len - (w - n):snap.cache_len]  # sinks + newest w - n entries
+        states = tuple(np.take(value, keep, axis=spec.seq_axis) if spec.kind == "kv" else value
+                       for spec, value in zip(m.states, snap.states))
+        self.feed_case(f"wchunk{n}@{k}+{w}", "window_chunk", stream, snap, states, _tokens(rng, self.model, n))
+
+    def generate_case(self, stream, rng: np.random.Generator) -> None:
+        """Greedy generate() vs the loop one writes by hand on the bare session (run, argmax)."""
+        m, n, past = self.model.manifest, self.cfg.generate_tokens, self.cfg.cache_lengths[-1]
+        fetch, n_states = self.model.runner.fetch, len(m.states)
+        logits_index = fetch.index(m.output_for("logits"))
+        stream.reset()
+        stream.feed(_tokens(rng, self.model, past))
+        snap = stream.snapshot()
+
+        def by_stream():
+            return [p.token_id for p in stream.generate(max_new_tokens=n, temperature=0.0, stop_token_ids=())]
+
+        mask, pos = m.aux_for("attention_mask"), m.aux_for("position_ids")
+        consts = {a.name: np.asarray(a.value) for a in m.aux if a.fill == "constant"}
+        ones = np.ones((1, snap.cache_len + n), dtype=np.int64)  # attention masks are views of it
+
+        def by_hand():
+            states, cached, position = snap.states, snap.cache_len, snap.next_model_position
+            token = int(np.argmax(snap.last_logits))
+            out = [token]
+            for _ in range(n - 1):  # generate runs n - 1 decode steps: its last token stays pending
+                feeds = {m.input.name: np.array([[token]], dtype=np.int64), **consts}  # [1, 1]
+                if mask is not None:
+                    feeds[mask.name] = ones[:, :cached + 1]
+                if pos is not None:
+                    feeds[pos.name] = np.array([[position]], dtype=np.int64)
+                feeds.update(zip((sp.input for sp in m.states), states))
+                results = self.session.run(fetch, feeds)
+                token = int(np.argmax(results[logits_index][0, -1]))
+                states, cached, position = results[-n_states:], cached + 1, position + 1
+                out.append(token)
+            return out
+
+        stream.restore(snap)
+        same = by_stream() == by_hand()
+        r = ab_pairs(by_stream, by_hand, max(4, self.cfg.pairs // 2), 1,
+                     before=lambda: stream.restore(snap), clock=self.clock)
+        per_token = {k: {q: (v / n if q != "n" else v) for q, v in r[k].items()}
+                     for k in ("stream_ms", "bare_ms", "diff_ms", "self_ms")}
+        self._add({"case": f"generate{n}@{past}", "kind": "generate", "tokens": n, "cache_len": past,
+                   "identical_logits": same, **per_token, "ratio": r["ratio"]})
+
+
+def scenario_ttft(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
+    """First token after the last chunk of a streamed input vs after prefilling it all at once."""
+    n, c = cfg.prompt_tokens, cfg.chunk
+    if n % c:
+        raise SystemExit(f"--prompt-tokens {n} must be a multiple of the chunk size {c}")
+    prompt = _tokens(rng, model, n)
+    streamed = model.open_stream(kv_window=None)
+    batch = model.open_stream(kv_window=None, max_chunk=n)  # one ORT run for the whole prompt
+
+    def first_token(stream) -> int:
+        return next(stream.generate(max_new_tokens=1, temperature=0.0, stop_token_ids=())).token_id
+
+    t_stream, t_batch, t_chunks, agree = [], [], [], True
+    for i in range(cfg.ttft_repeats + 1):  # repeat 0 warms both paths up
+        for side in (("stream", "batch") if i % 2 else ("batch", "stream")):
+            if side == "stream":
+                streamed.reset()
+                chunks = [_timed_ms(lambda j=j: streamed.feed(prompt[j:j + c])) for j in range(0, n - c, c)]
+                t0 = time.perf_counter_ns()
+                streamed.feed(prompt[n - c:])  # the last chunk arrives
+                tok_s = first_token(streamed)
+                t = (time.perf_counter_ns() - t0) / 1e6
+                if i:
+                    t_stream.append(t)
+                    t_chunks += chunks
+            else:
+                batch.reset()
+                t0 = time.perf_counter_ns()
+                batch.feed(prompt)  # the whole input, from an empty state
+                tok_b = first_token(batch)
+                t = (time.perf_counter_ns() - t0) / 1e6
+                if i:
+                    t_batch.append(t)
+        agree &= tok_s == tok_b
+    ratios = np.array(t_batch) / np.array(t_stream)
+    ratio = float(np.median(t_batch) / np.median(t_stream))
+    log.info("ttft: streamed %.1f ms, batch %.1f ms, ratio %.1f", np.median(t_stream), np.median(t_batch), ratio)
+    return {"prompt_tokens": n, "chunk": c, "streamed_ms": dist(t_stream), "batch_ms": dist(t_batch),
+            "earlier_chunks_ms": dist(t_chunks), "ratio": ratio, "ratio_per_repeat": dist(ratios),
+            "same_first_token": bool(agree), "goal": GOALS["ttft"], "pass": ratio >= 40}
+
+
+def scenario_window(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
+    """Stream `tokens` through a sliding window; latency and memory at near_tokens vs at the end.
+
+    Memory is read after every chunk of the run. Latency is compared twice: medians over
+    the chunks before each point during the run (exposed to load changes over minutes),
+    and A/B pairs at the end that alternate a chunk fed from the far state and from the
+    near state (rebuilt by replaying the first near_tokens), which the goal uses.
+    """
+    c, total, near = cfg.window_chunk, cfg.tokens, cfg.near_tokens
+    if total % c or near % c or cfg.span_tokens % c:
+        raise SystemExit(f"--tokens {total}, near {near} and span {cfg.span_tokens} must be multiples of chunk {c}")
+    if not cfg.span_tokens <= near < total:
+        raise SystemExit(f"need span {cfg.span_tokens} <= near {near} < tokens {total}")
+    opts = {"kv_window": cfg.kv_window, "sink_tokens": cfg.sink_tokens}
+    stream = model.open_stream(**opts)
+    n_chunks, span = total // c, cfg.span_tokens // c
+    tokens = _tokens(rng, model, total).reshape(n_chunks, c)  # [n_chunks, c]
+    latency = np.empty(n_chunks)
+    rss_kb = np.empty(n_chunks, dtype=np.int64)
+    hwm_kb = np.empty(n_chunks, dtype=np.int64)
+    max_cache = 0
+    gc.collect()
+    peak_reset = reset_peak_rss()
+    start_kb = read_status_kb()["VmRSS"]
+    t_start = time.perf_counter()
+    for i in range(n_chunks):
+        t0 = time.perf_counter_ns()
+        stream.feed(tokens[i])
+        latency[i] = (time.perf_counter_ns() - t0) / 1e6
+        st = read_status_kb()
+        rss_kb[i], hwm_kb[i] = st["VmRSS"], st["VmHWM"]
+        max_cache = max(max_cache, stream.cache_len)
+        if (i + 1) % max(1, n_chunks // 10) == 0:
+            log.info("window: %d/%d tokens, %.1f ms/chunk, RSS %.0f MB", (i + 1) * c, total,
+                     np.median(latency[max(0, i - span + 1):i + 1]), rss_kb[i] / 1024)
+    elapsed = time.perf_counter() - t_start
+
+    def at(n_tokens: int) -> dict:
+        end = n_tokens // c  # chunks fed when `n_tokens` were streamed
+        return {"tokens": n_tokens, "latency_ms": dist(latency[end - span:end]),
+                "rss_mb": int(rss_kb[end - 1]) / 1024, "peak_rss_mb": int(hwm_kb[end - 1]) / 1024}
+
+    a, b = at(near), at(total)
+    far_snap = stream.snapshot()
+    near_stream = model.open_stream(**opts)
+    for row in tokens[:near // c]:
+        near_stream.feed(row)
+    near_snap = near_stream.snapshot()
+    probe = _tokens(rng, model, c)
+    pairs = ab_pairs(lambda: stream.feed(probe), lambda: near_stream.feed(probe), cfg.pairs, cfg.warmup,
+                     before=lambda: (stream.restore(far_snap), near_stream.restore(near_snap)),
+                     names=("far_ms", "near_ms"))
+    ratios = {"latency_p50": pairs["ratio"]["p50"],
+              "latency_p50_in_run": b["latency_ms"]["p50"] / a["latency_ms"]["p50"],
+              "latency_p90_in_run": b["latency_ms"]["p90"] / a["latency_ms"]["p90"],
+              "rss": float(b["rss_mb"] / a["rss_mb"]), "peak_rss": float(b["peak_rss_mb"] / a["peak_rss_mb"])}
+    log.info("window: ratios %s", {k: round(v, 3) for k, v in ratios.items()})
+    gated = ("latency_p50", "rss", "peak_rss")
+    return {"kv_window": cfg.kv_window, "sink_tokens": cfg.sink_tokens, "chunk": c, "near": a, "far": b,
+            "latency_pairs": pairs, "ratio": ratios, "max_cache_len": max_cache,
+            "rss_at_start_mb": start_kb / 1024, "peak_reset": peak_reset, "seconds": elapsed,
+            "tokens_per_s": total / elapsed, "goal": GOALS["window"],
+            "pass": all(ratios[k] <= 1.10 for k in gated)}
+
+
+SCENARIOS: dict[str, Callable] = {"overhead": scenario_overhead, "ttft": scenario_ttft, "window": scenario_window}
+
+
+# ----- running and reporting -------------------------------------------------------------------
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run the chosen scenarios for each precision; returns the JSON-ready report."""
+    import edge_stream as es
+
+    unknown = [s for s in cfg.scenarios if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    report = {"schema": SCHEMA, "machine": machine_info(cfg.threads),
+              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+              "models": {}, "results": {s: {} for s in cfg.scenarios}}
+    targets = ([("as-exported", Path(cfg.model_dir))] if cfg.model_dir else
+               [(p, None) for p in cfg.precisions])
+    window_on = [p for p, _ in targets if p in cfg.window_precisions] or [targets[-1][0]]
+    for precision, model_dir in targets:
+        model_dir = model_dir or ensure_model(cfg.model, precision, Path(cfg.cache_dir))
+        model = es.load(model_dir, intra_op_threads=cfg.threads)
+        report["models"][precision] = {"dir": str(model_dir), "name": model.name,
+                                       "onnx_mb": model_bytes(model_dir) / 2**20}
+        for name in cfg.scenarios:
+            if name == "window" and precision not in window_on:
+                continue
+            log.info("== %s, %s", name, precision)
+            rng = np.random.default_rng(cfg.seed)
+            t0 = time.perf_counter()
+            result = SCENARIOS[name](model, cfg, rng)
+            result["seconds"] = result.get("seconds", time.perf_counter() - t0)
+            report["results"][name][precision] = result
+        del model
+        gc.collect()
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The report as terminal tables, one per scenario."""
+    lines = []
+    m = report["machine"]
+    lines.append(f"{m['cpu']} | {m['usable_cores']}/{m['logical_cores']} cores | ISA {' '.join(m['isa']) or '-'} | "
+                 f"onnxruntime {m['onnxruntime']} | {m['intra_op_threads']} intra-op threads")
+    res = report["results"]
+    if "overhead" in res:
+        lines += ["", "overhead: StreamSession vs bare InferenceSession.run (identical feeds; ratio per A/B pair;"
+                  " own = stream time outside ORT)",
+                  f"  {'prec':<12}{'case':<16}{'stream ms':>10}{'bare ms':>10}{'own ms':>8}{'ratio p10':>10}{'p50':>8}"
+                  f"{'p90':>8}  same"]
+        for prec, r in res["overhead"].items():
+            for cs in r["cases"]:
+                lines.append(f"  {prec:<12}{cs['case']:<16}{cs['stream_ms']['p50']:>10.2f}{cs['bare_ms']['p50']:>10.2f}"
+                             f"{cs['self_ms']['p50']:>8.3f}"
+                             f"{cs['ratio']['p10']:>10.3f}{cs['ratio']['p50']:>8.3f}{cs['ratio']['p90']:>8.3f}"
+                             f"  {'yes' if cs['identical_logits'] else 'NO'}")
+            lines.append(f"  {prec:<12}worst median ratio {r['worst_median_ratio']:.3f} "
+                         f"({r['goal']}): {'PASS' if r['pass'] else 'FAIL'}")
+    if "ttft" in res:
+        lines += ["", "ttft: first token after the last chunk (streamed) vs after a whole-input prefill (batch), ms",
+                  f"  {'prec':<12}{'streamed p10/p50/p90':>24}{'batch p10/p50/p90':>26}{'ratio':>8}  same token"]
+        for prec, r in res["ttft"].items():
+            s, b = r["streamed_ms"], r["batch_ms"]
+            lines.append(f"  {prec:<12}{s['p10']:>8.1f}{s['p50']:>8.1f}{s['p90']:>8.1f}"
+                         f"{b['p10']:>10.1f}{b['p50']:>8.1f}{b['p90']:>8.1f}{r['ratio']:>8.1f}  "
+                         f"{'yes' if r['same_first_token'] else 'NO'}   ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+    if "window" in res:
+        lines += ["", "window: sliding window with sinks, at the near point vs after all tokens (ms: in-run medians)"]
+        for prec, r in res["window"].items():
+            a, b, q = r["near"], r["far"], r["ratio"]
+            lines.append(f"  {prec}: sinks {r['sink_tokens']} + window {r['kv_window']}, chunks of {r['chunk']}, "
+                         f"{r['tokens_per_s']:.0f} tokens/s, max cache {r['max_cache_len']}")
+            lines.append(f"  {'':<12}{'tokens':>8}{'ms p50':>9}{'ms p90':>9}{'RSS MB':>10}{'peak MB':>10}")
+            for p in (a, b):
+                lines.append(f"  {'':<12}{p['tokens']:>8}{p['latency_ms']['p50']:>9.2f}{p['latency_ms']['p90']:>9.2f}"
+                             f"{p['rss_mb']:>10.1f}{p['peak_rss_mb']:>10.1f}")
+            lines.append(f"  {'':<12}{'ratio':>8}{q['latency_p50_in_run']:>9.3f}{q['latency_p90_in_run']:>9.3f}"
+                         f"{q['rss']:>10.3f}{q['peak_rss']:>10.3f}")
+            lp = r["latency_pairs"]
+            lines.append(f"  {'':<12}A/B pairs at the end: far {lp['far_ms']['p50']:.2f} ms, near {lp['near_ms']['p50']:.2f} ms,"
+                         f" ratio p10/p50/p90 {lp['ratio']['p10']:.3f}/{lp['ratio']['p50']:.3f}/{lp['ratio']['p90']:.3f}"
+                         f"   ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = BenchConfig()
+    p.add_argument("--scenario", nargs="+", default=list(d.scenarios), choices=list(SCENARIOS),
+                   help="scenarios to run (default: all)")
+    p.add_argument("--precision", nargs="+", choices=list(PRECISIONS),
+                   help="precisions to build and measure (default: fp32 int8; quick: int8)")
+    p.add_argument("--window-precision", nargs="+", choices=list(PRECISIONS),
+                   help="precisions the window scenario runs on (default: int8, else the last one measured)")
+    p.add_argument("--model", default=d.model, help=f"export.tiny_models kind to build (default {d.model})")
+    p.add_argument("--model-dir", type=Path, help="benchmark this model directory instead of building one")
+    p.add_argument("--cache-dir", type=Path, default=d.cache_dir, help="where built models are kept")
+    p.add_argument("--threads", type=int, default=d.threads, help="ORT intra-op threads (default 2)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and tokens: about a minute")
+    p.add_argument("--tokens", type=int, help="window: tokens streamed in all (default 100000; quick 4096)")
+    p.add_argument("--window-chunk", type=int, help="window: tokens per chunk (default 16)")
+    p.add_argument("--kv-window", type=int, help="window: recent entries kept (default 1024; quick 256)")
+    p.add_argument("--pairs", type=int, help="overhead: timed A/B pairs per case (default 30)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+
+
+def config_from_args(args) -> BenchConfig:
+    cfg = BenchConfig(model=args.model, model_dir=args.model_dir, scenarios=tuple(args.scenario),
+                      threads=args.threads, cache_dir=args.cache_dir, seed=args.seed)
+    if args.quick:
+        cfg = cfg.quick()
+    overrides = {"precisions": tuple(args.precision or ()) or None,
+                 "window_precisions": tuple(args.window_precision or ()) or None,
+                 "tokens": args.tokens, "window_chunk": args.window_chunk, "kv_window": args.kv_window,
+                 "pairs": args.pairs}
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    report = run_bench(cfg)
+    report["command"] = " ".join(sys.argv)
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Register `bench` on the top-level CLI's subparsers."""
+    p = subparsers.add_parser("bench", help="measure stream overhead, time to first token, windowed memory",
+                              description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge_stream.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("optimum").setLevel(logging.ERROR)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
