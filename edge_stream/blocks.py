@@ -4,7 +4,9 @@ Publishers send audio in whatever chunk sizes they like; the model takes
 exactly `block` samples per run with the previous `context` samples in
 front (silero's OnnxWrapper). `BlockStream` re-blocks, carries the context
 and the recurrent state, runs one ORT run per complete block and hands the
-per-block probabilities to the `VadEvents` policy. The state lives in three
+per-block probabilities to the `VadEvents` policy. Models with a `logits`
+output (the streaming recognizer: [batch, frames_per_block, vocab] per block)
+get those frames back as `BlockOutput.logits`, for a decoding policy on top. The state lives in three
 fields (`_tail`, `_states`, `_vad`) that are replaced, never mutated in
 place, which makes `snapshot()` a handful of references.
 
@@ -38,17 +40,22 @@ class BlockOutput:
     outputs: dict[str, np.ndarray]  # name -> [n_blocks, ...]: each returned output stacked over blocks
     events: list[dict] = field(default_factory=list)  # {'start': sample} / {'end': sample}, in order
     start_sample: int = 0  # absolute index of the first sample of the first block run here
+    logits_name: str | None = None  # the manifest's `logits` output, if the model has one
 
     @property
     def n_blocks(self) -> int:
         return len(next(iter(self.outputs.values()))) if self.outputs else len(self.probs)
 
     @property
-    def logits(self):
-        # AttributeError (not an EdgeStreamError) so hasattr(out, "logits") is False for block outputs.
-        raise AttributeError(
-            "BlockOutput has no logits: block models (VAD) return per-block probabilities in .probs, "
-            "raw outputs in .outputs and speech events in .events")
+    def logits(self) -> np.ndarray:
+        """[n_blocks * frames_per_block, vocab]: the blocks' frames in time order (a view)."""
+        if self.logits_name is None:
+            # AttributeError (not an EdgeStreamError) so hasattr(out, "logits") is False for VAD outputs.
+            raise AttributeError(
+                "BlockOutput has no logits: this block model (VAD) returns per-block probabilities in .probs, "
+                "raw outputs in .outputs and speech events in .events")
+        frames = self.outputs[self.logits_name]  # [n_blocks, frames_per_block, vocab]
+        return frames.reshape(-1, frames.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class BlockStream:
         self._input_name = m.input.name
         self._state_inputs = tuple(s.input for s in m.states)
         self._n_returned = len(self.runner.returned_outputs)
+        self._logits_name = m.output_for("logits")
         prob_name = m.output_for("probability")
         self._prob_index = self.runner.returned_outputs.index(prob_name) if prob_name else None
         # Zero-block feeds still return every output, shaped [0, ...] like the graph's output.
@@ -265,7 +273,8 @@ class BlockStream:
         self._samples_fed += n_samples
         self._blocks_run += n_blocks
         events = self._vad.update(probs) if self._vad is not None else []
-        return BlockOutput(probs=probs, outputs=outputs, events=events, start_sample=start)
+        return BlockOutput(probs=probs, outputs=outputs, events=events, start_sample=start,
+                           logits_name=self._logits_name)
 
 
 def run_blocks_batched(streams: Sequence[BlockStream], chunks: Sequence[np.ndarray]) -> list[BlockOutput]:
