@@ -88,22 +88,27 @@ class StreamSession:
     """One stream's explicit state over a shared model.
 
     Options (defaults from the manifest's `limits`): `kv_window` recent entries
-    kept besides `sink_tokens` first entries (None = unbounded), `max_chunk`
-    inputs per ORT run, `max_feed` inputs accepted per feed call.
+    kept besides `sink_tokens` first entries (None = unbounded); when the window
+    overflows, at least `evict_block` oldest non-sink entries leave at once
+    (default kv_window // 8; each eviction copies the whole cache), and the
+    window refills from there; `max_chunk` inputs per ORT run, `max_feed`
+    inputs accepted per feed call.
     """
 
     def __init__(self, model, kv_window: int | None = ..., sink_tokens: int | None = None,
-                 max_chunk: int | None = None, max_feed: int = DEFAULT_MAX_FEED, **unknown):
+                 evict_block: int | None = None, max_chunk: int | None = None,
+                 max_feed: int = DEFAULT_MAX_FEED, **unknown):
         m = model.manifest
         if unknown:
             raise ConfigError(f"{m.name}: unknown stream option(s) {', '.join(sorted(unknown))}; sequence "
-                              "streams take kv_window, sink_tokens, max_chunk, max_feed")
+                              "streams take kv_window, sink_tokens, evict_block, max_chunk, max_feed")
         self.model = model
         self.manifest = m
         self.runner = model.runner
         limits = m.limits
         self.kv_window = limits.kv_window if kv_window is ... else kv_window
         self.sink_tokens = limits.sink_tokens if sink_tokens is None else sink_tokens
+        self.evict_block = evict_block if evict_block is not None else max(1, (self.kv_window or 8) // 8)
         self.max_chunk = max_chunk or limits.max_chunk
         self.max_feed = max_feed
         self.max_positions = limits.max_positions
@@ -139,6 +144,8 @@ class StreamSession:
             raise ConfigError(f"{self.manifest.name}: kv_window needs kv state; this model has none")
         if w < 1 or k < 0:
             raise ConfigError(f"kv_window must be >= 1 and sink_tokens >= 0, got {w} and {k}")
+        if not 1 <= self.evict_block <= w:
+            raise ConfigError(f"evict_block must be in [1, kv_window={w}], got {self.evict_block}")
         if self._hard_limit is not None and k + w > self._hard_limit:
             raise ConfigError(
                 f"{self.manifest.name}: sink_tokens + kv_window = {k + w} exceeds max_positions "
@@ -354,8 +361,10 @@ class StreamSession:
             return st
         if over_limit or self.position_encoding == "implicit":
             return self._reencode(st, s)
-        keep_recent = w - s
-        lo, hi = k, st.cache_len - keep_recent  # entries [lo, hi) leave the cache
+        # Evicting copies the whole cache (ORT needs contiguous inputs), so drop at least
+        # evict_block entries at once: one full copy every few chunks, not every chunk.
+        drop = max(st.cache_len + s - (k + w), self.evict_block)
+        lo, hi = k, min(k + drop, st.cache_len)  # entries [lo, hi) leave the cache
         if hi <= lo:
             return st
         return dataclasses.replace(

@@ -227,24 +227,25 @@ def test_generated_text_deltas_join_to_the_decoded_tokens(loaded_models):
 
 # ----- sliding window with attention sinks -----------------------------------------------------
 
-def window_mask(sizes, sinks, window) -> torch.Tensor:
+def window_mask(sizes, sinks, window, evict_block) -> torch.Tensor:
     """Additive 4D mask [1, 1, T, T]: query q sees what the cache held when its chunk ran.
 
-    Derived from the policy, not from the implementation: before a chunk of n at
-    position p, the cache holds everything if p + n <= sinks + window, else the
-    sinks and the newest window - n entries; plus the chunk itself, causally.
+    Derived from the policy, not from the implementation: when a chunk of n would
+    overflow sinks + window, the oldest max(overflow, evict_block) non-sink entries
+    leave; the chunk then sees the cache plus itself, causally.
     """
     total = sum(sizes)
     allow = np.zeros((total, total), dtype=bool)
+    cache: list[int] = []
     p = 0
     for n in sizes:
-        if p + n <= sinks + window:
-            past = np.arange(p)
-        else:
-            past = np.r_[0:min(sinks, p), max(sinks, p - (window - n)):p]
+        overflow = len(cache) + n - (sinks + window)
+        if overflow > 0:
+            del cache[sinks:sinks + max(overflow, evict_block)]
         for q in range(p, p + n):
-            allow[q, past] = True
+            allow[q, cache] = True
             allow[q, p:q + 1] = True
+        cache += range(p, p + n)
         p += n
     mask = torch.zeros(1, 1, total, total)
     mask[0, 0][~torch.from_numpy(allow)] = torch.finfo(torch.float32).min
@@ -258,10 +259,11 @@ def test_rotary_window_equals_reference_with_the_retained_keys(loaded_models, ki
     model, ref = loaded_models(kind)
     sinks = data.draw(st.integers(0, 4), label="sinks")
     window = data.draw(st.integers(4, 16), label="window")
+    evict_block = data.draw(st.integers(1, window), label="evict_block")
     total = data.draw(st.integers(20, 90), label="tokens")
     ids = np.random.default_rng(total + window).integers(0, 512, total)
     sizes = chunk_sizes(data.draw(st.lists(st.integers(1, window), min_size=1, max_size=90)), total, window)
-    stream = model.open_stream(kv_window=window, sink_tokens=sinks)
+    stream = model.open_stream(kv_window=window, sink_tokens=sinks, evict_block=evict_block)
     parts = []
     i = 0
     for n in sizes:
@@ -273,7 +275,7 @@ def test_rotary_window_equals_reference_with_the_retained_keys(loaded_models, ki
         # Rotary models keep absolute positions: sinks first, then the newest inputs in order.
         assert st_.cache_positions[-1] == i - 1
         assert np.all(np.diff(st_.cache_positions) > 0)
-    expected = reference_logits(ref, ids, attention_mask=window_mask(sizes, sinks, window))
+    expected = reference_logits(ref, ids, attention_mask=window_mask(sizes, sinks, window, evict_block))
     np.testing.assert_allclose(np.concatenate(parts), expected, atol=TOL, rtol=0)
 
 
