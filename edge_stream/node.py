@@ -10,7 +10,9 @@ Threads (the only ones):
   same worker (crc32 of its name), which keeps its chunks in order. Workers
   publish their outputs themselves through `_OutputSocket` (the one socket
   shared between threads, under a lock, and never polled) and hand control
-  replies to the loop over an inproc PUSH/PULL pair.
+  replies to the loop over an inproc PUSH/PULL pair. Chunks of block models
+  (the VAD) that wait on a worker for different streams run as one batched
+  model run (`BlockPolicy.chunks_batched`): same outputs, fewer runs under load.
 
 Outputs go out on an XPUB with XPUB_NODROP: a full subscriber queue makes the
 send fail with EAGAIN instead of dropping silently, so drops are counted
@@ -45,6 +47,7 @@ _DRAIN = 256  # messages taken from one socket per loop turn, so no socket starv
 _SEEN_PUBLISHERS = 8  # pub_ids remembered per stream (restarted sensors leave old ones behind)
 _CONTROL_OPS = ("status", "open", "close", "reset", "rewind")
 _STOP = object()  # tells a worker to finish
+_MAX_BATCH = 64  # chunks of different streams run together at most (block models)
 
 
 @dataclass
@@ -91,6 +94,7 @@ class _Stats:
     def __init__(self):
         self.chunks_in = self.outputs_out = self.errors = self.dropped = 0
         self.gaps = self.duplicates = self.evicted = self.refused = 0
+        self.batched = 0  # chunks that ran in a batch with chunks of other streams
         self.samples = {"queue_ms": collections.deque(maxlen=4096), "infer_ms": collections.deque(maxlen=4096),
                         "node_ms": collections.deque(maxlen=4096)}
 
@@ -339,7 +343,7 @@ class Node:
                   "models": sorted(self.by_name), "topics": sorted(self.by_topic),
                   "chunks_in": st.chunks_in, "outputs_out": st.outputs_out, "errors": st.errors,
                   "dropped": st.dropped, "gaps": st.gaps, "duplicates": st.duplicates,
-                  "evicted": st.evicted, "refused": st.refused,
+                  "evicted": st.evicted, "refused": st.refused, "batched": st.batched,
                   "queue_depths": [w.jobs.qsize() for w in self.workers], "latency_ms": st.latency()}
         self._send(wire.encode_output(self.cfg.stats_topic, header))
 
@@ -514,11 +518,20 @@ class _Worker(threading.Thread):
         try:
             while True:
                 job = self.jobs.get() if not self.active else self._get_nowait()
+                batch: list[_Job] = []  # pending chunks of block models, one per stream, in arrival order
                 while job is not None:
                     if job is _STOP:
                         return
-                    self._accept(job)
+                    if not self._batchable(job, batch):
+                        # Jobs taken earlier run first, so every stream keeps its order.
+                        self._run_batch(batch)
+                        batch = []
+                    if self._batchable(job, batch):
+                        batch.append(job)
+                    else:
+                        self._accept(job)
                     job = self._get_nowait()
+                self._run_batch(batch)
                 for entry in list(self.active):
                     self._step(entry)
         finally:
@@ -531,6 +544,38 @@ class _Worker(threading.Thread):
             return self.jobs.get_nowait()
         except queue.Empty:
             return None
+
+    def _batchable(self, job: _Job, batch: list) -> bool:
+        """A chunk that may join `batch`: block model, stream idle, not in the batch yet."""
+        entry = job.entry
+        return (job.op == "chunk" and entry.route.policy.batchable and entry.session is not None
+                and entry not in self.active and entry not in self.backlog and len(batch) < _MAX_BATCH
+                and all(j.entry is not entry for j in batch))
+
+    def _run_batch(self, batch: list) -> None:
+        """Run pending chunks of different streams: one batched model run per model
+        (run_blocks_batched), or the ordinary path for a chunk alone."""
+        by_route: dict[int, list[_Job]] = {}
+        for job in batch:
+            by_route.setdefault(id(job.entry.route), []).append(job)
+        for jobs in by_route.values():
+            if len(jobs) == 1:
+                self._accept(jobs[0])
+                continue
+            t_start = time.time_ns()
+            try:
+                outputs = jobs[0].entry.route.policy.chunks_batched([j.entry.session for j in jobs],
+                                                                     [j.msg for j in jobs])
+            except Exception:  # a refused chunk or a failed run; nothing was committed, so
+                for job in jobs:  # each job runs alone and reports its own error
+                    self._accept(job)
+                continue
+            stats = self.node.stats
+            stats.batched += len(jobs)
+            for job, outs in zip(jobs, outputs):
+                stats.samples["queue_ms"].append((t_start - job.msg.t_recv_ns) / 1e6)
+                self.active[job.entry] = (job, iter(outs))
+                self._step(job.entry)
 
     def _accept(self, job: _Job):
         """Start `job` now, or queue it behind the stream's running job (ordering)."""

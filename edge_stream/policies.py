@@ -37,6 +37,8 @@ def _ms_since(t0: float) -> float:
 class Policy:
     """Base: streams are opened from the model with the route's options merged with per-stream ones."""
 
+    batchable = False  # True: `chunks_batched` runs chunks of several streams in one model run
+
     def __init__(self, model, cfg: ModelConfig):
         self.model = model
         self.cfg = cfg
@@ -130,28 +132,49 @@ class BlockPolicy(Policy):
     every block completed by it, then one `event` per speech start/end."""
 
     EVENT_NAMES = {"start": "speech_start", "end": "speech_end"}
+    batchable = True
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
         self.sample_rate = model.manifest.blocking.sample_rate
 
-    def chunk(self, session, data, text, extra) -> Iterator[Output]:
+    def samples(self, data, text, extra) -> np.ndarray:
+        """The chunk as float32 samples [n], after the boundary checks (InputError otherwise)."""
         if text is not None:
             raise InputError(f"{self.model.name}: takes audio samples, not text")
         sr = extra.get("sr")
         if sr is not None and self.sample_rate is not None and sr != self.sample_rate:
             raise InputError(f"{self.model.name}: sr {sr!r} is not supported; this model takes {self.sample_rate} Hz")
         if data.dtype == np.int16:
-            samples = data.astype(np.float32) * (1.0 / 32768)  # PCM16 -> [-1, 1): a copy, the only one
-        elif data.dtype == np.float16:
-            samples = data.astype(np.float32)
-        elif data.dtype == np.float32:
-            samples = data
-        else:
-            raise InputError(f"{self.model.name}: audio samples are float32, int16 or float16, got {data.dtype}")
+            return data.astype(np.float32) * (1.0 / 32768)  # PCM16 -> [-1, 1): a copy, the only one
+        if data.dtype == np.float16:
+            return data.astype(np.float32)
+        if data.dtype == np.float32:
+            return data
+        raise InputError(f"{self.model.name}: audio samples are float32, int16 or float16, got {data.dtype}")
+
+    def chunk(self, session, data, text, extra) -> Iterator[Output]:
+        samples = self.samples(data, text, extra)
         t0 = time.perf_counter()
         out = session.feed(samples)
+        yield from self._outputs(session, out, _ms_since(t0))
+
+    def chunks_batched(self, sessions: list, msgs: list) -> list[list[Output]]:
+        """Chunks of different streams (one each) through one model run per block step.
+
+        Returns each stream's outputs, equal to what `chunk` gives it alone; `infer_ms` is
+        the batched run's time (every chunk waited for all of it). Raises InputError if any
+        chunk is refused, and then no stream has changed.
+        """
+        from .blocks import run_blocks_batched
+
+        samples = [self.samples(m.data, m.text, m.extra) for m in msgs]
+        t0 = time.perf_counter()
+        outs = run_blocks_batched(sessions, samples)
         infer_ms = _ms_since(t0)
+        return [list(self._outputs(s, o, infer_ms)) for s, o in zip(sessions, outs)]
+
+    def _outputs(self, session, out, infer_ms: float) -> Iterator[Output]:
         yield Output("result", {"start_sample": int(out.start_sample), "n_blocks": int(len(out.probs)),
                                 "samples": session.samples_fed}, data=out.probs, infer_ms=infer_ms)
         for ev in out.events:
