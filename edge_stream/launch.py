@@ -33,6 +33,7 @@ from .errors import ConfigError
 GAP_POLICIES = ("event", "reset")
 TRIGGERS = ("end", "suffix")
 PUBLISH_LOGITS = ("none", "last", "all")
+POLICIES = ("auto", "lm", "vad", "sequence", "recognizer", "command_parser")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,13 @@ class ModelConfig:
     LM policy: chunks are appended as they arrive; generation starts on an `end`
     message (trigger "end") or also when a text chunk ends with `trigger_suffix`
     (trigger "suffix"). `publish_logits` adds logits to each chunk's `fed` output.
+
+    Chaining (docs/protocol.md, "Chaining nodes"): with `forward_topic` set, the
+    policy's forwarded outputs go out in *input* format on that topic, so the next
+    node consumes them like a sensor's: the VAD forwards speech audio (gating),
+    the recognizer forwards words. `policy` picks the behaviour ("auto": from the
+    manifest); `wait_for_end` makes the recognizer and parser buffer a whole
+    segment and run at its `end` (the batch baseline the voice report measures).
     """
 
     name: str
@@ -80,6 +88,9 @@ class ModelConfig:
     top_p: float = 1.0
     seed: int | None = None
     publish_logits: str = "none"
+    policy: str = "auto"  # one of POLICIES
+    forward_topic: str | None = None  # topic of forwarded outputs (input format), e.g. "speech", "words"
+    wait_for_end: bool = False  # recognizer/parser: run on the whole segment at `end` (batch baseline)
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,11 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
             raise ConfigError(f"{mw}: need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1, top_k >= 0")
         if not m.topics:
             raise ConfigError(f"{mw}.topics: at least one input topic is required")
+        if m.policy not in POLICIES:
+            raise ConfigError(f"{mw}.policy: {m.policy!r} is not one of {', '.join(POLICIES)}")
+        if m.forward_topic is not None and (not m.forward_topic or not m.forward_topic.isprintable()
+                                            or len(m.forward_topic) > 128):
+            raise ConfigError(f"{mw}.forward_topic: {m.forward_topic!r} is not a valid topic name")
         for t in m.topics:
             if t in seen:
                 raise ConfigError(f"{mw}.topics: topic {t!r} already feeds model {seen[t]!r}")

@@ -165,6 +165,9 @@ class Node:
         self._thread: threading.Thread | None = None
         self._results_addr = f"inproc://edge-stream-results-{self.pub_id}"
         self._started_s = time.monotonic()
+        # Next seq of forwarded messages per stream. Kept here, not in StreamEntry, so it survives a
+        # stream's eviction: a restart at 0 would look like duplicates downstream. One worker per stream.
+        self._forward_seqs: dict[str, int] = {}
         self.ctx = zmq.Context()
         self.workers = [_Worker(self, i) for i in range(cfg.workers)]
 
@@ -307,6 +310,12 @@ class Node:
         log.info("node %s stopped", self.cfg.name)
 
     # ----- publishing (loop thread only) -------------------------------------------------------
+
+    def forward_seq(self, stream: str) -> int:
+        """The seq of the next forwarded message of `stream` (called by the stream's worker only)."""
+        seq = self._forward_seqs.get(stream, 0)
+        self._forward_seqs[stream] = seq + 1
+        return seq
 
     def _send(self, frames) -> None:
         self.out.send(frames)
@@ -643,9 +652,9 @@ class _Worker(threading.Thread):
             msg = job.msg
             t_start = time.time_ns()
             self.node.stats.samples["queue_ms"].append((t_start - msg.t_recv_ns) / 1e6)
-            yield from policy.chunk(entry.session, msg.data, msg.text, msg.extra)
+            yield from policy.chunk(entry.session, msg.data, msg.text, _extra(msg))
         elif op == "end":
-            yield from policy.end(entry.session, job.msg.extra)
+            yield from policy.end(entry.session, _extra(job.msg))
         elif op == "reset":
             out = policy.reset(entry.session)
             if job.reply_to is not None:
@@ -664,6 +673,9 @@ class _Worker(threading.Thread):
 
     def _publish(self, entry: StreamEntry, job: _Job, out: Output):
         node, msg = self.node, job.msg
+        if out.kind == "forward":
+            self._publish_forward(entry, job, out)
+            return
         header = {"v": wire.VERSION, "stream": entry.name, "pub_id": node.pub_id, "seq": entry.out_seq,
                   "kind": out.kind, "model": entry.route.name, "node": node.cfg.name,
                   "infer_ms": round(out.infer_ms, 4)}
@@ -681,6 +693,22 @@ class _Worker(threading.Thread):
         topic = node.cfg.output_topic.format(stream=entry.name)
         node.out.send(wire.encode_output(topic, header, out.data))
 
+    def _publish_forward(self, entry: StreamEntry, job: _Job, out: Output):
+        """A forwarded output: an *input* message on the route's forward_topic (node chaining), from
+        this node's pub_id with its own seq per stream, carrying the input's t_capture_ns."""
+        node, msg = self.node, job.msg
+        fields = dict(out.fields)
+        kind, text = fields.pop("input_kind", "chunk"), fields.pop("text", None)
+        t_capture = fields.pop("t_capture_ns", None) or (msg.t_capture_ns if msg is not None else None)
+        frames = wire.encode_input(entry.route.cfg.forward_topic, entry.name, node.pub_id,
+                                   node.forward_seq(entry.name), kind, data=out.data, text=text,
+                                   t_capture_ns=t_capture, **fields)
+        if msg is not None and job.n_out == 0 and job.op == "chunk":
+            node.stats.samples["infer_ms"].append(out.infer_ms)
+            node.stats.samples["node_ms"].append((wire.now_ns() - msg.t_recv_ns) / 1e6 - out.infer_ms)
+        job.n_out += 1
+        node.out.send(frames)
+
     def _reply(self, job: _Job, fields: dict):
         if job.reply_to is not None:
             self._push(list(job.reply_to) + [control_reply(job.fields or {}, fields)])
@@ -694,6 +722,11 @@ class _Worker(threading.Thread):
             except zmq.Again:  # the loop is behind; give up only when shutting down
                 if self.node._stop.is_set():
                     return
+
+
+def _extra(msg: wire.InMessage) -> dict:
+    """The fields a policy gets: the header's model-specific ones, plus t_capture_ns when present."""
+    return msg.extra if msg.t_capture_ns is None else {**msg.extra, "t_capture_ns": msg.t_capture_ns}
 
 
 def load_routes(cfg: NodeConfig) -> list[Route]:
