@@ -1,0 +1,294 @@
+"""The voice pipeline: VAD gate -> recognizer -> parser nodes chained over real ZeroMQ sockets (loopback).
+
+Forwarded messages are read with a plain SUB socket and validated with wire.decode_input,
+exactly as the next node's input boundary does. Models: models/silero-vad and the committed
+models/command-recognizer and models/command-parser; audio: tests/data/commands.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from edge_stream import wire
+from edge_stream.cli_node import read_wav
+from edge_stream.client import Publisher, Subscriber
+from edge_stream.controller import CommandTracker
+from edge_stream.node import Node, make_node_config
+from edge_stream.speech_gate import SpeechGate
+from nodekit import collect, start_node
+
+ROOT = Path(__file__).resolve().parent.parent
+VAD_DIR = ROOT / "models" / "silero-vad"
+RECOGNIZER_DIR = ROOT / "models" / "command-recognizer"
+PARSER_DIR = ROOT / "models" / "command-parser"
+WAVS = ROOT / "tests" / "data" / "commands"
+SR = 16000
+VAD_OPTIONS = {"threshold": 0.5, "min_silence_ms": 300.0, "speech_pad_ms": 100.0}  # as launch/voice_commands.toml
+
+needs_models = pytest.mark.skipif(not (RECOGNIZER_DIR / "manifest.json").exists()
+                                  or not (PARSER_DIR / "manifest.json").exists(),
+                                  reason="models/command-recognizer or models/command-parser not built yet")
+
+
+def wav(name: str) -> np.ndarray:
+    pcm, sr = read_wav(WAVS / name)
+    assert sr == SR
+    return pcm.astype(np.float32) / 32768.0  # [n]
+
+
+def transcript(name: str) -> str:
+    meta = json.loads((WAVS / "transcripts.json").read_text())
+    return next(u["text"] for u in meta["utterances"] if u["file"] == name)
+
+
+def vad_model(**extra) -> dict:
+    return {"name": "vad", "dir": str(VAD_DIR), "topics": ["mic"], "forward_topic": "speech",
+            "stream_options": dict(VAD_OPTIONS), **extra}
+
+
+def recognizer_model(**extra) -> dict:
+    return {"name": "recognizer", "dir": str(RECOGNIZER_DIR), "topics": ["speech"], "forward_topic": "words", **extra}
+
+
+def parser_model(**extra) -> dict:
+    return {"name": "parser", "dir": str(PARSER_DIR), "topics": ["words"], "policy": "command_parser", **extra}
+
+
+class ForwardTap:
+    """A SUB on a node's output taking its forwarded (input-format) messages of one topic."""
+
+    def __init__(self, node: Node, topic: str):
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.linger = 0
+        self.sock.setsockopt(zmq.SUBSCRIBE, wire.topic_frame(topic))
+        self.sock.connect(node.endpoints["output"][0])
+
+    def collect(self, until, timeout: float = 10.0) -> list[wire.InMessage]:
+        out, deadline = [], time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(int(left * 1000) + 1):
+                break
+            msg = wire.decode_input(self.sock.recv_multipart())  # the next node's boundary check
+            out.append(msg)
+            if until(msg):
+                break
+        return out
+
+    def close(self):
+        self.sock.close(linger=0)
+
+
+def publish(pub: Publisher, audio: np.ndarray, stream: str = "mic1", chunk: int = 512, end: bool = True) -> None:
+    for i in range(0, len(audio), chunk):
+        pub.send(audio[i:i + chunk], stream=stream, sr=SR)
+    if end:
+        pub.end(stream=stream)
+
+
+def connected_publisher(node: Node, topic: str) -> Publisher:
+    pub = Publisher(topic, connect=node.endpoints["input"])
+    assert pub.wait_ready(5.0), "node never subscribed"
+    return pub
+
+
+def reference_segments(audio: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) samples of the VAD's events on `audio`, from the runtime directly (no node)."""
+    import edge_stream as es
+
+    stream = es.load(VAD_DIR).open_stream(**VAD_OPTIONS)
+    events = stream.feed(audio).events
+    starts = [e["start"] for e in events if "start" in e]
+    ends = [e["end"] for e in events if "end" in e]
+    return list(zip(starts, ends))
+
+
+# ----- the gate alone (no model) ---------------------------------------------------------------------
+
+
+def test_gate_forwards_from_the_padded_start_in_the_pre_roll():
+    gate = SpeechGate(pad_samples=100, block=50)
+    audio = np.arange(1000, dtype=np.float32)
+    assert gate.update(audio[:400], []) == []  # silence: nothing
+    pieces = gate.update(audio[400:500], [{"start": 330}])  # the start lies in the previous chunk
+    assert [p.kind for p in pieces] == ["audio"]
+    assert pieces[0].start_sample == 330 and np.array_equal(pieces[0].audio, audio[330:500])
+
+
+def test_gate_closes_a_segment_and_is_silent_after_it():
+    gate = SpeechGate(pad_samples=100, block=50)
+    audio = np.arange(1000, dtype=np.float32)
+    gate.update(audio[:200], [{"start": 120}])
+    pieces = gate.update(audio[200:300], [{"end": 260}])
+    assert [p.kind for p in pieces] == ["audio", "end"]
+    assert np.array_equal(pieces[0].audio, audio[200:260])
+    assert pieces[1].end_sample == 260 and pieces[1].speech_end_sample == 160 and pieces[1].segment == 0
+    assert gate.update(audio[300:400], []) == []
+    assert gate.update(audio[400:500], [{"start": 450}])[0].segment == 1
+
+
+def test_gate_finish_closes_an_open_segment_at_the_last_sample():
+    gate = SpeechGate(pad_samples=0, block=10)
+    gate.update(np.zeros(50, np.float32), [{"start": 20}])
+    end = gate.finish()
+    assert end.kind == "end" and end.end_sample == 50
+    assert gate.finish() is None
+
+
+# ----- nodes over ZeroMQ -----------------------------------------------------------------------------
+
+
+def test_vad_node_forwards_exactly_the_speech_segments():
+    silence = np.zeros(SR, np.float32)
+    audio = np.concatenate([wav("command_0.wav"), silence, wav("command_1.wav"), silence])
+    segments = reference_segments(audio)
+    assert len(segments) == 2
+    node = start_node([vad_model()], name="vad")
+    tap = ForwardTap(node, "speech")
+    try:
+        pub = connected_publisher(node, "mic")
+        time.sleep(0.2)  # the tap's subscription reaches the node's XPUB
+        publish(pub, audio, end=False)
+        got = tap.collect(lambda m: m.kind == "end" and m.extra["segment"] == 1)
+    finally:
+        tap.close()
+        node.stop()
+    assert [m.seq for m in got] == list(range(len(got)))  # the node's own numbering, no gaps
+    assert {m.pub_id for m in got} == {node.pub_id} and {m.stream for m in got} == {"mic1"}
+    for k, (start, end) in enumerate(segments):
+        chunks = [m for m in got if m.kind == "chunk" and m.extra["segment"] == k]
+        ends = [m for m in got if m.kind == "end" and m.extra["segment"] == k]
+        assert len(ends) == 1 and ends[0].extra["end_sample"] == end
+        assert ends[0].extra["t_speech_end_ns"] <= ends[0].t_capture_ns
+        assert chunks[0].extra["start_sample"] == start
+        forwarded = np.concatenate([m.data for m in chunks])
+        # Exactly the stream's samples from the padded start on, contiguous, ...
+        assert np.array_equal(forwarded, audio[start:start + len(forwarded)])
+        # ... through the VAD's end, plus at most the silence it waited for (and one chunk).
+        assert end <= start + len(forwarded) <= end + int(VAD_OPTIONS["min_silence_ms"] * SR / 1000) + 1024
+    assert sum(m.data.size for m in got if m.kind == "chunk") < len(audio) - SR  # nothing in the silences
+
+
+@needs_models
+@pytest.mark.parametrize("name", ["command_1.wav", "command_2.wav"])
+def test_recognizer_node_publishes_the_words_of_a_wav(name):
+    node = start_node([recognizer_model()], name="recognizer")
+    tap = ForwardTap(node, "words")
+    try:
+        pub = connected_publisher(node, "speech")
+        time.sleep(0.2)
+        publish(pub, wav(name), stream="seg", chunk=640)
+        got = tap.collect(lambda m: m.kind == "end")
+    finally:
+        tap.close()
+        node.stop()
+    assert got and got[-1].kind == "end"
+    words = [m.text for m in got if m.kind == "chunk"]
+    assert " ".join(words) == transcript(name)
+    assert [m.extra["word_index"] for m in got[:-1]] == list(range(len(words)))
+
+
+@needs_models
+def test_recognizer_emits_a_word_before_the_audio_ends():
+    audio = wav("command_1.wav")  # "turn left ninety degrees": "turn" is final long before the end
+    node = start_node([recognizer_model()], name="recognizer")
+    tap = ForwardTap(node, "words")
+    try:
+        pub = connected_publisher(node, "speech")
+        time.sleep(0.2)
+        publish(pub, audio[:13000], stream="seg", end=False)  # up to the middle of "left"
+        first = tap.collect(lambda m: True, timeout=5.0)
+    finally:
+        tap.close()
+        node.stop()
+    assert [m.text for m in first] == ["turn"]
+
+
+@needs_models
+def test_parser_node_sends_stop_the_moment_the_word_arrives():
+    node = start_node([parser_model()], name="parser", output_topic="commands/{stream}")
+    sub = Subscriber(["commands/"], connect=node.endpoints["output"], prefix=True)
+    try:
+        pub = connected_publisher(node, "words")
+        from nodekit import wait_subscribed
+
+        wait_subscribed(node, sub)
+        pub.send(text="okay", stream="u1")
+        pub.send(text="stop", stream="u1")
+        # Nothing more is sent until the stop is out: it cannot be waiting for a later word.
+        got = collect(sub, lambda r: r.kind == "delta", timeout=5.0)
+        assert got and got[-1].header["fields"] == ["stop"] and got[-1].header["word"] == "stop"
+        pub.send(text="now", stream="u1")
+        pub.end(stream="u1")
+        done = collect(sub, lambda r: r.kind == "done", timeout=5.0)
+    finally:
+        sub.close()
+        node.stop()
+    assert done[-1].header["command"] == "stop" and done[-1].header["words"] == ["okay", "stop", "now"]
+
+
+@needs_models
+def test_parser_node_turns_words_into_a_command_field_by_field():
+    node = start_node([parser_model()], name="parser", output_topic="commands/{stream}")
+    sub = Subscriber(["commands/"], connect=node.endpoints["output"], prefix=True)
+    try:
+        pub = connected_publisher(node, "words")
+        from nodekit import wait_subscribed
+
+        wait_subscribed(node, sub)
+        for w in "turn left ninety degrees".split():
+            pub.send(text=w, stream="u2")
+        pub.end(stream="u2", segment=3, t_speech_end_ns=123)
+        got = collect(sub, lambda r: r.kind == "done", timeout=5.0)
+    finally:
+        sub.close()
+        node.stop()
+    deltas = [r.header for r in got if r.kind == "delta"]
+    assert deltas[0]["word"] == "turn" and deltas[0]["command"] == "turn"
+    assert deltas[1]["word"] == "left" and deltas[1]["command"] == "turn left"
+    done = got[-1].header
+    assert done["command"] == "turn left 90 deg" and (done["action"], done["direction"]) == ("turn", "left")
+    assert (done["amount"], done["unit"], done["segment"], done["t_speech_end_ns"]) == (90.0, "deg", 3, 123)
+
+
+@needs_models
+@pytest.mark.parametrize("wait_for_end", [False, True], ids=["streaming", "batch"])
+def test_three_chained_nodes_turn_a_wav_into_its_command(wait_for_end):
+    vad = start_node([vad_model()], name="vad")
+    nodes = [vad]
+    try:
+        rec = Node(make_node_config(name="recognizer", input={"connect": vad.endpoints["output"]},
+                                    output={"bind": ["tcp://127.0.0.1:*"]},
+                                    models=[recognizer_model(wait_for_end=wait_for_end)])).start()
+        nodes.append(rec)
+        parser = Node(make_node_config(name="parser", input={"connect": rec.endpoints["output"]},
+                                       output={"bind": ["tcp://127.0.0.1:*"]}, output_topic="commands/{stream}",
+                                       models=[parser_model(wait_for_end=wait_for_end)])).start()
+        nodes.append(parser)
+        sub = Subscriber(["commands/"], connect=parser.endpoints["output"], prefix=True)
+        from nodekit import wait_subscribed
+
+        wait_subscribed(parser, sub)
+        time.sleep(0.3)  # the chain's own subscriptions (recognizer -> VAD, parser -> recognizer)
+        pub = connected_publisher(vad, "mic")
+        silence = np.zeros(SR // 2, np.float32)
+        publish(pub, np.concatenate([wav("command_0.wav"), silence, wav("command_1.wav"), silence]))
+        tracker, records = CommandTracker(), []
+        for r in collect(sub, lambda r: r.kind == "done" and r.header.get("segment") == 1, timeout=15.0):
+            rec_ = tracker.update(r.header)
+            if rec_ is not None:
+                records.append(rec_)
+        sub.close()
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+    assert [r.command for r in records] == ["stop", "turn left 90 deg"]
+    assert all(r.t_speech_end_ns is not None and r.t_done_pub_ns > r.t_speech_end_ns for r in records)
+    if not wait_for_end:  # streaming: the stop was known before the segment's end was
+        assert records[0].fields[0] == "stop"
