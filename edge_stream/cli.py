@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "edge_stream.cli_node",
     "edge_stream.cli_export",
     "edge_stream.bench",
+    "edge_stream.voice_demo",
 )
 
 
