@@ -1,29 +1,34 @@
-"""Speed figures of the streaming runtime, measured in one run on the machine at hand.
+"""Speed figures of the streaming runtime and its peers, measured in one run on the machine at hand.
 
-    python -m edge_stream.bench [--scenario overhead ttft window] [--precision fp32 int8]
-                                [--quick] [--threads 2] [--tokens N] [--json FILE]
+    python -m edge_stream.bench [--scenario ...] [--precision fp32 int8] [--peers genai torch]
+                                [--quick] [--threads 2] [--json FILE] [--plot DIR]
 
-Scenarios (issue 2's speed goals; `--scenario` picks them by name):
-  overhead  StreamSession.feed vs a bare InferenceSession.run with identical feeds, per
-            16-token chunk and per decode step at several cache lengths, a chunk into a
-            full sliding window (eviction counts as overhead), and greedy generate() vs a
-            hand-written run+argmax loop. A/B pairs alternate so machine noise hits both
-            sides alike; figures are per-pair ratios, plus the stream's own time outside
-            ORT measured inside the same calls. Goal: median ratio <= 1.05.
-  ttft      time to first token after the last 16-token chunk of a 1024-token input
-            (feed of the last chunk + choosing the token) vs prefilling the whole input
-            at once from an empty state. Goal: batch / streamed >= 40.
-  window    an endless stream through a sliding window with attention sinks: per-chunk
-            latency and process memory (VmRSS, and VmHWM since the scenario began) at 2k
-            and at `--tokens` streamed tokens. Goal: each within 10% of its 2k value.
-            Runs on int8 only by default (`--window-precision`): 100k tokens take ~4 min
-            in int8, ~20 min in fp32 on 2 cores.
+Scenarios (`--scenario` picks them by name; all by default):
+  overhead  StreamSession.feed vs a bare InferenceSession.run with identical feeds (16-token
+            chunks and decode steps at several cache lengths, a chunk into a full sliding
+            window, greedy generate()); A/B pairs alternate. Goal: median ratio <= 1.05.
+  ttft      time to first token after the end of the input, 64..2048 tokens: streamed
+            (16-token chunks fed as they arrive, TTFT from the last chunk) vs batch (whole
+            input prefilled at once), for our runtime and the peers (bench_lm), plus chunk
+            latency along the stream. Goal: batch / streamed >= 40 at 1024 tokens.
+  decode    ms per token (engines in lockstep) and its ratio to the memory-bandwidth floor
+            (weight bytes read per token / read bandwidth measured in the same run).
+            Goals: ours/genai <= 1.0; int8 <= 0.4 x fp32.
+  window    an endless stream through a sliding window with sinks: per-chunk latency and
+            process memory at 2k vs `--tokens` tokens (int8 only by default).
+  node      the node (own process, tcp loopback): chunk published -> first output received
+            minus model run time, p50/p99 at 100 and 1,000 chunks/s over 4 streams, and a
+            bare relay as the floor (bench_node). Goal: p99 <= 1 ms at 1,000 chunks/s.
+  vad       real-time 16 kHz Silero VAD streams per CPU core, one stream per run vs all
+            streams in one batched run (bench_vad). Goal: >= 500 per core batched.
 
-`--quick` (about a minute once models are built): int8 only, fewer pairs, a 512-token
-prompt, window 256 over 4096 tokens. The reference model is a Llama with
-SmolLM2-135M's shape and random weights (`export.tiny_models`), built once into
-`--cache-dir` by `export.hf` (optimum-onnx fp32; int8 = onnxruntime dynamic quantisation
-of the MatMul weights) and reused; building needs the `export` extra, running does not.
+Peers (onnxruntime-genai, transformers in PyTorch) are optional: a missing one is skipped
+with the reason in the table and the JSON. `--quick` shrinks everything (int8 and genai
+int4 only, no PyTorch unless `--peers torch` asks, two input lengths, a few tokens, 1.5 s
+per node rate) to finish in about a minute once models are built. The reference model is a Llama with SmolLM2-135M's shape and random
+weights (`export.tiny_models`), built once into `--cache-dir` (optimum-onnx fp32; int8 =
+onnxruntime dynamic quantisation of the MatMul weights; genai's model builder for the peers)
+and reused; building needs the `export` and `peers` extras, running ours does not.
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ SCHEMA = "edge-stream/bench@1"
 DEFAULT_MODEL = "smollm2-135m-shape"
 DEFAULT_CACHE = Path(".cache/bench-models")
 PRECISIONS = ("fp32", "int8")
-GOALS = {"overhead": "median stream/bare <= 1.05", "ttft": "batch/streamed >= 40",
-         "window": "far/near within 1.10 (latency p50, RSS, peak RSS)"}
+SCENARIO_NAMES = ("overhead", "ttft", "decode", "window", "node", "vad")
+GOALS = {"overhead": "median stream/bare <= 1.05", "window": "far/near within 1.10 (latency p50, RSS, peak RSS)"}
 
 
 @dataclass
@@ -62,19 +67,27 @@ class BenchConfig:
     precisions: tuple = PRECISIONS
     # The window logic and the fp32 KV cache are the same in both precisions; int8 is 5x faster.
     window_precisions: tuple = ("int8",)
-    scenarios: tuple = ("overhead", "ttft", "window")
-    threads: int = 2  # ORT intra-op threads
+    scenarios: tuple = SCENARIO_NAMES
+    threads: int = 2  # ORT intra-op threads (and torch's, and genai's)
     cache_dir: Path = DEFAULT_CACHE
     seed: int = 0
     chunk: int = 16  # tokens per streamed chunk
+    # peers (ttft, decode)
+    peers: tuple = ("genai", "torch")
+    genai_precisions: tuple = ("fp32", "int4")  # what its model builder offers on CPU
+    shared_kv_probe: bool = True  # decode: also a bare loop with a shared past/present KV buffer
     # overhead
     pairs: int = 30  # timed A/B pairs per case (after `warmup` untimed ones)
     warmup: int = 3
     cache_lengths: tuple = (128, 512, 1008)
     generate_tokens: int = 16
     # ttft
-    prompt_tokens: int = 1024
-    ttft_repeats: int = 5
+    ttft_lengths: tuple = (64, 128, 256, 512, 1024, 2048)
+    ttft_repeats: int = 2
+    # decode
+    decode_prompt: int = 512
+    decode_tokens: int = 32
+    decode_repeats: int = 2
     # window
     kv_window: int = 1024
     sink_tokens: int = 4
@@ -82,12 +95,24 @@ class BenchConfig:
     tokens: int = 100_000  # the far point: tokens streamed in all
     span_tokens: int = 1024  # latency at T = median over the chunks of the last span_tokens before T
     window_chunk: int = 16
+    # vad
+    vad_dir: Path | None = None  # default: export.silero_vad into cache_dir
+    vad_solo_streams: int = 16
+    vad_batch_streams: int = 256
+    vad_rounds: int = 20
+    # node
+    node_rates: tuple = (100, 1000)  # chunks/s
+    node_streams: int = 4
+    node_seconds: float = 4.0  # per rate
     quick_mode: bool = False
 
     def quick(self) -> "BenchConfig":
-        return replace(self, precisions=("int8",), pairs=8, warmup=2, cache_lengths=(128, 512), generate_tokens=8,
-                       prompt_tokens=512, ttft_repeats=3, kv_window=256, near_tokens=1024,
-                       tokens=4096, span_tokens=256, quick_mode=True)
+        return replace(self, precisions=("int8",), peers=tuple(p for p in self.peers if p != "torch"),
+                       genai_precisions=("int4",), shared_kv_probe=False, pairs=6, warmup=2,
+                       cache_lengths=(128,), generate_tokens=4, ttft_lengths=(64, 256), ttft_repeats=1,
+                       decode_prompt=64, decode_tokens=6, decode_repeats=1, kv_window=256, near_tokens=512,
+                       tokens=1024, span_tokens=256, vad_batch_streams=128, vad_rounds=6, node_seconds=1.5,
+                       quick_mode=True)
 
 
 # ----- measurement helpers ---------------------------------------------------------------------
@@ -387,48 +412,6 @@ class _Overhead:
                    "identical_logits": same, **per_token, "ratio": r["ratio"]})
 
 
-def scenario_ttft(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
-    """First token after the last chunk of a streamed input vs after prefilling it all at once."""
-    n, c = cfg.prompt_tokens, cfg.chunk
-    if n % c:
-        raise SystemExit(f"--prompt-tokens {n} must be a multiple of the chunk size {c}")
-    prompt = _tokens(rng, model, n)
-    streamed = model.open_stream(kv_window=None)
-    batch = model.open_stream(kv_window=None, max_chunk=n)  # one ORT run for the whole prompt
-
-    def first_token(stream) -> int:
-        return next(stream.generate(max_new_tokens=1, temperature=0.0, stop_token_ids=())).token_id
-
-    t_stream, t_batch, t_chunks, agree = [], [], [], True
-    for i in range(cfg.ttft_repeats + 1):  # repeat 0 warms both paths up
-        for side in (("stream", "batch") if i % 2 else ("batch", "stream")):
-            if side == "stream":
-                streamed.reset()
-                chunks = [_timed_ms(lambda j=j: streamed.feed(prompt[j:j + c])) for j in range(0, n - c, c)]
-                t0 = time.perf_counter_ns()
-                streamed.feed(prompt[n - c:])  # the last chunk arrives
-                tok_s = first_token(streamed)
-                t = (time.perf_counter_ns() - t0) / 1e6
-                if i:
-                    t_stream.append(t)
-                    t_chunks += chunks
-            else:
-                batch.reset()
-                t0 = time.perf_counter_ns()
-                batch.feed(prompt)  # the whole input, from an empty state
-                tok_b = first_token(batch)
-                t = (time.perf_counter_ns() - t0) / 1e6
-                if i:
-                    t_batch.append(t)
-        agree &= tok_s == tok_b
-    ratios = np.array(t_batch) / np.array(t_stream)
-    ratio = float(np.median(t_batch) / np.median(t_stream))
-    log.info("ttft: streamed %.1f ms, batch %.1f ms, ratio %.1f", np.median(t_stream), np.median(t_batch), ratio)
-    return {"prompt_tokens": n, "chunk": c, "streamed_ms": dist(t_stream), "batch_ms": dist(t_batch),
-            "earlier_chunks_ms": dist(t_chunks), "ratio": ratio, "ratio_per_repeat": dist(ratios),
-            "same_first_token": bool(agree), "goal": GOALS["ttft"], "pass": ratio >= 40}
-
-
 def scenario_window(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
     """Stream `tokens` through a sliding window; latency and memory at near_tokens vs at the end.
 
@@ -487,49 +470,78 @@ def scenario_window(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
               "rss": float(b["rss_mb"] / a["rss_mb"]), "peak_rss": float(b["peak_rss_mb"] / a["peak_rss_mb"])}
     log.info("window: ratios %s", {k: round(v, 3) for k, v in ratios.items()})
     gated = ("latency_p50", "rss", "peak_rss")
-    return {"kv_window": cfg.kv_window, "sink_tokens": cfg.sink_tokens, "chunk": c, "near": a, "far": b,
+    buckets = np.array_split(np.arange(n_chunks), min(n_chunks, 200))  # the plot's series: median per bucket
+    trace = [[int(b[-1] + 1) * c, float(np.median(latency[b])), int(rss_kb[b[-1]]) / 1024] for b in buckets]
+    return {"kv_window": cfg.kv_window, "trace_tokens_ms_rss_mb": trace, "sink_tokens": cfg.sink_tokens, "chunk": c, "near": a, "far": b,
             "latency_pairs": pairs, "ratio": ratios, "max_cache_len": max_cache,
             "rss_at_start_mb": start_kb / 1024, "peak_reset": peak_reset, "seconds": elapsed,
             "tokens_per_s": total / elapsed, "goal": GOALS["window"],
             "pass": all(ratios[k] <= 1.10 for k in gated)}
 
 
-SCENARIOS: dict[str, Callable] = {"overhead": scenario_overhead, "ttft": scenario_ttft, "window": scenario_window}
+PER_MODEL = {"overhead": scenario_overhead, "window": scenario_window}  # ours, per precision
+CROSS_ENGINE = ("ttft", "decode")  # ours and peers in lockstep (bench_lm)
 
 
 # ----- running and reporting -------------------------------------------------------------------
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    """Run the chosen scenarios for each precision; returns the JSON-ready report."""
+    """Run the chosen scenarios; returns the JSON-ready report."""
     import edge_stream as es
 
-    unknown = [s for s in cfg.scenarios if s not in SCENARIOS]
+    from . import bench_lm
+    from .bench_node import scenario_node
+    from .bench_vad import scenario_vad
+
+    unknown = [s for s in cfg.scenarios if s not in SCENARIO_NAMES]
     if unknown:
-        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIO_NAMES)}")
     report = {"schema": SCHEMA, "machine": machine_info(cfg.threads),
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-              "models": {}, "results": {s: {} for s in cfg.scenarios}}
+              "models": {}, "skipped": {}, "results": {}}
+    lm_scenarios = [s for s in cfg.scenarios if s in PER_MODEL or s in CROSS_ENGINE]
     targets = ([("as-exported", Path(cfg.model_dir))] if cfg.model_dir else
-               [(p, None) for p in cfg.precisions])
-    window_on = [p for p, _ in targets if p in cfg.window_precisions] or [targets[-1][0]]
+               [(p, None) for p in cfg.precisions]) if lm_scenarios else []
+    window_on = [p for p, _ in targets if p in cfg.window_precisions] or [t[0] for t in targets[-1:]]
+    loaded = {}  # precision -> (model, dir): loaded once, shared by every scenario
     for precision, model_dir in targets:
         model_dir = model_dir or ensure_model(cfg.model, precision, Path(cfg.cache_dir))
-        model = es.load(model_dir, intra_op_threads=cfg.threads)
+        loaded[precision] = model = es.load(model_dir, intra_op_threads=cfg.threads)
         report["models"][precision] = {"dir": str(model_dir), "name": model.name,
                                        "onnx_mb": model_bytes(model_dir) / 2**20}
-        for name in cfg.scenarios:
+    for name in [s for s in cfg.scenarios if s in PER_MODEL]:
+        for precision, model in loaded.items():
             if name == "window" and precision not in window_on:
                 continue
-            log.info("== %s, %s", name, precision)
-            rng = np.random.default_rng(cfg.seed)
-            t0 = time.perf_counter()
-            result = SCENARIOS[name](model, cfg, rng)
-            result["seconds"] = result.get("seconds", time.perf_counter() - t0)
-            report["results"][name][precision] = result
-        del model
-        gc.collect()
+            report["results"].setdefault(name, {})[precision] = _timed_scenario(
+                f"{name}, {precision}", lambda: PER_MODEL[name](model, cfg, np.random.default_rng(cfg.seed)))
+    cross = [s for s in cfg.scenarios if s in CROSS_ENGINE]
+    if cross:
+        hf_dir = None if cfg.model_dir else Path(cfg.cache_dir) / f"{cfg.model}-hf"
+        engines, skipped = bench_lm.make_engines(cfg, {p: (m, m.dir / m.manifest.model_file) for p, m in loaded.items()},
+                                                 hf_dir, Path(cfg.cache_dir), cfg.model)
+        report["skipped"].update(skipped)
+        report["engines"] = [e.name for e in engines]
+        for name in cross:
+            fn = bench_lm.scenario_ttft if name == "ttft" else bench_lm.scenario_decode
+            report["results"][name] = _timed_scenario(name, lambda: fn(engines, cfg, np.random.default_rng(cfg.seed)))
+        del engines
+    loaded.clear()
+    gc.collect()
+    if "vad" in cfg.scenarios:
+        report["results"]["vad"] = _timed_scenario("vad", lambda: scenario_vad(cfg, np.random.default_rng(cfg.seed)))
+    if "node" in cfg.scenarios:
+        report["results"]["node"] = _timed_scenario("node", lambda: scenario_node(cfg, None))
     return report
+
+
+def _timed_scenario(label: str, fn: Callable[[], dict]) -> dict:
+    log.info("== %s", label)
+    t0 = time.perf_counter()
+    result = fn()
+    result["seconds"] = result.get("seconds", time.perf_counter() - t0)
+    return result
 
 
 def format_table(report: dict) -> str:
@@ -552,14 +564,6 @@ def format_table(report: dict) -> str:
                              f"  {'yes' if cs['identical_logits'] else 'NO'}")
             lines.append(f"  {prec:<12}worst median ratio {r['worst_median_ratio']:.3f} "
                          f"({r['goal']}): {'PASS' if r['pass'] else 'FAIL'}")
-    if "ttft" in res:
-        lines += ["", "ttft: first token after the last chunk (streamed) vs after a whole-input prefill (batch), ms",
-                  f"  {'prec':<12}{'streamed p10/p50/p90':>24}{'batch p10/p50/p90':>26}{'ratio':>8}  same token"]
-        for prec, r in res["ttft"].items():
-            s, b = r["streamed_ms"], r["batch_ms"]
-            lines.append(f"  {prec:<12}{s['p10']:>8.1f}{s['p50']:>8.1f}{s['p90']:>8.1f}"
-                         f"{b['p10']:>10.1f}{b['p50']:>8.1f}{b['p90']:>8.1f}{r['ratio']:>8.1f}  "
-                         f"{'yes' if r['same_first_token'] else 'NO'}   ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
     if "window" in res:
         lines += ["", "window: sliding window with sinks, at the near point vs after all tokens (ms: in-run medians)"]
         for prec, r in res["window"].items():
@@ -576,12 +580,72 @@ def format_table(report: dict) -> str:
             lines.append(f"  {'':<12}A/B pairs at the end: far {lp['far_ms']['p50']:.2f} ms, near {lp['near_ms']['p50']:.2f} ms,"
                          f" ratio p10/p50/p90 {lp['ratio']['p10']:.3f}/{lp['ratio']['p50']:.3f}/{lp['ratio']['p90']:.3f}"
                          f"   ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+    if "ttft" in res:
+        r = res["ttft"]
+        lines += ["", f"ttft: first token after the end of the input, ms p50: streamed ({r['chunk']}-token chunks fed as "
+                  "they arrive) / batch (whole input at once); chunk = one chunk's feed, p50",
+                  f"  {'engine':<15}" + "".join(f"{n:>15}" for n in r["lengths"]) + f"{'chunk ms':>10}  same"]
+        for name, e in r["engines"].items():
+            cells = "".join(f"{e['streamed_ms'][str(n)]['p50']:>8.0f}/{e['batch_ms'][str(n)]['p50']:<6.0f}"
+                            for n in r["lengths"])
+            lines.append(f"  {name:<15}{cells}{e['chunk_ms']['p50']:>10.1f}  {'yes' if e['same_first_token'] else 'NO'}")
+        for name, e in r["engines"].items():
+            if name.startswith("ours-"):
+                lines.append(f"  {name}: batch/streamed at {r['goal_length']} = "
+                             f"{e['batch_over_streamed'][str(r['goal_length'])]:.1f}")
+        lines.append(f"  ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+        for what, ratios in r["ratios"].items():
+            if ratios:
+                lines.append(f"  ours/peer {what}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    if "decode" in res:
+        r = res["decode"]
+        bw = r["bandwidth"]
+        lines += ["", f"decode: ms per token after a {r['prompt_tokens']}-token input; floor = weight bytes / "
+                  f"read bandwidth ({bw['read_gb_s']:.1f} GB/s read, {bw['copy_gb_s']:.1f} GB/s copy, "
+                  f"{bw['threads']} threads)",
+                  f"  {'engine':<20}{'p10':>8}{'p50':>8}{'p90':>8}{'tok/s':>8}{'weights MB':>12}{'floor ms':>10}"
+                  f"{'x floor':>9}"]
+        for name, e in r["engines"].items():
+            d = e["ms_per_token"]
+            lines.append(f"  {name:<20}{d['p10']:>8.1f}{d['p50']:>8.1f}{d['p90']:>8.1f}{e['tokens_per_s']:>8.1f}"
+                         f"{e['weight_mb']:>12.0f}{e['floor_ms']:>10.1f}{e['ratio_to_floor']:>9.2f}")
+        if r["ratios"]:
+            lines.append("  ours/peer: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items()))
+        if "vs_genai" in r:
+            lines.append(f"  ({r['vs_genai']['goal']}: {'PASS' if r['vs_genai']['pass'] else 'FAIL'})")
+        if "int8_over_fp32" in r:
+            q = r["int8_over_fp32"]
+            lines.append(f"  int8/fp32 {q['ratio']:.2f} ({q['goal']}: {'PASS' if q['pass'] else 'FAIL'})")
+    if "vad" in res:
+        r = res["vad"]
+        lines += ["", f"vad: real-time 16 kHz streams per core ({r['block_ms']:.0f} ms blocks, 1 ORT thread; "
+                  "CPU time of the feeding thread, wall beside it)",
+                  f"  {'':<10}{'streams':>8}{'cpu us/blk':>12}{'per core':>10}{'per core (wall)':>17}"]
+        for side in ("solo", "batched"):
+            e = r[side]
+            lines.append(f"  {side:<10}{e['streams']:>8}{e['cpu_us_per_stream_block']['p50']:>12.1f}"
+                         f"{e['streams_per_core']:>10.0f}{e['streams_per_core_wall']:>17.0f}")
+        lines.append(f"  batched/solo x{r['batched_over_solo']:.1f}   ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+    if "node" in res:
+        r = res["node"]
+        lines += ["", f"node: chunk published -> first output received, minus model run time, ms ({r['streams']} "
+                  f"streams, {r['transport']}, {r['seconds_per_rate']:g} s per rate)",
+                  f"  {'':<16}{'p50':>8}{'p99':>8}{'max':>8}{'model p50':>11}{'received':>14}"]
+        rows = [(f"{k} chunks/s", v) for k, v in r["rates"].items()]
+        rows.append((f"relay {r['baseline_relay']['rate']}/s", r["baseline_relay"]))
+        for label, v in rows:
+            o = v["overhead_ms"]
+            lines.append(f"  {label:<16}{o['p50']:>8.3f}{o['p99']:>8.3f}{o['max']:>8.2f}{v['infer_ms']['p50']:>11.3f}"
+                         f"{v['received']:>8}/{v['sent']:<6}")
+        lines.append(f"  ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+    for peer, reason in report.get("skipped", {}).items():
+        lines.append(f"\npeer {peer} skipped: {reason}")
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = BenchConfig()
-    p.add_argument("--scenario", nargs="+", default=list(d.scenarios), choices=list(SCENARIOS),
+    p.add_argument("--scenario", nargs="+", default=list(d.scenarios), choices=list(SCENARIO_NAMES),
                    help="scenarios to run (default: all)")
     p.add_argument("--precision", nargs="+", choices=list(PRECISIONS),
                    help="precisions to build and measure (default: fp32 int8; quick: int8)")
@@ -596,8 +660,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-chunk", type=int, help="window: tokens per chunk (default 16)")
     p.add_argument("--kv-window", type=int, help="window: recent entries kept (default 1024; quick 256)")
     p.add_argument("--pairs", type=int, help="overhead: timed A/B pairs per case (default 30)")
+    p.add_argument("--peers", nargs="*", choices=list(d.peers),
+                   help="peers measured beside ours in ttft/decode (default: genai torch; none: --peers)")
+    p.add_argument("--genai-precision", nargs="+", choices=["fp32", "int4"],
+                   help="onnxruntime-genai builds to measure (default fp32 int4; quick int4)")
+    p.add_argument("--ttft-lengths", nargs="+", type=int, help="ttft: input lengths (default 64 ... 2048)")
+    p.add_argument("--ttft-repeats", type=int, help="ttft: passes over every length (default 2)")
+    p.add_argument("--decode-prompt", type=int, help="decode: input tokens before generating (default 512)")
+    p.add_argument("--decode-tokens", type=int, help="decode: tokens generated per repeat (default 32)")
+    p.add_argument("--vad-dir", type=Path, help="vad/node: a Silero VAD model directory (default: exported into the cache)")
+    p.add_argument("--node-seconds", type=float, help="node: seconds per rate (default 4; quick 1)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="also write PNG plots there (needs the plot extra)")
 
 
 def config_from_args(args) -> BenchConfig:
@@ -608,7 +683,11 @@ def config_from_args(args) -> BenchConfig:
     overrides = {"precisions": tuple(args.precision or ()) or None,
                  "window_precisions": tuple(args.window_precision or ()) or None,
                  "tokens": args.tokens, "window_chunk": args.window_chunk, "kv_window": args.kv_window,
-                 "pairs": args.pairs}
+                 "pairs": args.pairs, "peers": tuple(args.peers) if args.peers is not None else None,
+                 "genai_precisions": tuple(args.genai_precision or ()) or None,
+                 "ttft_lengths": tuple(args.ttft_lengths or ()) or None, "decode_tokens": args.decode_tokens,
+                 "ttft_repeats": args.ttft_repeats, "decode_prompt": args.decode_prompt,
+                 "vad_dir": args.vad_dir, "node_seconds": args.node_seconds}
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -621,12 +700,18 @@ def run(args) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
         print(f"\nwrote {args.json}")
+    if args.plot:
+        from .bench_plot import write_plots
+
+        written, reason = write_plots(report, args.plot)
+        print(f"wrote {', '.join(map(str, written))}" if written else f"no plots: {reason}")
     return 0
 
 
 def add_commands(subparsers) -> None:
     """Register `bench` on the top-level CLI's subparsers."""
-    p = subparsers.add_parser("bench", help="measure stream overhead, time to first token, windowed memory",
+    p = subparsers.add_parser("bench", help="measure TTFT, decode, node overhead, VAD capacity and windowed "
+                              "streams, beside onnxruntime-genai and PyTorch",
                               description=__doc__.split("\n\n")[0])
     add_arguments(p)
     p.set_defaults(func=run)
