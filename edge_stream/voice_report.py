@@ -226,7 +226,8 @@ def report(args) -> str:
                if s["command"] == s["expected"] and b["command"] == b["expected"]]
     s_ok = sum(r["command"] == r["expected"] for r in stream["rows"])
     b_ok = sum(r["command"] == r["expected"] for r in batch["rows"])
-    cmd = "python -m edge_stream.voice_report " + " ".join(sys.argv[1:])
+    cmd = (f"python -m edge_stream.voice_report --utterances {args.utterances} --seed {args.seed} "
+           f"--latency-n {args.latency_n}" + (f" --write {args.write}" if args.write else ""))
     lines = [
         f"Command: `{cmd}` ({os.cpu_count()} CPU cores, ONNX Runtime 1 thread per model, "
         f"{time.strftime('%Y-%m-%d')}).",
