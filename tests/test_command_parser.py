@@ -1,0 +1,201 @@
+"""The streaming command parser: the committed model, its runtime helper and its training data.
+
+Model tests run the committed models/command-parser through edge_stream.load, as the parser
+node does; the phrasings below come from held-out templates (export/command_data.py
+HELD_OUT_RULES) or combine parts in ways training never showed as a whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_stream as es
+from edge_stream.command_parser import (FIX, Command, CommandParser, apply_tokens, fields, words_of)
+from edge_stream.errors import InputError, ManifestError
+from export.command_data import (Generator, Teacher, held_out_rule, sequence, vocabulary)
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "command-parser"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return es.load(MODEL_DIR)
+
+
+@pytest.fixture
+def parser(model):
+    return CommandParser(model)
+
+
+def parse(parser, text: str) -> tuple[list[list[str]], str]:
+    """Fields after each word, and the final command."""
+    emitted = [parser.push_word(w) for w in words_of(text)]
+    return emitted, parser.end()
+
+
+# ----- the committed model ----------------------------------------------------------------
+
+def test_committed_model_loads_with_its_tokenizer_and_stop_token(model):
+    m = model.manifest
+    vocab = model.tokenizer.get_vocab()
+    assert m.input.vocab_size == len(vocabulary())
+    assert [vocab[t] for t in vocabulary()] == list(range(len(vocabulary())))
+    assert list(m.stop_token_ids) == [vocab["<end>"]]
+    assert (MODEL_DIR / "MODEL_CARD.md").is_file()
+
+
+def test_word_by_word_stream_equals_full_sequence_logits(model):
+    sample = Generator(7, "heldout").sample()
+    vocab = model.tokenizer.get_vocab()
+    ids, _ = sequence(sample, vocab)
+    full = model.open_stream().feed(np.asarray(ids)).logits  # [n, vocab], one ORT run
+    stream = model.open_stream()
+    # Chunks as the parser feeds them: <bos> w1, then each model token, then each next word.
+    bounds = [0, 2] + list(range(3, len(ids) + 1))
+    got = np.concatenate([stream.feed(np.asarray(ids[a:b])).logits for a, b in zip(bounds, bounds[1:])])
+    assert got.shape == full.shape
+    np.testing.assert_allclose(got, full, atol=1e-4)
+
+
+@pytest.mark.parametrize("text, word", [
+    ("stop", 0),
+    ("okay robot stop now", 2),
+    ("move forward two meters stop", 4),
+    ("turn left ninety uh halt", 4),
+    ("go backwards no wait freeze", 4),
+])
+def test_stop_is_emitted_on_its_word(parser, text, word):
+    emitted, final = parse(parser, text)
+    assert "stop" in emitted[word]
+    assert not any("stop" in e for e in emitted[:word])
+    assert final == "stop"
+
+
+@pytest.mark.parametrize("text, command", [
+    ("could you turn ninety degrees to the left please", "turn left 90 deg"),
+    ("okay robot turn left uh no right ninety degrees", "turn right 90 deg"),
+    ("move forward two meters i mean three meters", "move forward 3.0 m"),
+    ("um forward by two and a half meters", "move forward 2.5 m"),
+    ("rotate forty five degrees to the right", "turn right 45 deg"),
+    ("hey robot go a little slower", "slow down"),
+    ("please stop right now", "stop"),
+    ("go back one point five metres no sorry forward", "move forward 1.5 m"),
+])
+def test_held_out_phrasings_parse_to_the_exact_command(parser, text, command):
+    assert parse(parser, text)[1] == command
+
+
+def test_a_correction_streams_a_fix_then_the_corrected_field(parser):
+    emitted, final = parse(parser, "turn left no right ninety degrees")
+    assert emitted == [["turn"], ["left"], [], [FIX, "right"], [], ["90", "deg"]]
+    assert parser.end_fields == []
+    assert final == "turn right 90 deg"
+
+
+def test_amount_waits_while_the_number_can_go_on(parser):
+    emitted, final = parse(parser, "turn left twenty")
+    assert emitted == [["turn"], ["left"], []]  # "twenty" may become "twenty five"
+    assert parser.end_fields == ["20", "deg"]
+    assert final == "turn left 20 deg"
+
+
+def test_amount_comes_on_the_word_that_settles_it(parser):
+    emitted, final = parse(parser, "turn left forty five degrees")
+    assert emitted == [["turn"], ["left"], [], ["45", "deg"], []]  # nothing can follow "forty five"
+    assert final == "turn left 45 deg"
+
+
+def test_parser_is_reusable_across_utterances(parser):
+    first = parse(parser, "turn right thirty degrees")
+    second = parse(parser, "turn right thirty degrees")
+    assert first == second == ([["turn"], ["right"], [], ["30", "deg"]], "turn right 30 deg")
+
+
+def test_unknown_words_are_heard_as_unknown_not_as_commands(parser):
+    assert parse(parser, "banana")[1] == ""
+
+
+def test_push_word_rejects_more_than_one_word(parser):
+    with pytest.raises(InputError, match="one word"):
+        parser.push_word("turn left")
+    with pytest.raises(InputError):
+        parser.push_word("  ")
+
+
+def test_end_without_words_is_an_empty_command(parser):
+    assert parser.end() == ""
+
+
+def test_parser_refuses_a_model_without_its_tokens(tiny_models):
+    _, onnx_dir = tiny_models("llama")
+    with pytest.raises(ManifestError, match="<wait>"):
+        CommandParser(es.load(onnx_dir))
+
+
+# ----- folding tokens into a command (no model) -------------------------------------------
+
+def test_fix_overwrites_the_field_of_its_kind():
+    cmd = apply_tokens(["turn", "left", "9", "##0", "deg", FIX, "right"])
+    assert cmd.text() == "turn right 90 deg"
+    assert apply_tokens(["move", "forward", "2", "##.", "##0", "m", FIX, "3", "##.", "##5", "m"]).text() \
+        == "move forward 3.5 m"
+
+
+def test_a_new_action_starts_a_new_command():
+    assert apply_tokens(["move", "forward", "2", "##.", "##0", "m", FIX, "turn", "left"]).text() == "turn left"
+    assert apply_tokens(["turn", "left", FIX, "stop"]).text() == "stop"
+    assert apply_tokens(["speed", "up", FIX, "slow", "down"]).text() == "slow down"
+
+
+def test_fix_marker_does_not_change_the_result():
+    tokens = ["turn", "left", FIX, "right", "4", "##5", "deg"]
+    assert apply_tokens(tokens) == apply_tokens([t for t in tokens if t != FIX])
+
+
+def test_malformed_amounts_and_stray_tokens_are_skipped():
+    assert apply_tokens(["move", "forward", "2", "##.", "##.", "m", "okay", "<wait>"]).text() == "move forward"
+
+
+def test_apply_tokens_continues_a_given_command():
+    cmd = apply_tokens(["move", "back"])
+    assert apply_tokens(["1", "##2", "##.", "##5", "m"], cmd) is cmd
+    assert cmd == Command("move", "back", (12.5, "m"))
+
+
+def test_fields_join_number_pieces():
+    assert fields([FIX, "1", "##2", "##.", "##5", "m"]) == [FIX, "12.5", "m"]
+    assert words_of("Turn LEFT, no -- right!") == ["turn", "left", "no", "right"]
+
+
+# ----- training data ----------------------------------------------------------------------
+
+def test_splits_keep_held_out_templates_and_values_apart():
+    train = Generator(0, "train").samples(400)
+    held = Generator(0, "heldout").samples(100)
+    values = Generator(0, "values").samples(50)
+    assert not any(held_out_rule(s.template) or s.template.get("held_value") for s in train)
+    assert all(held_out_rule(s.template) and not s.template.get("held_value") for s in held)
+    assert all(s.template.get("held_value") and not held_out_rule(s.template) for s in values)
+
+
+def test_generator_is_seeded():
+    assert [s.text for s in Generator(3).samples(20)] == [s.text for s in Generator(3).samples(20)]
+
+
+def test_teacher_emits_each_field_on_the_word_that_determines_it():
+    t = Teacher()
+    got = [t.push(w) for w in "okay go uh forward twenty um five meters no stop".split()] + [t.end()]
+    assert got == [[], [], [], ["move", "forward"], [], [], ["2", "##5", "##.", "##0", "m"], [], [],
+                   [FIX, "stop"], []]
+
+
+def test_training_sequence_masks_the_heard_words():
+    s = Generator(1).sample()
+    vocab = {t: i for i, t in enumerate(vocabulary())}
+    ids, mask = sequence(s, vocab)
+    heard = [vocab.get(w, vocab["<unk>"]) for w in s.words] + [vocab["<eou>"]]
+    assert [i for i, m in zip(ids, mask) if not m] == [vocab["<bos>"]] + heard
+    assert ids[-1] == vocab["<end>"] and sum(mask) == len(ids) - len(heard) - 1
