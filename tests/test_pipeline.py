@@ -292,3 +292,16 @@ def test_three_chained_nodes_turn_a_wav_into_its_command(wait_for_end):
     assert all(r.t_speech_end_ns is not None and r.t_done_pub_ns > r.t_speech_end_ns for r in records)
     if not wait_for_end:  # streaming: the stop was known before the segment's end was
         assert records[0].fields[0] == "stop"
+
+
+def test_controller_times_a_command_from_the_field_that_settled_it():
+    tracker = CommandTracker()
+    assert tracker.update({"kind": "delta", "stream": "m", "fields": ["turn"], "command": "turn", "t_pub_ns": 10}) is None
+    tracker.update({"kind": "delta", "stream": "m", "fields": ["left"], "command": "turn left", "t_pub_ns": 20})
+    rec = tracker.update({"kind": "done", "stream": "m", "command": "turn left", "segment": 0, "t_pub_ns": 50,
+                          "t_speech_end_ns": 30, "words": ["turn", "left"]})
+    assert (rec.command, rec.t_first_pub_ns, rec.t_known_pub_ns, rec.t_done_pub_ns) == ("turn left", 10, 20, 50)
+    assert rec.ms_after_speech_end(rec.t_known_pub_ns) == -10 / 1e6 and rec.fields == ["turn", "left"]
+    # The batch baseline sends no deltas: the command is known at its done.
+    rec = tracker.update({"kind": "done", "stream": "m", "command": "stop", "t_pub_ns": 90})
+    assert (rec.t_first_pub_ns, rec.t_known_pub_ns) == (90, 90)
