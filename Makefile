@@ -9,8 +9,8 @@ PIP    := $(BIN)/pip install -q -c constraints.txt
 demo: models
 	$(BIN)/edge-stream demo
 
-test: install
-	$(BIN)/pytest -q
+test: models
+	$(BIN)/pytest -q -rs
 
 install: $(VENV)/.installed
 
