@@ -93,26 +93,27 @@ class PolicyChain:
 
     Settings come from the launch file's models, so this runs what the nodes run."""
 
-    def __init__(self, launch: str, wait_for_end: bool = False):
+    def __init__(self, cfgs: list):
+        """`cfgs`: the ModelConfigs of the VAD, recognizer and parser routes, in that order."""
         import edge_stream as es
 
-        from .launch import load_launch
         from .policies import policy_for
 
-        cfgs = {n.name: n.models[0] for n in load_launch(launch).nodes}
-        self.policies = []
-        for name in ("vad", "recognizer", "parser"):
-            cfg = cfgs[name]
-            if name != "vad":
-                cfg = dataclasses.replace(cfg, wait_for_end=wait_for_end)
-            model = es.load(cfg.dir, intra_op_threads=1)
-            self.policies.append(policy_for(model, cfg))
+        self.policies = [policy_for(es.load(cfg.dir, intra_op_threads=1), cfg) for cfg in cfgs]
 
-    def run(self, audio: np.ndarray) -> "ChainResult":
-        """One utterance (plus 1 s of silence, then the input's end) through the chain."""
+    @classmethod
+    def from_launch(cls, launch: str, wait_for_end: bool = False) -> "PolicyChain":
+        from .launch import load_launch
+
+        cfgs = {n.name: n.models[0] for n in load_launch(launch).nodes}
+        return cls([cfgs["vad"]] + [dataclasses.replace(cfgs[n], wait_for_end=wait_for_end)
+                                    for n in ("recognizer", "parser")])
+
+    def run(self, audio: np.ndarray, tail_s: float = 1.0) -> "ChainResult":
+        """One utterance (plus `tail_s` of silence, then the input's end) through the chain."""
         sessions = [p.open("eval", {}) for p in self.policies]
         result = ChainResult()
-        audio = np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)])
+        audio = np.concatenate([audio, np.zeros(int(tail_s * SAMPLE_RATE), np.float32)])
         for start in range(0, len(audio), CHUNK):
             outs = self.policies[0].chunk(sessions[0], audio[start:start + CHUNK], None, {"sr": SAMPLE_RATE})
             self._pass(outs, 1, sessions, result)
@@ -159,7 +160,7 @@ def edit_distance(ref: list, hyp: list) -> int:
 def accuracy(cases: list[Case], launch: str) -> dict:
     from .command_parser import CommandParser
 
-    stream, batch = PolicyChain(launch), PolicyChain(launch, wait_for_end=True)
+    stream, batch = PolicyChain.from_launch(launch), PolicyChain.from_launch(launch, wait_for_end=True)
     parser = CommandParser(stream.policies[2].model)
     n_ok = n_batch_ok = same = parse_ok = errors = ref_words = split = 0
     t0 = time.perf_counter()

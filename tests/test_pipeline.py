@@ -21,7 +21,7 @@ from edge_stream.client import Publisher, Subscriber
 from edge_stream.controller import CommandTracker
 from edge_stream.node import Node, make_node_config
 from edge_stream.speech_gate import SpeechGate
-from nodekit import collect, start_node
+from nodekit import collect, start_node, wait_subscribed
 
 ROOT = Path(__file__).resolve().parent.parent
 VAD_DIR = ROOT / "models" / "silero-vad"
@@ -175,39 +175,77 @@ def test_vad_node_forwards_exactly_the_speech_segments():
     assert sum(m.data.size for m in got if m.kind == "chunk") < len(audio) - SR  # nothing in the silences
 
 
+def runtime_words(audio: np.ndarray, flush: bool = True) -> list[str]:
+    """The recognizer's words straight from the runtime (BlockStream + CtcDecoder, no node, no policy):
+    the audio, then (flush) the last block zero-padded and the decoder finished, as at a segment's end."""
+    import edge_stream as es
+    from edge_stream.ctc import CtcDecoder
+
+    model = es.load(RECOGNIZER_DIR)
+    stream, decoder = model.open_stream(), CtcDecoder.from_model(model)
+    block = model.manifest.blocking.block
+    if flush:
+        audio = np.concatenate([audio, np.zeros(-len(audio) % block, np.float32)])
+    words = decoder.update(stream.feed(audio).logits).words
+    if flush:
+        words += decoder.finish().words
+    return [w.word for w in words]
+
+
+def undertrained() -> bool:
+    """True while the committed recognizer is the undertrained one (its MODEL_CARD says so)."""
+    card = RECOGNIZER_DIR / "MODEL_CARD.md"
+    return card.exists() and "undertrained" in card.read_text().split("\n\n")[1]
+
+
+# Recognition quality: strict, so the mark must go when a trained model is committed.
+UNDERTRAINED = pytest.mark.xfail(condition=needs_models.args[0] is False and undertrained(), strict=True,
+                                 reason="models/command-recognizer is undertrained (see its MODEL_CARD.md)")
+
+
+def run_recognizer_node(audio: np.ndarray, end: bool = True, **end_fields) -> list[wire.InMessage]:
+    node = start_node([recognizer_model()], name="recognizer")
+    tap = ForwardTap(node, "words")
+    try:
+        pub = connected_publisher(node, "speech")
+        time.sleep(0.2)  # the tap's subscription reaches the node's XPUB
+        publish(pub, audio, stream="seg", chunk=640, end=False)
+        if end:
+            pub.end(stream="seg", **end_fields)
+            return tap.collect(lambda m: m.kind == "end")
+        expected = len(runtime_words(audio, flush=False))
+        return tap.collect(lambda m: m.extra["word_index"] == expected - 1, timeout=5.0)
+    finally:
+        tap.close()
+        node.stop()
+
+
 @needs_models
+def test_recognizer_node_forwards_the_words_the_runtime_decodes_then_the_end():
+    audio = wav("command_1.wav")
+    got = run_recognizer_node(audio, segment=7, t_speech_end_ns=123)
+    assert got[-1].kind == "end" and (got[-1].extra["segment"], got[-1].extra["t_speech_end_ns"]) == (7, 123)
+    words = got[:-1]
+    assert [m.text for m in words] == runtime_words(audio) and words
+    assert [m.extra["word_index"] for m in words] == list(range(len(words)))
+    assert [m.seq for m in got] == list(range(len(got)))
+
+
+@needs_models
+def test_recognizer_node_forwards_words_before_the_audio_ends():
+    audio = wav("command_1.wav")[:20000]  # "turn left ninety degrees" cut in "ninety": no end sent
+    expected = runtime_words(audio, flush=False)
+    assert expected  # words final within the audio so far (a later letter or a space closed them)
+    got = run_recognizer_node(audio, end=False)
+    assert [m.text for m in got] == expected and all(m.kind == "chunk" for m in got)
+
+
+@needs_models
+@UNDERTRAINED
 @pytest.mark.parametrize("name", ["command_1.wav", "command_2.wav"])
 def test_recognizer_node_publishes_the_words_of_a_wav(name):
-    node = start_node([recognizer_model()], name="recognizer")
-    tap = ForwardTap(node, "words")
-    try:
-        pub = connected_publisher(node, "speech")
-        time.sleep(0.2)
-        publish(pub, wav(name), stream="seg", chunk=640)
-        got = tap.collect(lambda m: m.kind == "end")
-    finally:
-        tap.close()
-        node.stop()
-    assert got and got[-1].kind == "end"
-    words = [m.text for m in got if m.kind == "chunk"]
-    assert " ".join(words) == transcript(name)
-    assert [m.extra["word_index"] for m in got[:-1]] == list(range(len(words)))
-
-
-@needs_models
-def test_recognizer_emits_a_word_before_the_audio_ends():
-    audio = wav("command_1.wav")  # "turn left ninety degrees": "turn" is final long before the end
-    node = start_node([recognizer_model()], name="recognizer")
-    tap = ForwardTap(node, "words")
-    try:
-        pub = connected_publisher(node, "speech")
-        time.sleep(0.2)
-        publish(pub, audio[:13000], stream="seg", end=False)  # up to the middle of "left"
-        first = tap.collect(lambda m: True, timeout=5.0)
-    finally:
-        tap.close()
-        node.stop()
-    assert [m.text for m in first] == ["turn"]
+    got = run_recognizer_node(wav(name))
+    assert " ".join(m.text for m in got if m.kind == "chunk") == transcript(name)
 
 
 @needs_models
@@ -216,8 +254,6 @@ def test_parser_node_sends_stop_the_moment_the_word_arrives():
     sub = Subscriber(["commands/"], connect=node.endpoints["output"], prefix=True)
     try:
         pub = connected_publisher(node, "words")
-        from nodekit import wait_subscribed
-
         wait_subscribed(node, sub)
         pub.send(text="okay", stream="u1")
         pub.send(text="stop", stream="u1")
@@ -239,8 +275,6 @@ def test_parser_node_turns_words_into_a_command_field_by_field():
     sub = Subscriber(["commands/"], connect=node.endpoints["output"], prefix=True)
     try:
         pub = connected_publisher(node, "words")
-        from nodekit import wait_subscribed
-
         wait_subscribed(node, sub)
         for w in "turn left ninety degrees".split():
             pub.send(text=w, stream="u2")
@@ -257,9 +291,8 @@ def test_parser_node_turns_words_into_a_command_field_by_field():
     assert (done["amount"], done["unit"], done["segment"], done["t_speech_end_ns"]) == (90.0, "deg", 3, 123)
 
 
-@needs_models
-@pytest.mark.parametrize("wait_for_end", [False, True], ids=["streaming", "batch"])
-def test_three_chained_nodes_turn_a_wav_into_its_command(wait_for_end):
+def run_chain(audio: np.ndarray, wait_for_end: bool, n_commands: int) -> list:
+    """Three chained Node objects (real sockets); `audio` then an end into the VAD; CommandRecords."""
     vad = start_node([vad_model()], name="vad")
     nodes = [vad]
     try:
@@ -272,25 +305,54 @@ def test_three_chained_nodes_turn_a_wav_into_its_command(wait_for_end):
                                        models=[parser_model(wait_for_end=wait_for_end)])).start()
         nodes.append(parser)
         sub = Subscriber(["commands/"], connect=parser.endpoints["output"], prefix=True)
-        from nodekit import wait_subscribed
-
         wait_subscribed(parser, sub)
         time.sleep(0.3)  # the chain's own subscriptions (recognizer -> VAD, parser -> recognizer)
         pub = connected_publisher(vad, "mic")
-        silence = np.zeros(SR // 2, np.float32)
-        publish(pub, np.concatenate([wav("command_0.wav"), silence, wav("command_1.wav"), silence]))
+        publish(pub, audio)
         tracker, records = CommandTracker(), []
-        for r in collect(sub, lambda r: r.kind == "done" and r.header.get("segment") == 1, timeout=15.0):
-            rec_ = tracker.update(r.header)
-            if rec_ is not None:
-                records.append(rec_)
+        deadline = time.monotonic() + 15.0
+        while len(records) < n_commands and time.monotonic() < deadline:
+            r = sub.recv(0.2)
+            if r is not None and (record := tracker.update(r.header)) is not None:
+                records.append(record)
         sub.close()
+        return records
     finally:
         for n in reversed(nodes):
             n.stop()
-    assert [r.command for r in records] == ["stop", "turn left 90 deg"]
+
+
+def two_commands() -> np.ndarray:
+    silence = np.zeros(SR // 2, np.float32)
+    return np.concatenate([wav("command_0.wav"), silence, wav("command_1.wav"), silence])  # "stop", "turn left ..."
+
+
+@needs_models
+@pytest.mark.parametrize("wait_for_end", [False, True], ids=["streaming", "batch"])
+def test_three_chained_nodes_give_the_commands_of_the_policies_run_in_process(wait_for_end):
+    from edge_stream.voice_report import PolicyChain
+
+    audio = two_commands()
+    cfgs = [make_node_config(name=n, input={"bind": ["tcp://127.0.0.1:*"]}, output={"bind": ["tcp://127.0.0.1:*"]},
+                             models=[m]).models[0]
+            for n, m in (("vad", vad_model()), ("recognizer", recognizer_model(wait_for_end=wait_for_end)),
+                         ("parser", parser_model(wait_for_end=wait_for_end)))]
+    reference = PolicyChain(cfgs).run(audio, tail_s=0.0)
+    assert reference.commands  # at least one segment produced words
+    records = run_chain(audio, wait_for_end, len(reference.commands))
+    assert [r.command for r in records] == reference.commands
+    assert [w for r in records for w in r.words] == reference.words
     assert all(r.t_speech_end_ns is not None and r.t_done_pub_ns > r.t_speech_end_ns for r in records)
-    if not wait_for_end:  # streaming: the stop was known before the segment's end was
+    assert [r.segment for r in records] == sorted({r.segment for r in records})  # in order, one each
+
+
+@needs_models
+@UNDERTRAINED
+@pytest.mark.parametrize("wait_for_end", [False, True], ids=["streaming", "batch"])
+def test_three_chained_nodes_turn_a_wav_into_its_command(wait_for_end):
+    records = run_chain(two_commands(), wait_for_end, 2)
+    assert [r.command for r in records] == ["stop", "turn left 90 deg"]
+    if not wait_for_end:  # streaming: the stop went out as a field, before the segment's end
         assert records[0].fields[0] == "stop"
 
 
