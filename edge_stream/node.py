@@ -17,6 +17,9 @@ Threads (the only ones):
 Outputs go out on an XPUB with XPUB_NODROP: a full subscriber queue makes the
 send fail with EAGAIN instead of dropping silently, so drops are counted
 (stats `dropped`) and the node never blocks on a slow or dead controller.
+Forwarded outputs (node chaining: a VAD gate's speech, a recognizer's words) go out
+on the same XPUB in *input* format on the route's `forward_topic`, so the next
+node's SUB takes them like a sensor's chunks (docs/protocol.md, "Chaining nodes").
 """
 
 from __future__ import annotations
