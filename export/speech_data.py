@@ -35,7 +35,7 @@ ESPEAK_RATE = 22050  # libespeak-ng's fixed output rate
 CACHE_DIR = Path(".cache/speech")
 DATA_VERSION = 1  # bump when the grammar, voices or synthesis change: it is part of the cache key
 
-ALPHABET = "' abcdefghijklmnopqrstuvwxyz"  # CTC symbols after the blank (id 0): apostrophe, space, a-z
+ALPHABET = "' abcdefghijklmnopqrstuvwxyz"  # the characters a transcript keeps
 
 # -- the command vocabulary and grammar ---------------------------------------------------------
 
@@ -52,7 +52,8 @@ VOCABULARY = tuple(sorted(set(
     UNITS + TENS + "zero hundred a and half point meter meters degree degrees second seconds".split()
     + list(MOTION_VERBS) + list(DIRECTIONS) + list(SIDES)
     + "stop halt turn around faster slower speed up slow down wait go please now robot hey okay uh um er "
-      "so well then no sorry i mean actually oops don't let's by the".split())))
+      "so well then no sorry i mean actually oops don't let's by the to bit".split())))
+# Every word `make_phrase` can say is in VOCABULARY: the recognizer has one CTC label per word.
 
 
 def number_words(rng: np.random.Generator, kind: str) -> str:

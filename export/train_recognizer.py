@@ -1,4 +1,4 @@
-"""Train the streaming command recognizer (causal conv net + CTC over characters) and export it.
+"""Train the streaming command recognizer (causal conv net + CTC over words) and export it.
 
     python -m export.train_recognizer -o models/command-recognizer            # full recipe, CPU, minutes
     python -m export.train_recognizer -o /tmp/rec --smoke                     # a few steps, for CI
@@ -9,7 +9,9 @@ computed inside the graph (an STFT as a Conv1d with fixed DFT weights, a fixed m
 fixed normalisation), then a stride-2 causal conv and causal depthwise-separable conv blocks;
 every conv's left context is an explicit state input/output, so nothing looks ahead and the
 stream reproduces the full-utterance forward exactly. Output: CTC log-probs [batch, 2, vocab]
-per 40 ms block (one frame per 20 ms). Training uses the very same forward on whole utterances
+per 40 ms block (one frame per 20 ms) over one label per vocabulary word: the vocabulary is closed
+(`speech_data.VOCABULARY`), and a word label is learnt far faster than spelling by a network this
+small, and is emitted whole on the frame it peaks (no waiting for a space). Training uses the very same forward on whole utterances
 (zero initial states = the stream's start), so the streaming constraint holds by construction.
 
 Ends with checks that can fail: ONNX streaming logits equal PyTorch's full-utterance logits,
@@ -37,16 +39,16 @@ HOPS_PER_BLOCK = 4
 BLOCK = HOP * HOPS_PER_BLOCK  # 640 samples = 40 ms per ORT run
 CONTEXT = WIN - HOP  # the stream carries the last 240 samples so block frames line up with a whole-signal STFT
 SUBSAMPLE = 2  # output frame = 20 ms
-SYMBOLS = ("<blank>",) + tuple(sd.ALPHABET)  # id 0 is the CTC blank
+SYMBOLS = ("<blank>",) + tuple(sd.VOCABULARY)  # id 0 is the CTC blank, then one label per word
 LOG_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
 class RecognizerConfig:
     n_mels: int = 40
-    channels: int = 96
+    channels: int = 128
     kernel: int = 5
-    dilations: tuple[int, ...] = (1, 2, 4, 1, 2, 4)
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8)
     expand: int = 2
     vocab: int = len(SYMBOLS)
 
@@ -168,9 +170,8 @@ def build_model(cfg: RecognizerConfig):
 # -- data -----------------------------------------------------------------------------------------
 
 def encode(text: str) -> list[int]:
-    """Transcript -> CTC targets. A trailing space marks the end of the last word, so the
-    stream can finish a word without waiting for the end of the utterance."""
-    return [SYMBOLS.index(c) for c in text + " "]
+    """Transcript -> CTC targets: one label per word."""
+    return [SYMBOLS.index(w) for w in text.split()]
 
 
 def pad_to_blocks(audio: np.ndarray) -> np.ndarray:
@@ -200,9 +201,24 @@ def make_batches(lengths: np.ndarray, max_samples: int, rng: np.random.Generator
 TRAIN_AUGMENT = sd.Augment(lead_s=(0.05, 0.4), trail_s=(0.3, 0.6))
 
 
-def augmented(data: sd.SpeechSet, i: int, seed: int, epoch: int) -> np.ndarray:
+def augmented(data: sd.SpeechSet, i: int, seed: int, epoch: int, lead: bool = False):
+    """Utterance i as heard in `epoch` (and, with lead=True, the sample where its speech starts)."""
     rng = np.random.default_rng([seed, epoch, i])
-    return sd.augment(data.clean(i), rng, TRAIN_AUGMENT)[0]
+    audio, start = sd.augment(data.clean(i), rng, TRAIN_AUGMENT)
+    return (audio, start) if lead else audio
+
+
+# Alignment guide: espeak-ng says where each word ends, so besides CTC a cross-entropy term asks
+# for the word's label on the frames ending 20-60 ms after it (ALIGN_FRAMES after the frame that
+# holds its last sample). CTC alone sat on a blank-and-unigram plateau for thousands of steps;
+# the guide breaks it at once and pins emission right after the word (low latency).
+ALIGN_FRAMES = (1, 2)
+
+
+def align_targets(data: sd.SpeechSet, i: int, lead: int) -> list[tuple[int, int]]:
+    """(frame, label) pairs of utterance i padded with `lead` samples of silence in front."""
+    frame = HOP * SUBSAMPLE
+    return [((lead + end) // frame + k, SYMBOLS.index(w)) for w, _, end in data.word_spans[i] for k in ALIGN_FRAMES]
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -235,7 +251,10 @@ def fit_normalisation(model, data: sd.SpeechSet, seed: int, n: int = 200) -> Non
     model.features.inv_std.copy_(1.0 / (allf.std(dim=1, keepdim=True) + 1e-5))
 
 
-def train(model, data: sd.SpeechSet, steps: int, seed: int, lr: float = 3e-3, max_batch_s: float = 60.0) -> None:
+def train(model, data: sd.SpeechSet, steps: int, seed: int, lr: float = 3e-3, max_batch_s: float = 60.0,
+          warmup: int = 200, checkpoint: Path | None = None, save_every: int = 500, align_weight: float = 1.0) -> None:
+    """AdamW, linear warm-up then cosine decay; the weights go to `checkpoint` every `save_every`
+    steps, so an interrupted run can go on with --init."""
     import torch
     import torch.nn.functional as F
 
@@ -243,7 +262,7 @@ def train(model, data: sd.SpeechSet, steps: int, seed: int, lr: float = 3e-3, ma
     lengths = np.diff(data.offsets) + int(SAMPLE_RATE * 0.7)  # clean length + mean added silence
     targets = [encode(data.text(i)) for i in range(len(data))]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, min(300, steps // 10))
+    warmup = max(1, min(warmup, steps // 5))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     model.features.fft = True
@@ -253,7 +272,8 @@ def train(model, data: sd.SpeechSet, steps: int, seed: int, lr: float = 3e-3, ma
         for batch in make_batches(lengths, int(max_batch_s * SAMPLE_RATE), rng):
             if step >= steps:
                 break
-            audio = [pad_to_blocks(augmented(data, int(i), seed, epoch)) for i in batch]
+            heard = [augmented(data, int(i), seed, epoch, lead=True) for i in batch]
+            audio = [pad_to_blocks(a) for a, _ in heard]
             width = max(len(a) for a in audio)
             x = torch.zeros(len(audio), width)
             for k, a in enumerate(audio):
@@ -271,13 +291,21 @@ def train(model, data: sd.SpeechSet, steps: int, seed: int, lr: float = 3e-3, ma
             logp = F.log_softmax(model.head(model.norm(h)).transpose(1, 2), dim=-1)  # [batch, frames, vocab]
             loss = F.ctc_loss(logp.transpose(0, 1), torch.tensor([c for t in tgt for c in t]), frame_lens,
                               torch.tensor([len(t) for t in tgt]), blank=0, zero_infinity=True)
+            if align_weight:
+                pairs = [(k, f, lab) for k, (i, (_, lead)) in enumerate(zip(batch, heard))
+                         for f, lab in align_targets(data, int(i), lead) if f < int(frame_lens[k])]
+                if pairs:
+                    k, f, lab = (torch.tensor(v) for v in zip(*pairs))
+                    loss = loss + align_weight * F.nll_loss(logp[k, f], lab)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
             step += 1
-            if step % 50 == 0 or step == steps:
+            if checkpoint is not None and step % save_every == 0:
+                torch.save(model.state_dict(), checkpoint)
+            if step % 100 == 0 or step == steps:
                 print(f"step {step}/{steps} epoch {epoch} loss {loss.item():.3f} lr {sched.get_last_lr()[0]:.2e} "
                       f"{time.time() - t0:.0f} s", flush=True)
         epoch += 1
@@ -288,7 +316,7 @@ def train(model, data: sd.SpeechSet, steps: int, seed: int, lr: float = 3e-3, ma
 # -- export ---------------------------------------------------------------------------------------
 
 def export_onnx(model, out_dir: Path) -> Path:
-    """model.onnx (opset 17, dynamic batch), tokenizer.json, lexicon.txt and manifest.json."""
+    """model.onnx (opset 17, dynamic batch), tokenizer.json (id -> word) and manifest.json."""
     import torch
 
     from edge_stream.manifest import Blocking, InputSpec, Manifest, OutputSpec, StateSpec
@@ -303,7 +331,7 @@ def export_onnx(model, out_dir: Path) -> Path:
                       output_names=["logprobs"] + state_out, dynamic_axes=dynamic, opset_version=17,
                       dynamo=False)
     write_tokenizer(out_dir / "tokenizer.json")
-    (out_dir / "lexicon.txt").write_text("\n".join(sd.VOCABULARY) + "\n")
+    (out_dir / "lexicon.txt").unlink(missing_ok=True)  # a character model's file: words are labels now
     manifest = Manifest(
         name="command-recognizer",
         input=InputSpec(name="samples", kind="samples", dtype="float32"),
@@ -320,11 +348,11 @@ def export_onnx(model, out_dir: Path) -> Path:
 
 
 def write_tokenizer(path: Path) -> None:
-    """A character-level WordLevel tokenizer: id -> symbol for the decoder, text -> ids for targets."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    """A WordLevel tokenizer: id -> word for the decoder, transcript -> ids for targets."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(SYMBOLS)}, unk_token="<blank>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.save(str(path))
 
 
@@ -378,7 +406,7 @@ def evaluate(model_dir: Path, data: sd.SpeechSet, seed: int, noisy: bool, limit:
     model = es.load(model_dir, intra_op_threads=1)
     decoder = CtcDecoder.from_model(model)
     errors = ref_words = exact = 0
-    char_ms, final_ms = [], []
+    latency_ms = []
     n = min(limit or len(data), len(data))
     t0 = time.perf_counter()
     audio_s = 0.0
@@ -396,12 +424,10 @@ def evaluate(model_dir: Path, data: sd.SpeechSet, seed: int, noisy: bool, limit:
         exact += dist == 0
         for ri, hi in pairs:
             end = lead + data.word_spans[i][ri][2]
-            ev, ready = words[hi]
-            char_ms.append(1000 * (((ev.end_frame // 2) + 1) * BLOCK - end) / SAMPLE_RATE)
-            final_ms.append(1000 * (ready - end) / SAMPLE_RATE)
+            latency_ms.append(1000 * (words[hi][1] - end) / SAMPLE_RATE)
     dt = time.perf_counter() - t0
     return {"utterances": n, "wer": errors / max(1, ref_words), "utterance_exact": exact / max(1, n),
-            "char_latency_ms": percentiles(char_ms), "final_latency_ms": percentiles(final_ms),
+            "latency_ms": percentiles(latency_ms),
             "rtf_1_thread": dt / audio_s}
 
 
@@ -446,18 +472,20 @@ def check_parity(model, model_dir: Path, audio: np.ndarray, seed: int) -> float:
 def write_model_card(out_dir: Path, metrics: dict, command: str) -> Path:
     """MODEL_CARD.md from the run's metrics (the numbers are the ones this run measured)."""
     c, n = metrics["heldout_clean"], metrics["heldout_noisy"]
-    cfg = RecognizerConfig()
+    cfg = RecognizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in metrics["config"].items()})
+    t = metrics["training"]
 
-    def lat(d, key):
-        x = d[key]
+    def lat(d):
+        x = d["latency_ms"]
         return f"p50 {x['p50']:.0f} ms, p90 {x['p90']:.0f} ms" if x else "n/a"
 
     text = f"""# command-recognizer
 
 A streaming speech recognizer for short robot commands: raw 16 kHz samples in, CTC log-probs over
-characters out, {HOPS_PER_BLOCK // SUBSAMPLE} frames (20 ms each) per {BLOCK}-sample (40 ms) block. Runs on ONNX Runtime
-through `edge_stream.load(dir).open_stream()` (a `BlockStream`: {CONTEXT} samples of context, {len(cfg.dilations) + 1}
-conv caches as recurrent state I/O) with `edge_stream.ctc.CtcDecoder.from_model(model)` on top.
+{cfg.vocab - 1} command words (one label per word, plus blank) out, {HOPS_PER_BLOCK // SUBSAMPLE} frames (20 ms each) per {BLOCK}-sample
+(40 ms) block. Runs on ONNX Runtime through `edge_stream.load(dir).open_stream()` (a `BlockStream`:
+{CONTEXT} samples of context, {len(cfg.dilations) + 1} conv caches as recurrent state I/O) with
+`edge_stream.ctc.CtcDecoder.from_model(model)` on top.
 
 ## Model
 - Log-mel inside the graph: 25 ms Hann window, 10 ms hop, 512-point DFT as a fixed Conv1d, {cfg.n_mels} mel
@@ -465,10 +493,11 @@ conv caches as recurrent state I/O) with `edge_stream.ctc.CtcDecoder.from_model(
 - A stride-2 causal conv, then {len(cfg.dilations)} causal ConvNeXt-style blocks (depthwise kernel {cfg.kernel},
   dilations {list(cfg.dilations)}, {cfg.channels} channels, BatchNorm, pointwise MLP x{cfg.expand}), a linear CTC head.
 - Causal by construction: look-ahead 0 frames; receptive field
-  {(1 + 2 * sum((cfg.kernel - 1) * d for d in cfg.dilations)) * 10 + 15} ms of past audio. {metrics['parameters']} parameters.
-- Symbols (`tokenizer.json`): `<blank>`, apostrophe, space, a-z. Training targets end with a space, so
-  the model closes the last word itself. `lexicon.txt` (the command vocabulary) lets the decoder
-  finish a word the moment it is spelled when no other vocabulary word continues it ("stop").
+  {receptive_field_ms(cfg)} ms of past audio. {metrics['parameters']} parameters.
+- Labels (`tokenizer.json`, id -> word): `<blank>` (id 0) and the {cfg.vocab - 1} words of
+  `export.speech_data.VOCABULARY`. Greedy CTC emits a word whole on the frame its label wins, so
+  nothing waits for a following word or the end of the utterance. Words outside the vocabulary
+  cannot be output (they come out as the nearest-sounding command word or nothing).
 
 ## Data
 Synthesized offline with espeak-ng (`export/speech_data.py`): phrases from a command grammar
@@ -482,27 +511,34 @@ Evaluation: {c['utterances']} utterances from {len(sd.HELDOUT_VOICES)} held-out 
 ## Training
     {command}
 
-{metrics['train_steps']} steps of AdamW (lr 3e-3, cosine), 60 s of audio per batch, torch on 2 CPU threads:
-{metrics['train_seconds']} s of training ({metrics['total_seconds']} s in all, including evaluation) on a shared 2-core machine.
+{t['steps']} steps of AdamW (peak lr {t['lr']:g}, {t['warmup']} warm-up steps, cosine decay), {t['batch_s']:g} s of audio
+per batch, torch on {t['threads']} CPU thread(s), cross-entropy alignment guide weight {t['align_weight']:g}: {metrics['train_seconds']} s of training
+({metrics['total_seconds']} s in all, including evaluation) on a shared 2-core machine.
 
 ## Metrics (streamed through edge_stream with 20 ms chunks, greedy CTC, 1 ORT thread)
-| held-out voices | WER | utterances exact | last letter decoded after word end | word final after word end |
-|---|---|---|---|---|
-| clean | {c['wer']:.3f} | {c['utterance_exact']:.3f} | {lat(c, 'char_latency_ms')} | {lat(c, 'final_latency_ms')} |
-| noise + reverb | {n['wer']:.3f} | {n['utterance_exact']:.3f} | {lat(n, 'char_latency_ms')} | {lat(n, 'final_latency_ms')} |
+| held-out voices | WER | utterances exact | word decoded after word end |
+|---|---|---|---|
+| clean | {c['wer']:.3f} | {c['utterance_exact']:.3f} | {lat(c)} |
+| noise + reverb | {n['wer']:.3f} | {n['utterance_exact']:.3f} | {lat(n)} |
 
-Latency is audio time from the end of a correctly recognized word (espeak-ng's word timing, clean
-speech) to the end of the 40 ms block whose frames decoded it; compute adds
+Latency is over correctly recognized words: audio time from the end of the word (espeak-ng's word
+timing, clean speech) to the end of the 40 ms block whose frame decoded it; compute adds
 {n['rtf_1_thread'] * 40:.2f} ms per block on one thread (real-time factor {n['rtf_1_thread']:.3f}).
 The export check compares ONNX streaming (random chunkings) with the PyTorch full-utterance forward.
 
 ## Limits
 Synthetic speech only: a closed command vocabulary, espeak voices. Real microphones and speakers
-will need real recordings; words outside `lexicon.txt` can be spelled but are rarely right.
+will need real recordings. The parser (`models/command-parser`) also knows words this model
+cannot output (e.g. "reverse", "rotate", "metres"); see `export/command_data.py` INPUT_WORDS.
 """
     path = out_dir / "MODEL_CARD.md"
     path.write_text(text)
     return path
+
+
+def receptive_field_ms(cfg: RecognizerConfig) -> int:
+    """Past audio one output frame sees: the window, the stride-2 conv, then each block's dilated kernel."""
+    return (1 + 2 * sum((cfg.kernel - 1) * d for d in cfg.dilations)) * 10 + 15
 
 
 def evaluate_only(args) -> None:
@@ -523,9 +559,12 @@ def main(argv=None) -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("models/command-recognizer"))
     parser.add_argument("--train-utts", type=int, default=10000)
     parser.add_argument("--eval-utts", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=15000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
+    parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
+    parser.add_argument("--batch-s", type=float, default=20.0, help="seconds of audio per batch")
     parser.add_argument("--max-wer", type=float, default=0.15, help="fail if noisy held-out WER is above this")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a handful of utterances (CI)")
     parser.add_argument("--eval-only", action="store_true",
@@ -548,24 +587,28 @@ def main(argv=None) -> None:
     cfg = RecognizerConfig()
     model = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params} parameters, receptive field "
-          f"{(1 + 2 * sum((cfg.kernel - 1) * d for d in cfg.dilations)) * 10 + 15} ms, no look-ahead")
+    print(f"model: {n_params} parameters, receptive field {receptive_field_ms(cfg)} ms, no look-ahead")
     if args.init:
         model.load_state_dict(torch.load(args.init))  # its normalisation included
     else:
         fit_normalisation(model, train_set, args.seed, n=20 if args.smoke else 200)
     t_train = time.time()
-    train(model, train_set, args.steps, args.seed, max_batch_s=8.0 if args.smoke else 60.0)
-    train_s = time.time() - t_train
     if not args.smoke:
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    train(model, train_set, args.steps, args.seed, lr=args.lr, warmup=args.warmup,
+          max_batch_s=8.0 if args.smoke else args.batch_s, checkpoint=None if args.smoke else args.checkpoint)
+    train_s = time.time() - t_train
+    if not args.smoke:
         torch.save(model.state_dict(), args.checkpoint)
     export_onnx(model, args.out)
     check_parity(model, args.out, sd.augment(eval_set.clean(0), np.random.default_rng(1))[0], args.seed)
     clean = evaluate(args.out, eval_set, args.seed, noisy=False)
     noisy = evaluate(args.out, eval_set, args.seed, noisy=True)
     command = "python -m export.train_recognizer " + " ".join(argv if argv is not None else sys.argv[1:])
-    metrics = {"command": command, "parameters": n_params, "train_steps": args.steps,
+    metrics = {"command": command, "parameters": n_params, "config": asdict(cfg),
+               "training": {"steps": args.steps, "lr": args.lr, "warmup": args.warmup, "batch_s": args.batch_s,
+                            "threads": args.threads, "align_weight": 1.0,
+                            "init": str(args.init) if args.init else None},
                "train_utterances": len(train_set),
                "train_seconds": round(train_s), "total_seconds": round(time.time() - t_start),
                "heldout_clean": clean, "heldout_noisy": noisy}
