@@ -1,6 +1,6 @@
 """Train the streaming command recognizer (causal conv net + CTC over words) and export it.
 
-    python -m export.train_recognizer -o models/command-recognizer            # full recipe, CPU, minutes
+    nice -n 10 python -m export.train_recognizer -o models/command-recognizer   # full recipe: 1 CPU thread, ~35 min
     python -m export.train_recognizer -o /tmp/rec --smoke                     # a few steps, for CI
 
 The model takes raw 16 kHz samples in fixed blocks (BLOCK samples plus CONTEXT samples of the
