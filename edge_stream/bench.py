@@ -601,14 +601,16 @@ def format_table(report: dict) -> str:
         r = res["decode"]
         bw = r["bandwidth"]
         lines += ["", f"decode: ms per token after a {r['prompt_tokens']}-token input; floor = weight bytes / "
-                  f"read bandwidth ({bw['read_gb_s']:.1f} GB/s read, {bw['copy_gb_s']:.1f} GB/s copy, "
-                  f"{bw['threads']} threads)",
+                  f"read bandwidth ({bw['read_gb_s']:.1f} GB/s read, {bw['copy_gb_s']:.1f} GB/s copy over "
+                  f"{bw['buffer_mb']} MiB, {bw['threads']} threads); cached = bandwidth over a buffer of the "
+                  "model's size",
                   f"  {'engine':<20}{'p10':>8}{'p50':>8}{'p90':>8}{'tok/s':>8}{'weights MB':>12}{'floor ms':>10}"
-                  f"{'x floor':>9}"]
+                  f"{'x floor':>9}{'x cached':>10}"]
         for name, e in r["engines"].items():
             d = e["ms_per_token"]
             lines.append(f"  {name:<20}{d['p10']:>8.1f}{d['p50']:>8.1f}{d['p90']:>8.1f}{e['tokens_per_s']:>8.1f}"
-                         f"{e['weight_mb']:>12.0f}{e['floor_ms']:>10.1f}{e['ratio_to_floor']:>9.2f}")
+                         f"{e['weight_mb']:>12.0f}{e['floor_ms']:>10.1f}{e['ratio_to_floor']:>9.2f}"
+                         f"{e['ratio_to_floor_at_weight_size']:>10.2f}")
         if r["ratios"]:
             lines.append("  ours/peer: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items()))
         if "vs_genai" in r:

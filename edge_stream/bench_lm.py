@@ -63,20 +63,34 @@ def peer_missing(peer: str) -> str | None:
 # ----- what the machine and the model cost ----------------------------------------------------
 
 
-def memory_bandwidth(threads: int, mb: int = 512, repeats: int = 3) -> dict:
-    """Read and copy bandwidth of main memory in GB/s (1e9 bytes), best of `repeats`.
+def last_level_cache_mb() -> float | None:
+    """Size of the largest CPU cache in MiB, from sysfs (Linux); None where unknown."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        scale = {"K": 1 / 1024, "M": 1, "G": 1024}.get(text[-1:], None)
+        if scale is not None and text[:-1].isdigit():
+            sizes.append(int(text[:-1]) * scale)
+    return max(sizes) if sizes else None
 
-    Method: a float32 buffer of `mb` MiB (far beyond any last-level cache) split into
-    `threads` slices; each thread sums its slice (read bandwidth: what decoding needs to
-    stream the weights) or copies it into a second buffer (copy: bytes read + written).
-    numpy releases the GIL in both, so the threads run in parallel. Best-of is used
-    because a neighbour's load can only lower the figure.
+
+def dram_buffer_mb() -> int:
+    """A buffer far beyond the last-level cache: 4x its size, at least 512 MiB, at most 2 GiB."""
+    llc = last_level_cache_mb() or 64
+    return int(min(2048, max(512, 4 * llc)))
+
+
+def memory_bandwidth(threads: int, mb: int, repeats: int = 3, copy: bool = True) -> dict:
+    """Read (and copy) bandwidth over a `mb` MiB buffer in GB/s (1e9 bytes), best of `repeats`.
+
+    Method: a float32 buffer split into `threads` slices; each thread sums its slice (read
+    bandwidth: what decoding needs to stream the weights) or copies it into a second buffer
+    (copy: bytes read + written). numpy releases the GIL in both, so the threads run in
+    parallel. Best-of, because a neighbour's load can only lower the figure.
     """
     n = mb * 2**20 // 4
     src = np.ones(n, dtype=np.float32)
-    dst = np.empty_like(src)
-    parts = np.array_split(np.arange(n), threads)
-    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(n), threads)]
 
     def timed(fn) -> float:
         with ThreadPoolExecutor(threads) as pool:
@@ -88,11 +102,13 @@ def memory_bandwidth(threads: int, mb: int = 512, repeats: int = 3) -> dict:
                 best = min(best, time.perf_counter() - t0)
         return best
 
-    read_s = timed(lambda lo, hi: src[lo:hi].sum())
-    copy_s = timed(lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi]))
-    return {"read_gb_s": n * 4 / read_s / 1e9, "copy_gb_s": 2 * n * 4 / copy_s / 1e9, "buffer_mb": mb,
-            "threads": threads, "method": "best of %d: numpy sum (read) and copyto (read+write) over a %d MiB "
-            "float32 buffer split across %d threads" % (repeats, mb, threads)}
+    out = {"buffer_mb": mb, "threads": threads, "read_gb_s": n * 4 / timed(lambda lo, hi: src[lo:hi].sum()) / 1e9}
+    if copy:
+        dst = np.empty_like(src)
+        out["copy_gb_s"] = 2 * n * 4 / timed(lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi])) / 1e9
+        out["method"] = (f"best of {repeats}: numpy sum (read) and copyto (read+write) over a {mb} MiB float32 "
+                         f"buffer split across {threads} threads")
+    return out
 
 
 def weight_bytes(onnx_path: Path) -> int:
@@ -280,7 +296,7 @@ class TorchEngine:
 
         torch.set_num_threads(threads)
         self.torch, self.name = torch, name
-        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         self.weight_bytes = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters()
                                 if "embed_tokens" not in n or self.model.config.tie_word_embeddings)
 
@@ -460,8 +476,14 @@ def scenario_decode(engines: list, cfg, rng: np.random.Generator) -> dict:
     """ms per generated token after a `decode_prompt`-token input, engines in lockstep, against
     the memory-bandwidth floor: weight bytes read per token / measured read bandwidth."""
     t_start = time.perf_counter()
-    bw = memory_bandwidth(cfg.threads)
-    log.info("decode: memory read bandwidth %.1f GB/s, copy %.1f GB/s", bw["read_gb_s"], bw["copy_gb_s"])
+    bw = memory_bandwidth(cfg.threads, dram_buffer_mb())
+    bw["last_level_cache_mb"] = last_level_cache_mb()
+    log.info("decode: memory read bandwidth %.1f GB/s, copy %.1f GB/s (%d MiB buffer)", bw["read_gb_s"],
+             bw["copy_gb_s"], bw["buffer_mb"])
+    # Weights that fit in the last-level cache may stream faster than DRAM allows: the read
+    # bandwidth over a buffer of the model's own size is the floor for that case.
+    at_size = {mb: memory_bandwidth(cfg.threads, mb, copy=False)["read_gb_s"]
+               for mb in sorted({max(1, round(e.weight_bytes / 2**20)) for e in engines})}
     vocab = min(e.model.manifest.input.vocab_size for e in engines if isinstance(e, OursEngine))
     p, n = cfg.decode_prompt, cfg.decode_tokens
     prompt = rng.integers(0, vocab, size=p, dtype=np.int64)
@@ -483,8 +505,12 @@ def scenario_decode(engines: list, cfg, rng: np.random.Generator) -> dict:
     for e in engines:
         d = _dist(times[e.name])
         floor_ms = e.weight_bytes / (bw["read_gb_s"] * 1e9) * 1e3
+        size_bw = at_size[max(1, round(e.weight_bytes / 2**20))]
+        floor_at_size_ms = e.weight_bytes / (size_bw * 1e9) * 1e3
         out[e.name] = {"ms_per_token": d, "tokens_per_s": 1e3 / d["p50"], "weight_mb": e.weight_bytes / 2**20,
-                       "floor_ms": floor_ms, "ratio_to_floor": d["p50"] / floor_ms}
+                       "floor_ms": floor_ms, "ratio_to_floor": d["p50"] / floor_ms,
+                       "read_gb_s_at_weight_size": size_bw, "floor_at_weight_size_ms": floor_at_size_ms,
+                       "ratio_to_floor_at_weight_size": d["p50"] / floor_at_size_ms}
         if isinstance(e, OursEngine):  # the fp32 KV cache read per token at this length, beside the weights
             out[e.name]["kv_mb_read"] = kv_bytes_per_token(e.model.manifest) * (p + n // 2) / 2**20
         log.info("decode %-14s %7.2f ms/token (floor %.2f ms, x%.2f)", e.name, d["p50"], floor_ms,

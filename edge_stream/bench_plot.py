@@ -45,7 +45,11 @@ def write_plots(report: dict, out_dir: Path) -> tuple[list[Path], str | None]:
                     label=f"{name} batch", **{**_style(name), "linestyle": ":"})
         ax.set(xscale="log", yscale="log", xlabel="input tokens", ylabel="time to first token, ms (p50)",
                title=f"TTFT after the end of the input: streamed ({r['chunk']}-token chunks) vs batch")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
         ax.set_xticks(r["lengths"], [str(n) for n in r["lengths"]])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.text(0.01, 0.01, _machine(report), fontsize=7)
@@ -61,8 +65,8 @@ def write_plots(report: dict, out_dir: Path) -> tuple[list[Path], str | None]:
                 for name, e in res["ttft"]["engines"].items():
                     trace = e["chunk_trace"]
                     ax.plot([t for t, _ in trace], [ms for _, ms in trace], label=name, lw=1, **_style(name))
-                ax.set(xlabel="tokens in the stream", ylabel="ms per 16-token chunk",
-                       title="chunk latency as the context grows (no window)")
+                ax.set(xlabel="tokens in the stream", ylabel="ms per 16-token chunk (log)", yscale="log",
+                       title="chunk latency as the context grows (no window; first pass)")
             else:
                 for precision, w in res["window"].items():
                     trace = w["trace_tokens_ms_rss_mb"]
@@ -71,6 +75,7 @@ def write_plots(report: dict, out_dir: Path) -> tuple[list[Path], str | None]:
                     ax2.plot([t[0] for t in trace], [t[2] for t in trace], color="grey", lw=1,
                              label=f"ours-{precision} RSS")
                     ax2.set_ylabel("process RSS, MB")
+                    ax2.legend(fontsize=7, loc="lower right")
                     ax.set(xlabel="tokens streamed", ylabel="ms per chunk (median per bucket)",
                            title=f"endless stream: sliding window {w['kv_window']} + {w['sink_tokens']} sinks")
             ax.grid(True, alpha=0.3)

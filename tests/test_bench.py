@@ -94,10 +94,12 @@ def test_decode_reports_ms_per_token_against_the_bandwidth_floor(quick_report):
     r = report["results"]["decode"]
     bw = r["bandwidth"]
     assert bw["read_gb_s"] > 0 and bw["copy_gb_s"] > 0 and bw["threads"] == 1 and "numpy" in bw["method"]
+    assert bw["buffer_mb"] >= 512 and bw["buffer_mb"] >= min(2048, 4 * (bw["last_level_cache_mb"] or 0))
     for name, e in r["engines"].items():
         assert e["ms_per_token"]["p50"] > 0 and e["weight_mb"] > 0, name
         assert e["floor_ms"] == pytest.approx(e["weight_mb"] * 2**20 / (bw["read_gb_s"] * 1e9) * 1e3)
         assert e["ratio_to_floor"] == pytest.approx(e["ms_per_token"]["p50"] / e["floor_ms"])
+        assert e["read_gb_s_at_weight_size"] > 0 and e["ratio_to_floor_at_weight_size"] > 0
     # int8 weights are about a quarter of fp32's: the floor follows the bytes.
     assert r["engines"]["ours-int8"]["weight_mb"] < 0.5 * r["engines"]["ours-fp32"]["weight_mb"]
     assert r["int8_over_fp32"]["ratio"] > 0 and isinstance(r["int8_over_fp32"]["pass"], bool)
