@@ -192,17 +192,6 @@ def runtime_words(audio: np.ndarray, flush: bool = True) -> list[str]:
     return [w.word for w in words]
 
 
-def undertrained() -> bool:
-    """True while the committed recognizer is the undertrained one (its MODEL_CARD says so)."""
-    card = RECOGNIZER_DIR / "MODEL_CARD.md"
-    return card.exists() and "undertrained" in card.read_text().split("\n\n")[1]
-
-
-# Recognition quality: strict, so the mark must go when a trained model is committed.
-UNDERTRAINED = pytest.mark.xfail(condition=needs_models.args[0] is False and undertrained(), strict=True,
-                                 reason="models/command-recognizer is undertrained (see its MODEL_CARD.md)")
-
-
 def run_recognizer_node(audio: np.ndarray, end: bool = True, **end_fields) -> list[wire.InMessage]:
     node = start_node([recognizer_model()], name="recognizer")
     tap = ForwardTap(node, "words")
@@ -241,7 +230,6 @@ def test_recognizer_node_forwards_words_before_the_audio_ends():
 
 
 @needs_models
-@UNDERTRAINED
 @pytest.mark.parametrize("name", ["command_1.wav", "command_2.wav"])
 def test_recognizer_node_publishes_the_words_of_a_wav(name):
     got = run_recognizer_node(wav(name))
@@ -347,7 +335,6 @@ def test_three_chained_nodes_give_the_commands_of_the_policies_run_in_process(wa
 
 
 @needs_models
-@UNDERTRAINED
 @pytest.mark.parametrize("wait_for_end", [False, True], ids=["streaming", "batch"])
 def test_three_chained_nodes_turn_a_wav_into_its_command(wait_for_end):
     records = run_chain(two_commands(), wait_for_end, 2)
