@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e ".[export,test,peers]"
+	$(PIP) -e ".[export,test,peers,plot]"
 	$(PIP) --no-deps "silero-vad==6.2.3"
 	touch $@
 
