@@ -7,7 +7,7 @@ PIP    := $(BIN)/pip install -q -c constraints.txt
 .PHONY: demo test install models clean
 
 demo: models
-	$(BIN)/edge-stream demo
+	$(BIN)/edge-stream voice-demo
 
 test: models
 	$(BIN)/pytest -q -rs
