@@ -532,7 +532,7 @@ class _Worker(threading.Thread):
                 job = self.jobs.get() if not self.active else self._get_nowait()
                 batch: list[_Job] = []  # pending chunks of block models, one per stream, in arrival order
                 while job is not None:
-                    if job is _STOP:
+                    if job is _STOP or node._stop.is_set():  # stopping: queued work is abandoned
                         return
                     if not self._batchable(job, batch):
                         # Jobs taken earlier run first, so every stream keeps its order.
@@ -547,9 +547,13 @@ class _Worker(threading.Thread):
                 for entry in list(self.active):
                     self._step(entry)
         finally:
-            for entry in list(self.active):
-                self.active.pop(entry)[1].close()
-            self.push.close(linger=0)
+            try:
+                for entry in list(self.active):
+                    outputs = self.active.pop(entry)[1]
+                    if hasattr(outputs, "close"):  # a generator (LM generation); batched outputs are lists
+                        outputs.close()
+            finally:  # an open socket would block the context's term() at shutdown
+                self.push.close(linger=0)
 
     def _get_nowait(self):
         try:
