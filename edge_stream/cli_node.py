@@ -8,8 +8,6 @@ import signal
 import sys
 import threading
 import time
-import wave
-from pathlib import Path
 
 import numpy as np
 
@@ -107,19 +105,10 @@ def cmd_keys(args) -> int:
     return 0
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Mono 16-bit PCM samples and the sample rate of a WAV file."""
-    from .errors import InputError
-
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise InputError(f"{path}: expected mono 16-bit PCM, got {w.getnchannels()} channel(s) of "
-                             f"{8 * w.getsampwidth()} bit")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
-
-
 def cmd_replay(args) -> int:
     from .client import Publisher
+
+    from .audio import read_wav
 
     samples, sr = read_wav(args.wav)
     chunk = max(1, int(sr * args.chunk_ms / 1000))

@@ -38,7 +38,8 @@ def add_commands(subparsers) -> None:
 
 
 def run_demo(args) -> int:
-    from .cli_node import format_output, read_wav
+    from .audio import read_wav
+    from .cli_node import format_output
     from .client import Publisher, Subscriber
     from .launch import load_launch
     from .node import Node

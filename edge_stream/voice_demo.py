@@ -210,7 +210,7 @@ def expected_command(text: str) -> str | None:
 
 def committed_clips(folder: str | Path = DEFAULT_WAVS, names=None) -> list:
     """The committed held-out-voice WAVs with their transcripts and word timings."""
-    from .cli_node import read_wav
+    from .audio import read_wav
 
     folder = Path(folder)
     meta = json.loads((folder / "transcripts.json").read_text())
@@ -228,7 +228,7 @@ def committed_clips(folder: str | Path = DEFAULT_WAVS, names=None) -> list:
 
 def wav_clips(paths) -> list:
     """Any 16 kHz mono WAVs (no transcript: the end of speech is taken as the end of the file)."""
-    from .cli_node import read_wav
+    from .audio import read_wav
 
     clips = []
     for p in paths:

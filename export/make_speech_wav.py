@@ -19,10 +19,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from edge_stream.audio import read_wav_float32, write_wav
 
 SAMPLE_RATE = 16000
 PHRASES = (
@@ -37,29 +38,12 @@ TRIM_LEVEL = 0.003  # of full scale
 MAX_BYTES = 300_000
 
 
-def read_wav(path: Path) -> np.ndarray:
-    """Mono 16-bit PCM WAV -> float32 samples in [-1, 1)."""
-    with wave.open(str(path), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected mono 16-bit PCM, got {w.getnchannels()} ch, {8 * w.getsampwidth()} bit")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
-
-
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
-
 def synthesize(text: str, workdir: Path, index: int) -> np.ndarray:
     """espeak-ng (22.05 kHz) -> sox resample to 16 kHz mono 16-bit (-D: no dither, so reruns are byte-identical)."""
     raw, resampled = workdir / f"p{index}_raw.wav", workdir / f"p{index}_16k.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "170", "-w", str(raw), text], check=True)
     subprocess.run(["sox", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(resampled)], check=True)
-    speech = read_wav(resampled)
+    speech, _ = read_wav_float32(resampled)
     # espeak-ng pads each utterance with silence; trim it so the gaps are the ones laid out above.
     loud = np.flatnonzero(np.abs(speech) > TRIM_LEVEL)
     return speech[loud[0]:loud[-1] + 1]
@@ -80,11 +64,11 @@ def build(out: Path) -> Path:
     audio = np.concatenate(parts)
     audio += np.random.default_rng(SEED).normal(0.0, NOISE_RMS, audio.shape).astype(np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_wav(out, audio)
+    write_wav(out, audio, SAMPLE_RATE)
     size = out.stat().st_size
     print(f"wrote {out}: {len(audio) / SAMPLE_RATE:.2f} s, {size} bytes")
     # The check that can fail: the file reads back as what the tests expect.
-    back = read_wav(out)
+    back, _ = read_wav_float32(out)
     if len(back) != len(audio) or size > MAX_BYTES:
         sys.exit(f"{out}: read back {len(back)} samples (wrote {len(audio)}), {size} bytes (limit {MAX_BYTES})")
     return out

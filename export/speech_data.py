@@ -24,11 +24,12 @@ import multiprocessing
 import re
 import sys
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edge_stream.audio import write_wav
 
 SAMPLE_RATE = 16000
 ESPEAK_RATE = 22050  # libespeak-ng's fixed output rate
@@ -410,15 +411,6 @@ TEST_PHRASES = ("stop", "turn left ninety degrees", "move forward two meters", "
                 "turn right, no, left")
 
 
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
-
 def write_test_wavs(out_dir: Path, seed: int = 7) -> Path:
     """Held-out-voice WAVs of TEST_PHRASES (mild noise and room) and transcripts.json with word spans."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -433,7 +425,7 @@ def write_test_wavs(out_dir: Path, seed: int = 7) -> Path:
         utt = synthesize(engine, spec)
         audio, lead = augment(utt.audio, rng, mild)
         name = f"command_{i}.wav"
-        write_wav(out_dir / name, audio)
+        write_wav(out_dir / name, audio, SAMPLE_RATE)
         entries.append({"file": name, "text": transcript(text), "voice": spec.voice, "rate_wpm": spec.rate_wpm,
                         "pitch": spec.pitch,
                         "words": [{"word": w, "start_sample": s + lead, "end_sample": e + lead}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import os
 import time
-import wave
 from pathlib import Path
 
 import msgpack
@@ -18,6 +17,7 @@ import zmq
 
 import edge_stream as es
 from edge_stream import wire
+from edge_stream.audio import read_wav_float32
 from edge_stream.client import Control, Publisher, Subscriber
 from export import silero_vad
 from nodekit import clients, collect, done_for, start_node
@@ -37,8 +37,9 @@ def vad_model(vad_dir):
 
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
-    with wave.open(str(SPEECH_WAV), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    samples, sr = read_wav_float32(SPEECH_WAV)
+    assert sr == 16000
+    return samples
 
 
 def vad_models(vad_dir):

@@ -4,13 +4,13 @@ as one model run, and every stream still gets exactly what the runtime gives it 
 from __future__ import annotations
 
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edge_stream as es
+from edge_stream.audio import read_wav_float32
 from edge_stream.errors import InputError
 from edge_stream.policies import BlockPolicy
 from export import silero_vad
@@ -31,8 +31,9 @@ def vad_model(vad_dir):
 
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
-    with wave.open(str(SPEECH_WAV), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    samples, sr = read_wav_float32(SPEECH_WAV)
+    assert sr == 16000
+    return samples
 
 
 def chunked(samples: np.ndarray, seed: int) -> list[np.ndarray]:

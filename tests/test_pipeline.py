@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from edge_stream import wire
-from edge_stream.cli_node import read_wav
+from edge_stream.audio import read_wav
 from edge_stream.client import Publisher, Subscriber
 from edge_stream.controller import CommandTracker
 from edge_stream.node import Node, make_node_config

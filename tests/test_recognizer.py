@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edge_stream as es
+from edge_stream.audio import read_wav_float32
 from edge_stream.blocks import BlockStream, run_blocks_batched
 from edge_stream.ctc import CtcDecoder
 from edge_stream.errors import ConfigError, InputError
@@ -22,9 +22,9 @@ COMMANDS = Path(__file__).parent / "data" / "commands"
 
 
 def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    samples, sr = read_wav_float32(path)
+    assert sr == 16000
+    return samples
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ for any chunking, with rejected chunks leaving the stream untouched."""
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import edge_stream as es
 from edge_stream.blocks import BlockOutput, run_blocks_batched
 from edge_stream.errors import ConfigError, InputError, StreamStateError
 from edge_stream.vad import VadEvents
+from edge_stream.audio import read_wav_float32
 from export import silero_vad
 
 SPEECH_WAV = Path(__file__).parent / "data" / "speech_16k.wav"
@@ -33,9 +33,9 @@ def vad_model(vad_dir):
 
 @pytest.fixture(scope="session")
 def speech() -> np.ndarray:
-    with wave.open(str(SPEECH_WAV), "rb") as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    samples, sr = read_wav_float32(SPEECH_WAV)
+    assert sr == 16000
+    return samples
 
 
 @pytest.fixture(scope="session")
