@@ -156,8 +156,11 @@ def test_reset_cancels_a_generation_in_progress(node):
 def test_a_subscriber_that_stops_reading_costs_drops_not_a_stall(lm_dir):
     """XPUB_NODROP at a small HWM: outputs to a full subscriber are dropped and counted,
     and the node keeps serving a controller that reads."""
+    # The HWM is per subscriber pipe: small enough that the stuck reader's 16 MB overflow it at
+    # once, large enough that the reading controller's burst (fed, deltas, done) fits while its
+    # thread waits for a core on a loaded machine (at 2 the burst itself was dropped now and then).
     node = start_node([{"name": "lm", "dir": str(lm_dir), "topics": ["chat"], "publish_logits": "all"}],
-                      sndhwm=2, stats_interval_s=0.2)
+                      sndhwm=32, stats_interval_s=0.2)
     try:
         pub, sub, _ = clients(node, "chat", ["out/fast"])
         stuck = Subscriber(["out/slow"], connect=node.endpoints["output"])
