@@ -282,6 +282,7 @@ def draft_manifest(model_path: str | Path) -> Manifest:
     elif any(s.kind == "kv" for s in states):
         limits = Limits(max_positions=side.max_positions, position_encoding="implicit")
 
+    kv_io = _kv_io(info.path, states)
     source = {"derived_by": "edge_stream.introspect", "onnx": info.path.name}
     if info.metadata.get("producer"):
         source["producer"] = info.metadata["producer"]
@@ -290,7 +291,20 @@ def draft_manifest(model_path: str | Path) -> Manifest:
     name = model_dir.resolve().name if info.path.name == "model.onnx" else info.path.stem
     return Manifest(name=name, input=stream_input, states=states, outputs=outputs, aux=tuple(aux),
                     limits=limits, model_file=info.path.name, tokenizer=tokenizer,
-                    stop_token_ids=stop_ids, source=source)
+                    stop_token_ids=stop_ids, kv_io=kv_io, source=source)
+
+
+def _kv_io(path: Path, states) -> str:
+    """'shared_buffer' where every kv state feeds a GroupQueryAttention node (which takes
+    past and present as one buffer), else 'concat'. Reads the graph, not its weights."""
+    kv_inputs = {s.input for s in states if s.kind == "kv"}
+    if not kv_inputs:
+        return "concat"
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fed_to_gqa = {name for node in graph.node if node.op_type == "GroupQueryAttention" for name in node.input}
+    return "shared_buffer" if kv_inputs <= fed_to_gqa else "concat"
 
 
 def _stream_input(inp: TensorInfo) -> InputSpec | None:

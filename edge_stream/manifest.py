@@ -26,6 +26,11 @@ AUX_FILLS = ("attention_mask", "position_ids", "constant")
 OUTPUT_ROLES = ("logits", "probability", "features")
 POSITION_ENCODINGS = ("rotary", "learned", "implicit", "none")
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
+# How a graph takes its KV cache: "concat" returns present = past + the chunk's entries as
+# a new tensor each run; "shared_buffer" (GroupQueryAttention) takes past and present as
+# one preallocated buffer and writes the chunk's entries in place, at the cache length
+# the attention mask gives.
+KV_IO = ("concat", "shared_buffer")
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class Manifest:
     tokenizer: str | None = None
     stop_token_ids: tuple[int, ...] = ()
     precision: str = "fp32"
+    kv_io: str = "concat"
     source: dict = field(default_factory=dict)
     schema: str = SCHEMA
 
@@ -248,6 +254,10 @@ def manifest_from_dict(d: dict) -> Manifest:
     if events is not None:
         _choice(events.kind, ("vad",), "manifest.events.kind")
 
+    kv_io = _choice(d.get("kv_io", "concat"), KV_IO, "manifest.kv_io")
+    if kv_io == "shared_buffer" and not any(s.kind == "kv" for s in states):
+        raise ManifestError("manifest.kv_io: 'shared_buffer' needs kv states")
+
     known = {f.name for f in dataclasses.fields(Manifest)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -265,6 +275,7 @@ def manifest_from_dict(d: dict) -> Manifest:
         tokenizer=d.get("tokenizer"),
         stop_token_ids=tuple(int(t) for t in d.get("stop_token_ids", ())),
         precision=d.get("precision", "fp32"),
+        kv_io=kv_io,
         source=d.get("source", {}),
         schema=schema,
     )

@@ -23,6 +23,7 @@ import numpy as np
 
 from .detok import TextDeltas
 from .errors import ConfigError, InputError, StreamStateError
+from .kvbuffer import KVBuffer, capacity_for
 from .runner import NUMPY_DTYPES
 from .sampling import check_sampling, next_token
 
@@ -53,6 +54,11 @@ class StreamState:
     evicted: int = 0
     pending: np.ndarray = dataclasses.field(default_factory=lambda: _NO_TOKENS)
     last_logits: np.ndarray | None = None
+    kv_buffer: KVBuffer | None = None  # shared_buffer models: kv states are views into it
+
+    def __post_init__(self):
+        if self.kv_buffer is not None:  # claim [0, cache_len) while this state lives
+            self.kv_buffer.register(self, self.cache_len)
 
     @property
     def cache_len(self) -> int:
@@ -92,16 +98,26 @@ class StreamSession:
     overflows, at least `evict_block` oldest non-sink entries leave at once
     (default kv_window // 8; each eviction copies the whole cache), and the
     window refills from there; `max_chunk` inputs per ORT run, `max_feed`
-    inputs accepted per feed call.
+    inputs accepted per feed call. `kv_io` (default: the manifest's) may be "concat" to
+    run a shared_buffer graph the copying way, for comparison; `kv_capacity` sizes a
+    shared buffer up front (entries; default: a window's span, else grown by doubling).
     """
 
     def __init__(self, model, kv_window: int | None = ..., sink_tokens: int | None = None,
                  evict_block: int | None = None, max_chunk: int | None = None,
-                 max_feed: int = DEFAULT_MAX_FEED, **unknown):
+                 max_feed: int = DEFAULT_MAX_FEED, kv_io: str | None = None,
+                 kv_capacity: int | None = None, **unknown):
         m = model.manifest
         if unknown:
             raise ConfigError(f"{m.name}: unknown stream option(s) {', '.join(sorted(unknown))}; sequence "
-                              "streams take kv_window, sink_tokens, evict_block, max_chunk, max_feed")
+                              "streams take kv_window, sink_tokens, evict_block, max_chunk, max_feed, kv_io, "
+                              "kv_capacity")
+        if kv_io not in (None, "concat", m.kv_io):
+            raise ConfigError(f"{m.name}: kv_io {kv_io!r} needs a graph built for it; this one is {m.kv_io!r}")
+        self.kv_io = kv_io or m.kv_io
+        if kv_capacity is not None and kv_capacity < 1:
+            raise ConfigError(f"kv_capacity: expected >= 1 entries, got {kv_capacity}")
+        self.kv_capacity = kv_capacity
         self.model = model
         self.manifest = m
         self.runner = model.runner
@@ -118,6 +134,9 @@ class StreamSession:
         self._consts = {a.name: np.asarray(a.value, dtype=NUMPY_DTYPES[a.dtype])
                         for a in m.aux if a.fill == "constant"}
         self._kv_index = [i for i, s in enumerate(m.states) if s.kind == "kv"]
+        self._kv_specs = [m.states[i] for i in self._kv_index]
+        self._kv_dtypes = [NUMPY_DTYPES[s.dtype] for s in self._kv_specs]
+        self._shared = self.kv_io == "shared_buffer"
         self._has_recurrent = any(s.kind == "recurrent" for s in m.states)
         self._logits_name = m.output_for("logits")
         self._n_returned = len(self.runner.returned_outputs)
@@ -287,6 +306,7 @@ class StreamSession:
             evicted=st.evicted,
             pending=st.cache_inputs[keep:keep + 1].copy(),
             last_logits=None,
+            kv_buffer=st.kv_buffer,
         )
 
     def snapshot(self) -> StreamState:
@@ -318,6 +338,8 @@ class StreamSession:
         return st, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # copy: joins pieces
 
     def _run_piece(self, st: StreamState, rows: np.ndarray):
+        if self._shared:
+            return self._run_piece_shared(st, rows)
         s = len(rows)
         if self.kv_window is not None:
             st = self._make_room(st, s)
@@ -331,7 +353,8 @@ class StreamSession:
             feeds[self._pos.name] = positions[None]  # [1, s]
         feeds.update(self._consts)
         for spec, value in zip(self.manifest.states, st.states):
-            feeds[spec.input] = value
+            # A state from a shared buffer holds strided views; ORT wants contiguous input.
+            feeds[spec.input] = value if st.kv_buffer is None else np.ascontiguousarray(value)
         results = self.runner.run(feeds)
         outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, results)}  # drop batch axis
         new_states = tuple(results[self._n_returned:])
@@ -345,6 +368,53 @@ class StreamSession:
                            cache_positions=cache_positions, next_model_position=first + s,
                            fed=st.fed + s, evicted=st.evicted,
                            pending=st.pending, last_logits=last_logits), outputs
+
+    def _run_piece_shared(self, st: StreamState, rows: np.ndarray):
+        """`_run_piece` for shared_buffer graphs: the chunk's KV entries are written into the
+        stream's buffer in place (copy-on-write where another live state claims them)."""
+        s = len(rows)
+        if self.kv_window is not None:
+            st = self._make_room(st, s)
+        cache_len = st.cache_len
+        first = st.next_model_position
+        buf = st.kv_buffer
+        if buf is None or not buf.begin_write(cache_len, s):
+            buf = KVBuffer.holding(self._kv_specs, [st.states[i] for i in self._kv_index], cache_len,
+                                   self._kv_capacity(cache_len + s), self._kv_dtypes)
+            buf.begin_write(cache_len, s)
+        try:
+            feeds = {self.manifest.input.name: rows[None]}
+            if self._mask is not None:
+                feeds[self._mask.name] = self._mask_row(cache_len + s)
+            positions = np.arange(first, first + s, dtype=np.int64)
+            if self._pos is not None:
+                feeds[self._pos.name] = positions[None]
+            feeds.update(self._consts)
+            for spec, value in zip(self.manifest.states, st.states):
+                if spec.kind != "kv":
+                    feeds[spec.input] = value
+            results = self.runner.run_shared(feeds, buf)
+            outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, results)}
+            others = iter(results[self._n_returned:])
+            kv_views = iter(buf.views(cache_len + s))
+            new_states = tuple(next(kv_views) if spec.kind == "kv" else next(others) for spec in self.manifest.states)
+            new = StreamState(owner=st.owner, states=new_states,
+                              cache_inputs=np.concatenate([st.cache_inputs, rows]),
+                              cache_positions=np.concatenate([st.cache_positions, positions]),
+                              next_model_position=first + s, fed=st.fed + s, evicted=st.evicted,
+                              pending=st.pending,
+                              last_logits=outputs[self._logits_name][-1] if self._logits_name else None,
+                              kv_buffer=buf)
+        finally:
+            buf.end_write()
+        return new, outputs
+
+    def _kv_capacity(self, needed: int) -> int:
+        """Entries a new shared buffer holds: a window's whole span at once (it is bounded
+        anyway), else room to grow by doubling up to the model's position range."""
+        if self.kv_window is not None:
+            return max(needed, self.kv_capacity or self.sink_tokens + self.kv_window)
+        return max(needed, self.kv_capacity or 0, capacity_for(needed, self._hard_limit))
 
     def _mask_row(self, length: int) -> np.ndarray:
         if length > self._ones.shape[1]:
@@ -373,6 +443,7 @@ class StreamSession:
             cache_inputs=np.concatenate([st.cache_inputs[:lo], st.cache_inputs[hi:]]),
             cache_positions=np.concatenate([st.cache_positions[:lo], st.cache_positions[hi:]]),
             evicted=st.evicted + (hi - lo),
+            kv_buffer=None,  # the kept entries are new contiguous arrays
         )
 
     def _reencode(self, st: StreamState, s: int) -> StreamState:
@@ -410,7 +481,9 @@ class StreamSession:
             spec = self.manifest.states[i]
             index = [slice(None)] * states[i].ndim
             index[spec.seq_axis] = slice(lo, hi)
-            out[i] = np.ascontiguousarray(states[i][tuple(index)])  # copy: ORT needs contiguous input
+            view = states[i][tuple(index)]
+            # Shared buffers keep views (the entries stay claimed); concat inputs must be contiguous.
+            out[i] = view if self._shared else np.ascontiguousarray(view)  # copy: concat only
         return tuple(out)
 
     # ----- boundary validation -------------------------------------------------------------

@@ -62,6 +62,7 @@ TOLERANCES = {
     "fp32": Tolerance(max_abs=1e-4),
     "fp16": Tolerance(top1=0.98, top1_confident=0.99, kl_mean=5e-5),
     "int8": Tolerance(top1=0.85, top1_confident=0.98, kl_mean=3e-2),
+    "int4": Tolerance(top1=0.7, top1_confident=0.9, kl_mean=0.1),
 }
 
 

@@ -1,0 +1,186 @@
+"""Shared past/present KV buffers (kv_io: shared_buffer) on a real GroupQueryAttention graph:
+the tiny Llama exported with `export.hf --graph gqa` (onnxruntime-genai's model builder).
+
+Streaming equals PyTorch's full-sequence logits (tolerance 1e-4) and the same graph run the
+copying way (kv_io="concat"); entries are written in place while nobody else claims them,
+and copied first when a snapshot, a restored branch or another stream does.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import edge_stream as es
+from edge_stream.manifest import load_manifest
+
+from test_stream import TOL, chunk_sizes, feed_in_chunks, reference_logits
+
+PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def gqa(tiny_models, loaded_models, tiny_root):
+    """(gqa Model, torch reference) for the tiny Llama."""
+    from export.gqa import builder_missing
+    from export.hf import export_hf
+
+    if builder_missing():
+        pytest.skip(builder_missing())
+    hf_dir, _ = tiny_models("llama")
+    out = tiny_root / "llama-gqa"
+    if not (out / "manifest.json").exists():
+        export_hf(str(hf_dir), out, graph="gqa", check=False)
+    _, ref = loaded_models("llama")
+    return es.load(out, intra_op_threads=1), ref
+
+
+def ids(model, n, seed):
+    return np.random.default_rng(seed).integers(0, model.manifest.input.vocab_size, n)
+
+
+def test_the_gqa_export_declares_a_shared_buffer_and_optimum_does_not(gqa, tiny_models):
+    model, _ = gqa
+    assert model.manifest.kv_io == "shared_buffer" and model.manifest.limits.position_encoding == "implicit"
+    assert load_manifest(tiny_models("llama")[1]).kv_io == "concat"
+
+
+def test_a_concat_graph_cannot_be_run_as_a_shared_buffer(loaded_models):
+    model, _ = loaded_models("llama")
+    with pytest.raises(es.ConfigError, match="kv_io 'shared_buffer' needs a graph built for it"):
+        model.open_stream(kv_io="shared_buffer")
+
+
+@PROPERTY
+@given(data=st.data())
+def test_streaming_equals_the_full_sequence_and_the_copying_path(gqa, data):
+    model, ref = gqa
+    total = data.draw(st.integers(1, 120), label="tokens")
+    x = ids(model, total, total)
+    sizes = chunk_sizes(data.draw(st.lists(st.integers(1, 40), min_size=1, max_size=40), label="chunks"), total)
+    shared = feed_in_chunks(model.open_stream(), x, sizes)
+    copying = feed_in_chunks(model.open_stream(kv_io="concat"), x, sizes)
+    np.testing.assert_allclose(shared, reference_logits(ref, x), atol=TOL, rtol=0)
+    np.testing.assert_allclose(shared, copying, atol=1e-6, rtol=0)
+
+
+def test_the_buffer_grows_past_its_first_capacity_without_changing_logits(gqa):
+    model, ref = gqa
+    x = ids(model, 700, 1)
+    stream = model.open_stream()
+    got = feed_in_chunks(stream, x, [37] * 18 + [34])
+    assert stream.state.kv_buffer.capacity >= 700
+    np.testing.assert_allclose(got, reference_logits(ref, x), atol=TOL, rtol=0)
+
+
+def test_appending_writes_in_place_and_a_held_branch_is_copied_not_overwritten(gqa):
+    model, ref = gqa
+    a, x, y = ids(model, 20, 2), ids(model, 9, 3), ids(model, 7, 4)
+    stream = model.open_stream()
+    stream.feed(a)
+    buf = stream.state.kv_buffer
+    at_a = stream.snapshot()
+    stream.feed(x)
+    assert stream.state.kv_buffer is buf  # appended in place: nothing copied
+    at_ax = stream.snapshot()
+    stream.restore(at_a)
+    got_ay = stream.feed(y).logits  # at_ax claims the entries after a: this branch copies
+    assert stream.state.kv_buffer is not buf
+    np.testing.assert_allclose(got_ay, reference_logits(ref, np.concatenate([a, y]))[20:], atol=TOL, rtol=0)
+    stream.restore(at_ax)  # the other branch's entries were never overwritten
+    got_axy = stream.feed(y).logits
+    np.testing.assert_allclose(got_axy, reference_logits(ref, np.concatenate([a, x, y]))[29:], atol=TOL, rtol=0)
+
+
+def test_a_branch_nobody_holds_gives_its_entries_back(gqa):
+    model, ref = gqa
+    a, x, y = ids(model, 20, 5), ids(model, 9, 6), ids(model, 7, 7)
+    stream = model.open_stream()
+    stream.feed(a)
+    buf = stream.state.kv_buffer
+    at_a = stream.snapshot()
+    stream.feed(x)
+    stream.restore(at_a)  # the longer state is gone: nothing claims the entries after a
+    got = stream.feed(y).logits
+    assert stream.state.kv_buffer is buf
+    np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, y]))[20:], atol=TOL, rtol=0)
+
+
+def test_rewind_then_feed_equals_never_having_fed(gqa):
+    model, ref = gqa
+    a, b, c = ids(model, 30, 8), ids(model, 12, 9), ids(model, 10, 10)
+    stream = model.open_stream()
+    stream.feed(np.concatenate([a, b]))
+    stream.rewind(len(b))
+    got = stream.feed(c).logits
+    np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, c]))[30:], atol=TOL, rtol=0)
+
+
+def test_greedy_generation_equals_the_copying_path(gqa):
+    model, _ = gqa
+    prompt = ids(model, 24, 11)
+    runs = []
+    for kv_io in (None, "concat"):
+        stream = model.open_stream(kv_io=kv_io)
+        stream.feed(prompt)
+        runs.append([p.token_id for p in stream.generate(20, stop_token_ids=())])
+    assert runs[0] == runs[1] and len(runs[0]) == 20
+
+
+def test_two_streams_restored_from_one_snapshot_run_concurrently(gqa):
+    model, ref = gqa
+    a = ids(model, 25, 12)
+    tails = [ids(model, 30, 13), ids(model, 30, 14)]
+    origin = model.open_stream()
+    origin.feed(a)
+    snap = origin.snapshot()
+    results, errors = [None, None], []
+
+    def run(i):
+        try:
+            stream = model.open_stream()
+            stream.restore(snap)
+            results[i] = np.concatenate([stream.feed(tails[i][j:j + 3]).logits for j in range(0, 30, 3)])
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for tail, got in zip(tails, results):
+        np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, tail]))[25:], atol=TOL, rtol=0)
+
+
+def test_a_rejected_chunk_leaves_the_stream_and_its_buffer_as_they_were(gqa):
+    model, ref = gqa
+    a, b = ids(model, 15, 15), ids(model, 6, 16)
+    stream = model.open_stream()
+    stream.feed(a)
+    before = stream.state
+    with pytest.raises(es.InputError, match="outside the vocabulary"):
+        stream.feed(np.array([1, model.manifest.input.vocab_size]))
+    assert stream.state is before
+    got = stream.feed(b).logits
+    assert stream.state.kv_buffer is before.kv_buffer
+    np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, b]))[15:], atol=TOL, rtol=0)
+
+
+def test_a_window_re_encodes_the_same_way_on_both_paths(gqa):
+    """Implicit positions: an eviction re-encodes the retained inputs. The shared buffer
+    keeps the window's span and gives the copying path's logits."""
+    model, _ = gqa
+    x = ids(model, 300, 17)
+    sizes = [16] * 18 + [12]
+    opts = dict(kv_window=64, sink_tokens=4)
+    shared, copying = model.open_stream(**opts), model.open_stream(kv_io="concat", **opts)
+    got_shared, got_copying = feed_in_chunks(shared, x, sizes), feed_in_chunks(copying, x, sizes)
+    assert shared.state.evicted > 0 and shared.cache_len <= 68
+    assert shared.state.kv_buffer.capacity == 68
+    np.testing.assert_allclose(got_shared, got_copying, atol=1e-5, rtol=0)
