@@ -1,7 +1,7 @@
 """Speed figures of the streaming runtime and its peers, measured in one run on the machine at hand.
 
-    python -m edge_stream.bench [--scenario ...] [--precision fp32 int8] [--peers genai torch]
-                                [--quick] [--threads 2] [--json FILE] [--plot DIR]
+    python -m edge_stream.bench [--scenario ...] [--precision fp32 int8] [--gqa-precision fp32 int8 int4]
+                                [--peers genai torch] [--quick] [--threads 2] [--json FILE] [--plot DIR]
 
 Scenarios (`--scenario` picks them by name; all by default):
   overhead  StreamSession.feed vs a bare InferenceSession.run with identical feeds (16-token
@@ -13,7 +13,7 @@ Scenarios (`--scenario` picks them by name; all by default):
             latency along the stream. Goal: batch / streamed >= 40 at 1024 tokens.
   decode    ms per token (engines in lockstep) and its ratio to the memory-bandwidth floor
             (weight bytes read per token / read bandwidth measured in the same run).
-            Goals: ours/genai <= 1.0; int8 <= 0.4 x fp32.
+            Goals: ours/genai <= 1.0 on the same file; int8 <= 0.4 x fp32.
   window    an endless stream through a sliding window with sinks: per-chunk latency and
             process memory at 2k vs `--tokens` tokens (int8 only by default).
   node      the node (own process, tcp loopback): chunk published -> first output received
@@ -23,12 +23,15 @@ Scenarios (`--scenario` picks them by name; all by default):
             streams in one batched run (bench_vad). Goal: >= 500 per core batched.
 
 Peers (onnxruntime-genai, transformers in PyTorch) are optional: a missing one is skipped
-with the reason in the table and the JSON. `--quick` shrinks everything (int8 and genai
+with the reason in the table and the JSON. `--quick` shrinks everything (int8 and gqa
 int4 only, no PyTorch unless `--peers torch` asks, two input lengths, a few tokens, 1.5 s
-per node rate) to finish in about a minute once models are built. The reference model is a Llama with SmolLM2-135M's shape and random
-weights (`export.tiny_models`), built once into `--cache-dir` (optimum-onnx fp32; int8 =
-onnxruntime dynamic quantisation of the MatMul weights; genai's model builder for the peers)
-and reused; building needs the `export` and `peers` extras, running ours does not.
+per node rate) to finish in about a minute once models are built. The reference model is
+a Llama with SmolLM2-135M's shape and random weights (`export.tiny_models`), built once
+into `--cache-dir` by `export.hf` in two graphs: `--precision` builds the optimum graph
+(concat KV; int8 = dynamic quantisation of the MatMul weights), `--gqa-precision` the gqa
+graph (onnxruntime-genai's model builder, KV in one shared buffer; int8/int4 = MatMulNBits),
+which genai also runs, from the same folder. Building needs the `export` and `peers`
+extras; running ours needs neither.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ log = logging.getLogger(__name__)
 SCHEMA = "edge-stream/bench@1"
 DEFAULT_MODEL = "smollm2-135m-shape"
 DEFAULT_CACHE = Path(".cache/bench-models")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8")  # optimum graph
+GQA_PRECISIONS = ("fp32", "int8", "int4")  # gqa graph
 SCENARIO_NAMES = ("overhead", "ttft", "decode", "window", "node", "vad")
 GOALS = {"overhead": "median stream/bare <= 1.05", "window": "far/near within 1.10 (latency p50, RSS, peak RSS)"}
 
@@ -74,8 +78,8 @@ class BenchConfig:
     chunk: int = 16  # tokens per streamed chunk
     # peers (ttft, decode)
     peers: tuple = ("genai", "torch")
-    genai_precisions: tuple = ("fp32", "int4")  # what its model builder offers on CPU
-    shared_kv_probe: bool = True  # decode: also a bare loop with a shared past/present KV buffer
+    gqa_precisions: tuple = GQA_PRECISIONS  # gqa builds: ours-gqa-X and genai-X on each
+    bare_gqa: bool = True  # decode: also a bare ORT loop on each gqa build (our overhead floor)
     # overhead
     pairs: int = 30  # timed A/B pairs per case (after `warmup` untimed ones)
     warmup: int = 3
@@ -108,7 +112,7 @@ class BenchConfig:
 
     def quick(self) -> "BenchConfig":
         return replace(self, precisions=("int8",), peers=tuple(p for p in self.peers if p != "torch"),
-                       genai_precisions=("int4",), shared_kv_probe=False, pairs=6, warmup=2,
+                       gqa_precisions=("int4",), bare_gqa=False, pairs=6, warmup=2,
                        cache_lengths=(128,), generate_tokens=4, ttft_lengths=(64, 256), ttft_repeats=1,
                        decode_prompt=64, decode_tokens=6, decode_repeats=1, kv_window=256, near_tokens=512,
                        tokens=1024, span_tokens=256, vad_batch_streams=128, vad_rounds=6, node_seconds=1.5,
@@ -228,28 +232,37 @@ def machine_info(threads: int) -> dict:
 # ----- models ----------------------------------------------------------------------------------
 
 
-def ensure_model(kind: str, precision: str, cache_dir: Path) -> Path:
-    """The model directory for `kind` at `precision`, built into `cache_dir` on first use
-    with `export.hf` (its parity check skipped: speed does not depend on weight values).
+class BuildSkipped(Exception):
+    """A build this machine cannot make (its exporter is not installed)."""
+
+
+def ensure_model(kind: str, label: str, cache_dir: Path) -> Path:
+    """The model directory for `kind` at `label` ("int8": optimum graph; "gqa-int8": gqa graph),
+    built into `cache_dir` on first use with `export.hf` (its parity check skipped: speed
+    does not depend on weight values).
 
     Built into a temporary folder and renamed, so an interrupted build is never reused.
     """
-    out = cache_dir / f"{kind}-{precision}"
+    graph, precision = ("gqa", label[4:]) if label.startswith("gqa-") else ("optimum", label)
+    out = cache_dir / f"{kind}-{label}"
     if (out / "manifest.json").is_file():
         return out
     from edge_stream.manifest import load_manifest
+    from export.gqa import builder_missing
     from export.hf import export_hf
     from export.tiny_models import build_tiny
 
+    if graph == "gqa" and builder_missing():
+        raise BuildSkipped(builder_missing())
     cache_dir.mkdir(parents=True, exist_ok=True)
     hf_dir = cache_dir / f"{kind}-hf"
     if not (hf_dir / "config.json").is_file():
         log.info("building %s (random weights) in %s", kind, hf_dir)
         build_tiny(kind, hf_dir)
-    tmp = cache_dir / f".{kind}-{precision}.partial"
+    tmp = cache_dir / f".{kind}-{label}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    export_hf(str(hf_dir), tmp, precision=precision, check=False)
+    export_hf(str(hf_dir), tmp, precision=precision, check=False, graph=graph)
     replace(load_manifest(tmp), name=out.name).save(tmp)  # export_hf named it after the temporary folder
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -509,26 +522,36 @@ def run_bench(cfg: BenchConfig) -> dict:
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
               "models": {}, "skipped": {}, "results": {}}
     lm_scenarios = [s for s in cfg.scenarios if s in PER_MODEL or s in CROSS_ENGINE]
-    targets = ([("as-exported", Path(cfg.model_dir))] if cfg.model_dir else
-               [(p, None) for p in cfg.precisions]) if lm_scenarios else []
+    if cfg.model_dir:
+        targets = [("as-exported", Path(cfg.model_dir))]
+    else:
+        targets = [(p, None) for p in cfg.precisions] + [(f"gqa-{p}", None) for p in cfg.gqa_precisions]
+    targets = targets if lm_scenarios else []
     window_on = [p for p, _ in targets if p in cfg.window_precisions] or [t[0] for t in targets[-1:]]
-    loaded = {}  # precision -> (model, dir): loaded once, shared by every scenario
-    for precision, model_dir in targets:
-        model_dir = model_dir or ensure_model(cfg.model, precision, Path(cfg.cache_dir))
-        loaded[precision] = model = es.load(model_dir, intra_op_threads=cfg.threads)
-        report["models"][precision] = {"dir": str(model_dir), "name": model.name,
-                                       "onnx_mb": model_bytes(model_dir) / 2**20}
+    loaded = {}  # build label -> model: loaded once, shared by every scenario
+    for label, model_dir in targets:
+        try:
+            model_dir = model_dir or ensure_model(cfg.model, label, Path(cfg.cache_dir))
+        except BuildSkipped as exc:
+            report["skipped"]["gqa"] = str(exc)
+            log.warning("%s skipped: %s", label, exc)
+            continue
+        loaded[label] = model = es.load(model_dir, intra_op_threads=cfg.threads)
+        report["models"][label] = {"dir": str(model_dir), "name": model.name, "kv_io": model.manifest.kv_io,
+                                   "onnx_mb": model_bytes(model_dir) / 2**20}
     for name in [s for s in cfg.scenarios if s in PER_MODEL]:
         for precision, model in loaded.items():
             if name == "window" and precision not in window_on:
                 continue
+            if name == "overhead" and model.manifest.kv_io != "concat":
+                continue  # its bare loop feeds concat KV; gqa builds: ours-gqa vs bare-gqa in decode
             report["results"].setdefault(name, {})[precision] = _timed_scenario(
                 f"{name}, {precision}", lambda: PER_MODEL[name](model, cfg, np.random.default_rng(cfg.seed)))
     cross = [s for s in cfg.scenarios if s in CROSS_ENGINE]
     if cross:
         hf_dir = None if cfg.model_dir else Path(cfg.cache_dir) / f"{cfg.model}-hf"
         engines, skipped = bench_lm.make_engines(cfg, {p: (m, m.dir / m.manifest.model_file) for p, m in loaded.items()},
-                                                 hf_dir, Path(cfg.cache_dir), cfg.model)
+                                                 hf_dir)
         report["skipped"].update(skipped)
         report["engines"] = [e.name for e in engines]
         for name in cross:
@@ -628,7 +651,9 @@ def format_table(report: dict) -> str:
             lines.append(f"  ({r['vs_genai']['goal']}: {'PASS' if r['vs_genai']['pass'] else 'FAIL'})")
         if "int8_over_fp32" in r:
             q = r["int8_over_fp32"]
-            lines.append(f"  int8/fp32 {q['ratio']:.2f} ({q['goal']}: {'PASS' if q['pass'] else 'FAIL'})")
+            for graph, ratio in q["graphs"].items():
+                lines.append(f"  int8/fp32 {graph} graph {ratio:.2f} ({q['goal']}: "
+                             f"{'PASS' if q['pass'][graph] else 'FAIL'})")
     if "vad" in res:
         r = res["vad"]
         lines += ["", f"vad: real-time 16 kHz streams per core ({r['block_ms']:.0f} ms blocks, 1 ORT thread; "
@@ -652,7 +677,7 @@ def format_table(report: dict) -> str:
                          f"{v['received']:>8}/{v['sent']:<6}")
         lines.append(f"  ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
     for peer, reason in report.get("skipped", {}).items():
-        lines.append(f"\npeer {peer} skipped: {reason}")
+        lines.append(f"\n{'gqa builds' if peer == 'gqa' else 'peer ' + peer} skipped: {reason}")
     return "\n".join(lines)
 
 
@@ -675,8 +700,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=int, help="overhead: timed A/B pairs per case (default 30)")
     p.add_argument("--peers", nargs="*", choices=list(d.peers),
                    help="peers measured beside ours in ttft/decode (default: genai torch; none: --peers)")
-    p.add_argument("--genai-precision", nargs="+", choices=["fp32", "int4"],
-                   help="onnxruntime-genai builds to measure (default fp32 int4; quick int4)")
+    p.add_argument("--gqa-precision", nargs="*", choices=list(GQA_PRECISIONS),
+                   help="gqa builds (export.hf --graph gqa) to measure with our runtime and genai's "
+                        "(default fp32 int8 int4; quick int4; none: --gqa-precision)")
     p.add_argument("--ttft-lengths", nargs="+", type=int, help="ttft: input lengths (default 64 ... 2048)")
     p.add_argument("--ttft-repeats", type=int, help="ttft: passes over every length (default 2)")
     p.add_argument("--decode-prompt", type=int, help="decode: input tokens before generating (default 512)")
@@ -697,7 +723,7 @@ def config_from_args(args) -> BenchConfig:
                  "window_precisions": tuple(args.window_precision or ()) or None,
                  "tokens": args.tokens, "window_chunk": args.window_chunk, "kv_window": args.kv_window,
                  "pairs": args.pairs, "peers": tuple(args.peers) if args.peers is not None else None,
-                 "genai_precisions": tuple(args.genai_precision or ()) or None,
+                 "gqa_precisions": tuple(args.gqa_precision) if args.gqa_precision is not None else None,
                  "ttft_lengths": tuple(args.ttft_lengths or ()) or None, "decode_tokens": args.decode_tokens,
                  "ttft_repeats": args.ttft_repeats, "decode_prompt": args.decode_prompt,
                  "vad_dir": args.vad_dir, "node_seconds": args.node_seconds}

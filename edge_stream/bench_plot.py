@@ -8,9 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-# One colour per runtime, solid = ours, dashed = peers; the same in every plot.
-_COLOURS = {"ours-fp32": "C0", "ours-int8": "C1", "ours-gqa-fp32": "C2", "ours-gqa-int4": "C3",
-            "genai-fp32": "C4", "genai-int4": "C5", "torch-fp32": "C7"}
+# One colour per model file, solid = ours, dashed = peers (genai-X runs ours-gqa-X's file).
+_COLOURS = {"ours-fp32": "C0", "ours-int8": "C1", "ours-gqa-fp32": "C2", "genai-fp32": "C2",
+            "ours-gqa-int8": "C3", "genai-int8": "C3", "ours-gqa-int4": "C4", "genai-int4": "C4",
+            "torch-fp32": "C7"}
 
 
 def _style(name: str) -> dict:

@@ -17,15 +17,16 @@ from edge_stream import bench, bench_lm
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
-    """One quick run of the language-model scenarios for fp32 and int8 on a tiny Llama built
-    into a fresh cache folder, with every installed peer, plus its plots."""
+    """One quick run of the language-model scenarios for fp32 and int8 (optimum graph) and
+    fp32 and int4 (gqa graph) on a tiny Llama built into a fresh cache folder, with every
+    installed peer, plus its plots."""
     logging.getLogger("optimum").setLevel(logging.ERROR)
     root = tmp_path_factory.mktemp("bench")
     out = root / "report.json"
     rc = bench.main(["--model", "llama", "--cache-dir", str(root / "models"), "--quick",
                      "--scenario", "overhead", "ttft", "decode", "window",
                      "--precision", "fp32", "int8", "--window-precision", "fp32", "int8", "--threads", "1",
-                     "--peers", "genai", "torch", "--genai-precision", "fp32", "int4",
+                     "--peers", "genai", "torch", "--gqa-precision", "fp32", "int4",
                      "--json", str(out), "--plot", str(root / "plots")])
     assert rc == 0
     return json.loads(out.read_text()), root
@@ -43,7 +44,10 @@ def test_report_describes_the_machine_and_run(quick_report):
     assert machine["intra_op_threads"] == 1
     assert report["config"]["quick_mode"] is True
     assert set(report["results"]) == {"overhead", "ttft", "decode", "window"}
-    assert set(report["models"]) == {"fp32", "int8"}
+    gqa = {"gqa-fp32", "gqa-int4"} if "genai" in installed_peers() else set()
+    assert set(report["models"]) == {"fp32", "int8"} | gqa
+    for label, m in report["models"].items():
+        assert m["kv_io"] == ("shared_buffer" if label.startswith("gqa-") else "concat")
 
 
 def test_overhead_cases_compare_identical_feeds(quick_report):
@@ -68,14 +72,15 @@ def test_engines_are_ours_plus_every_installed_peer(quick_report):
         assert {"ours-gqa-fp32", "genai-fp32", "ours-gqa-int4", "genai-int4"} <= engines
     if "torch" in installed_peers():
         assert "torch-fp32" in engines
-    assert set(report["skipped"]) == {"genai", "torch"} - installed_peers()
+    missing = {"genai", "torch"} - installed_peers()
+    assert set(report["skipped"]) == missing | ({"gqa"} if "genai" in missing else set())
 
 
 def test_ttft_streamed_and_batch_at_every_length_for_every_engine(quick_report):
     report, _ = quick_report
     r = report["results"]["ttft"]
     assert r["lengths"] == [64, 256] and r["chunk"] == 16
-    assert set(r["engines"]) == {e for e in report["engines"] if not e.startswith("probe-")}
+    assert set(r["engines"]) == {e for e in report["engines"] if not e.startswith("bare-")}
     for name, e in r["engines"].items():
         assert e["same_first_token"], name
         for n in r["lengths"]:
@@ -102,10 +107,12 @@ def test_decode_reports_ms_per_token_against_the_bandwidth_floor(quick_report):
         assert e["read_gb_s_at_weight_size"] > 0 and e["ratio_to_floor_at_weight_size"] > 0
     # int8 weights are about a quarter of fp32's: the floor follows the bytes.
     assert r["engines"]["ours-int8"]["weight_mb"] < 0.5 * r["engines"]["ours-fp32"]["weight_mb"]
-    assert r["int8_over_fp32"]["ratio"] > 0 and isinstance(r["int8_over_fp32"]["pass"], bool)
+    q = r["int8_over_fp32"]
+    assert q["graphs"]["optimum"] > 0 and isinstance(q["pass"]["optimum"], bool)
     if "genai" in installed_peers():
-        assert "probe-sharedkv-fp32" not in r["engines"]  # quick mode leaves the probe out
+        assert "bare-gqa-fp32" not in r["engines"]  # quick mode leaves the bare loop out
         assert r["ratios"]["ours-gqa-int4/genai-int4"] > 0 and isinstance(r["vs_genai"]["pass"], bool)
+        assert set(r["vs_genai"]["ratios"]) == {"ours-gqa-fp32/genai-fp32", "ours-gqa-int4/genai-int4"}
 
 
 def test_window_reports_latency_and_memory_at_both_points(quick_report):
@@ -146,7 +153,8 @@ def test_absent_peers_are_skipped_with_the_reason(quick_report, monkeypatch, cap
     monkeypatch.setitem(bench_lm.PEER_MODULES, "torch", "no_such_module_torch")
     out = root / "no-peers.json"
     rc = bench.main(["--model", "llama", "--cache-dir", str(root / "models"), "--quick", "--scenario", "ttft",
-                     "--threads", "1", "--peers", "genai", "torch", "--ttft-lengths", "32", "--json", str(out)])
+                     "--threads", "1", "--peers", "genai", "torch", "--gqa-precision", "--ttft-lengths", "32",
+                     "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["engines"] == ["ours-int8"]
