@@ -88,6 +88,7 @@ class BenchConfig:
     # ttft
     ttft_lengths: tuple = (64, 128, 256, 512, 1024, 2048)
     ttft_repeats: int = 2
+    ttft_solo: bool = True  # also one engine at a time (warm caches), beside the lockstep pass
     # decode
     decode_prompt: int = 512
     decode_tokens: int = 32
@@ -114,6 +115,7 @@ class BenchConfig:
         return replace(self, precisions=("int8",), peers=tuple(p for p in self.peers if p != "torch"),
                        gqa_precisions=("int4",), bare_gqa=False, pairs=6, warmup=2,
                        cache_lengths=(128,), generate_tokens=4, ttft_lengths=(64, 256), ttft_repeats=1,
+                       ttft_solo=False,
                        decode_prompt=64, decode_tokens=6, decode_repeats=1, kv_window=256, near_tokens=512,
                        tokens=1024, span_tokens=256, vad_batch_streams=128, vad_rounds=6, node_seconds=1.5,
                        quick_mode=True)
@@ -623,11 +625,22 @@ def format_table(report: dict) -> str:
             cells = "".join(f"{e['streamed_ms'][str(n)]['p50']:>8.0f}/{e['batch_ms'][str(n)]['p50']:<6.0f}"
                             for n in r["lengths"])
             lines.append(f"  {name:<15}{cells}{e['chunk_ms']['p50']:>10.1f}  {'yes' if e['same_first_token'] else 'NO'}")
+        n = str(r["goal_length"])
         for name, e in r["engines"].items():
             if name.startswith("ours-"):
-                lines.append(f"  {name}: batch/streamed at {r['goal_length']} = "
-                             f"{e['batch_over_streamed'][str(r['goal_length'])]:.1f}")
-        lines.append(f"  ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+                solo = f"; solo {e['solo']['batch_over_streamed'][n]:.1f}" if "solo" in e else ""
+                lines.append(f"  {name}: batch/streamed at {n} = {e['batch_over_streamed'][n]:.1f} lockstep{solo}")
+        lines.append(f"  ({r['goal']}, lockstep: {'PASS' if r['pass'] else 'FAIL'})")
+        if "pass_solo" in r:
+            lines.append(f"  ({r['goal']}, solo: " + ", ".join(
+                f"{k} {'PASS' if v else 'FAIL'}" for k, v in r["pass_solo"].items()) + ")")
+        solo_rows = {k: v["solo"] for k, v in r["engines"].items() if "solo" in v}
+        if solo_rows:
+            lines.append("  solo (one engine at a time, warm caches), ms p50 streamed/batch:")
+            for name, e in solo_rows.items():
+                cells = "".join(f"{e['streamed_ms'][str(m)]['p50']:>8.0f}/{e['batch_ms'][str(m)]['p50']:<6.0f}"
+                                for m in r["lengths"])
+                lines.append(f"  {name:<15}{cells}")
         for what, ratios in r["ratios"].items():
             if ratios:
                 lines.append(f"  ours/peer {what}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
@@ -705,6 +718,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default fp32 int8 int4; quick int4; none: --gqa-precision)")
     p.add_argument("--ttft-lengths", nargs="+", type=int, help="ttft: input lengths (default 64 ... 2048)")
     p.add_argument("--ttft-repeats", type=int, help="ttft: passes over every length (default 2)")
+    p.add_argument("--no-ttft-solo", action="store_true",
+                   help="ttft: skip the one-engine-at-a-time pass (default: run it; quick: skip)")
     p.add_argument("--decode-prompt", type=int, help="decode: input tokens before generating (default 512)")
     p.add_argument("--decode-tokens", type=int, help="decode: tokens generated per repeat (default 32)")
     p.add_argument("--vad-dir", type=Path, help="vad/node: a Silero VAD model directory (default: exported into the cache)")
@@ -726,7 +741,8 @@ def config_from_args(args) -> BenchConfig:
                  "gqa_precisions": tuple(args.gqa_precision) if args.gqa_precision is not None else None,
                  "ttft_lengths": tuple(args.ttft_lengths or ()) or None, "decode_tokens": args.decode_tokens,
                  "ttft_repeats": args.ttft_repeats, "decode_prompt": args.decode_prompt,
-                 "vad_dir": args.vad_dir, "node_seconds": args.node_seconds}
+                 "vad_dir": args.vad_dir, "node_seconds": args.node_seconds,
+                 "ttft_solo": False if args.no_ttft_solo else None}
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
