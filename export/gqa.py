@@ -66,7 +66,8 @@ def build(src: str, out: Path, precision: str, device: str = "cpu") -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     shutil.rmtree(cache, ignore_errors=True)
     if proc.returncode != 0 or not (out / "model.onnx").is_file():
-        raise RuntimeError(f"model builder failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+        last = [line[:300] for line in proc.stderr.strip().splitlines()[-6:]]
+        raise RuntimeError(f"model builder failed (exit {proc.returncode}): " + "\n".join(last))
     if precision == "int8":
         quantize_nbits(out / "model.onnx", bits=8, block_size=INT8_BLOCK, accuracy_level=ACCURACY_LEVEL_INT8)
 

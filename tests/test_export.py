@@ -139,3 +139,66 @@ def test_int8_bounds_reject_a_sign_flipped_weight_scale(exports, tmp_path):
     onnx.save(model, str(bad / "model.onnx"))
     report = check_parity(bad, hf_dir, chunkings=2)
     assert not report.passed, report.summary()
+
+
+# ----- --graph gqa: onnxruntime-genai's model builder --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gqa_exports(tiny_models, tmp_path_factory):
+    """(kind, precision) -> (out_dir, report) for `--graph gqa`, each exported once per module."""
+    from export.gqa import builder_missing
+
+    if builder_missing():
+        pytest.skip(builder_missing())
+    root = tmp_path_factory.mktemp("gqa-exports")
+    done = {}
+
+    def get(kind: str, precision: str):
+        if (kind, precision) not in done:
+            hf_dir, _ = tiny_models(kind)
+            out = root / f"{kind}-{precision}"
+            done[kind, precision] = (out, export_hf(str(hf_dir), out, precision=precision, chunkings=3, graph="gqa"))
+        return done[kind, precision]
+
+    return get
+
+
+def nbits(model_dir) -> set[int]:
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
+    return {onnx.helper.get_attribute_value(a) for n in graph.node if n.op_type == "MatMulNBits"
+            for a in n.attribute if a.name == "bits"}
+
+
+def test_gqa_export_through_the_cli_passes_parity_within_1e4(tiny_models, tmp_path):
+    from export.gqa import builder_missing
+
+    if builder_missing():
+        pytest.skip(builder_missing())
+    hf_dir, _ = tiny_models("qwen2")
+    out = tmp_path / "qwen2-gqa"
+    proc = subprocess.run([sys.executable, "-m", "export.hf", str(hf_dir), "-o", str(out), "--graph", "gqa",
+                           "--chunkings", "3"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "parity [fp32]" in proc.stdout and "PASS" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kv_io"] == "shared_buffer" and "onnxruntime-genai" in manifest["source"]["exporter"]
+    assert (out / "genai_config.json").is_file()  # genai runs the very same folder
+    assert "GroupQueryAttention" in ops(out)
+
+
+@pytest.mark.parametrize("precision,bits", [("int8", 8), ("int4", 4)])
+def test_gqa_quantised_exports_use_matmulnbits_and_pass_their_bounds(gqa_exports, precision, bits):
+    out, report = gqa_exports("llama", precision)
+    assert report.passed, report.summary()
+    assert nbits(out) == {bits} and "MatMul" not in ops(out)  # every weight MatMul is quantised
+    assert es.load_manifest(out).precision == precision
+
+
+def test_int4_needs_the_gqa_graph(tiny_models, tmp_path):
+    hf_dir, _ = tiny_models("llama")
+    proc = subprocess.run([sys.executable, "-m", "export.hf", str(hf_dir), "-o", str(tmp_path / "x"),
+                           "--precision", "int4"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "--precision: expected one of fp32, int8, fp16" in proc.stderr
