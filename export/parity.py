@@ -58,6 +58,12 @@ class Tolerance:
 # for fp16/int8: it grows with depth and logit scale (fp16 0.003 -> 0.019 above) where a
 # fixed bound would say little. Trained models may quantise differently: pass other bounds
 # (export.parity --kl-mean/--top1) when that is expected.
+# int4 (MatMulNBits, 4 bits per block of 32, --graph gqa): tiny llama top-1 0.81, confident
+# 1.0, KL 9.8e-3; gqa int8 (8 bits, block 32): tiny llama KL 6.4e-5, SmolLM2-135M shape top-1
+# 0.93, confident 1.0, KL 4.1e-3. On the 30-layer random SmolLM2-135M shape int4 FAILS
+# (top-1 0.27, KL 0.92, the same with the builder's own int4): 4-bit errors compound
+# through 30 random layers. The bound is kept: an int4 build has to prove itself on the
+# trained model it will serve.
 TOLERANCES = {
     "fp32": Tolerance(max_abs=1e-4),
     "fp16": Tolerance(top1=0.98, top1_confident=0.99, kl_mean=5e-5),
