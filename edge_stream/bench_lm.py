@@ -207,24 +207,24 @@ class BareGqaEngine:
 
     def reset(self, capacity: int) -> None:
         self.buffers = []
+        self.io = self.session.io_binding()  # kv bound once; per run only the inputs and logits
         for s in self.kv:
             shape = list(s.shape)
             shape[s.seq_axis] = capacity
-            self.buffers.append(self.ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32)))
+            buf = self.ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32))
+            self.buffers.append(buf)
+            self.io.bind_ortvalue_input(s.input, buf)  # the present is written into the past's buffer
+            self.io.bind_ortvalue_output(s.output, buf)
         self.total, self.token = 0, None
 
     def feed(self, tokens: np.ndarray) -> None:
         ids = np.ascontiguousarray(tokens, dtype=np.int64)[None]  # [1, n]; kept alive through the run
         mask = np.ones((1, self.total + ids.shape[1]), dtype=np.int64)  # [1, past + n]
-        io = self.session.io_binding()
-        io.bind_cpu_input(self.model.manifest.input.name, ids)
-        io.bind_cpu_input("attention_mask", mask)
-        io.bind_output(self.logits)
-        for spec, buf in zip(self.kv, self.buffers):  # the present is written into the past's buffer
-            io.bind_ortvalue_input(spec.input, buf)
-            io.bind_ortvalue_output(spec.output, buf)
-        self.session.run_with_iobinding(io)
-        self.last = io.get_outputs()[0].numpy()[0, -1]  # [vocab]
+        self.io.bind_cpu_input(self.model.manifest.input.name, ids)
+        self.io.bind_cpu_input("attention_mask", mask)
+        self.io.bind_output(self.logits)
+        self.session.run_with_iobinding(self.io)
+        self.last = self.io.get_outputs()[len(self.kv)].numpy()[0, -1]  # [vocab]
         self.total += ids.shape[1]
 
     def first_token(self) -> int:
@@ -318,13 +318,16 @@ def make_engines(cfg, ours: dict, hf_dir: Path | None) -> tuple[list, dict]:
     `ours`: build label ("fp32", "gqa-int4" ...) -> (loaded Model, its ONNX file). Each gqa
     build also gives genai's engine on the same folder and, with `cfg.bare_gqa`, the bare loop.
     """
+    import edge_stream as es
+
     engines, skipped = [], {}
     for label, (model, onnx_path) in ours.items():
         engines.append(OursEngine(f"ours-{label}", model, onnx_path))
     peers = [p for p in cfg.peers if p in PEER_MODULES]
     gqa = {label[4:]: model for label, (model, _) in ours.items() if label.startswith("gqa-")}
-    if cfg.bare_gqa:
-        engines += [BareGqaEngine(f"bare-gqa-{precision}", model) for precision, model in gqa.items()]
+    if cfg.bare_gqa:  # its own session: engines sharing weights in memory would warm each other's caches
+        engines += [BareGqaEngine(f"bare-gqa-{precision}", es.load(model.dir, intra_op_threads=cfg.threads))
+                    for precision, model in gqa.items()]
     for peer in peers:
         reason = peer_missing(peer)
         if reason is None and peer == "torch" and hf_dir is None:
