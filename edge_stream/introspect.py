@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -282,7 +282,9 @@ def draft_manifest(model_path: str | Path) -> Manifest:
     elif any(s.kind == "kv" for s in states):
         limits = Limits(max_positions=side.max_positions, position_encoding="implicit")
 
-    kv_io = _kv_io(info.path, states)
+    kv_io, rotary_table = _attention_graph(info.path, states)
+    if rotary_table and limits.position_encoding == "rotary":
+        limits = replace(limits, position_encoding="rotary_table")
     source = {"derived_by": "edge_stream.introspect", "onnx": info.path.name}
     if info.metadata.get("producer"):
         source["producer"] = info.metadata["producer"]
@@ -294,17 +296,21 @@ def draft_manifest(model_path: str | Path) -> Manifest:
                     stop_token_ids=stop_ids, kv_io=kv_io, source=source)
 
 
-def _kv_io(path: Path, states) -> str:
-    """'shared_buffer' where every kv state feeds a GroupQueryAttention node (which takes
-    past and present as one buffer), else 'concat'. Reads the graph, not its weights."""
+def _attention_graph(path: Path, states) -> tuple[str, bool]:
+    """(kv_io, rotary_table) from the graph's GroupQueryAttention nodes, reading the graph, not
+    its weights: 'shared_buffer' where every kv state feeds one (it takes past and present
+    as one buffer), else 'concat'; rotary_table where they rotate from cos/sin caches
+    (do_rotary=1), whose rows bound the positions."""
     kv_inputs = {s.input for s in states if s.kind == "kv"}
     if not kv_inputs:
-        return "concat"
+        return "concat", False
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    fed_to_gqa = {name for node in graph.node if node.op_type == "GroupQueryAttention" for name in node.input}
-    return "shared_buffer" if kv_inputs <= fed_to_gqa else "concat"
+    gqa = [node for node in graph.node if node.op_type == "GroupQueryAttention"]
+    fed_to_gqa = {name for node in gqa for name in node.input}
+    rotary = any(a.name == "do_rotary" and a.i == 1 for node in gqa for a in node.attribute)
+    return ("shared_buffer" if kv_inputs <= fed_to_gqa else "concat"), rotary
 
 
 def _stream_input(inp: TensorInfo) -> InputSpec | None:

@@ -60,6 +60,16 @@ class KVBuffer:
             dst[_seq_slice(spec, dst.ndim, 0, length)] = src[_seq_slice(spec, src.ndim, 0, length)]
         return buf
 
+    @classmethod
+    def without(cls, specs, states, length: int, lo: int, hi: int, capacity: int, dtypes) -> "KVBuffer":
+        """A fresh buffer holding entries [0, lo) and [hi, length) of `states`, contiguous:
+        a window's eviction in one copy."""
+        buf = cls(specs, capacity, dtypes)
+        for spec, dst, src in zip(specs, buf.arrays, states):
+            dst[_seq_slice(spec, dst.ndim, 0, lo)] = src[_seq_slice(spec, src.ndim, 0, lo)]
+            dst[_seq_slice(spec, dst.ndim, lo, length - (hi - lo))] = src[_seq_slice(spec, src.ndim, hi, length)]
+        return buf
+
     def views(self, length: int) -> tuple:
         """The first `length` entries of each state: views, valid as long as a state claims them."""
         return tuple(a[_seq_slice(s, a.ndim, 0, length)] for s, a in zip(self.specs, self.arrays))

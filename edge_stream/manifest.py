@@ -24,7 +24,9 @@ INPUT_KINDS = ("tokens", "frames", "samples")
 STATE_KINDS = ("kv", "recurrent")
 AUX_FILLS = ("attention_mask", "position_ids", "constant")
 OUTPUT_ROLES = ("logits", "probability", "features")
-POSITION_ENCODINGS = ("rotary", "learned", "implicit", "none")
+# rotary: computed in-graph from position_ids, any position; rotary_table: from a cos/sin
+# table of max_positions rows (GroupQueryAttention), so positions stay below it like learned ones.
+POSITION_ENCODINGS = ("rotary", "rotary_table", "learned", "implicit", "none")
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 # How a graph takes its KV cache: "concat" returns present = past + the chunk's entries as
 # a new tensor each run; "shared_buffer" (GroupQueryAttention) takes past and present as

@@ -144,7 +144,7 @@ class StreamSession:
         # that derive positions from the cache length (no position_ids) also need it.
         encoding = limits.position_encoding if self._pos is not None else "implicit"
         self.position_encoding = encoding
-        self._hard_limit = self.max_positions if encoding in ("learned", "implicit") else None
+        self._hard_limit = self.max_positions if encoding in ("learned", "rotary_table", "implicit") else None
         self._check_options()
         # One preallocated row of ones: attention masks are views of it (no per-run allocation).
         mask_dtype = NUMPY_DTYPES[self._mask.dtype] if self._mask else np.int64
@@ -437,17 +437,26 @@ class StreamSession:
         lo, hi = k, min(k + drop, st.cache_len)  # entries [lo, hi) leave the cache
         if hi <= lo:
             return st
+        if self._shared:  # one copy into a fresh buffer (the old one may back snapshots)
+            keep = st.cache_len - (hi - lo)
+            buf = KVBuffer.without(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len, lo, hi,
+                                   self._kv_capacity(keep + s), self._kv_dtypes)
+            views = iter(buf.views(keep))
+            states = tuple(next(views) if spec.kind == "kv" else v for spec, v in zip(self.manifest.states, st.states))
+        else:
+            states, buf = self._drop_kv(st.states, lo, hi), None  # the kept entries are new contiguous arrays
         return dataclasses.replace(
             st,
-            states=self._drop_kv(st.states, lo, hi),
+            states=states,
             cache_inputs=np.concatenate([st.cache_inputs[:lo], st.cache_inputs[hi:]]),
             cache_positions=np.concatenate([st.cache_positions[:lo], st.cache_positions[hi:]]),
             evicted=st.evicted + (hi - lo),
-            kv_buffer=None,  # the kept entries are new contiguous arrays
+            kv_buffer=buf,
         )
 
     def _reencode(self, st: StreamState, s: int) -> StreamState:
-        """Rebuild the cache from the retained inputs at positions 0.. (learned/implicit positions).
+        """Rebuild the cache from the retained inputs at positions 0.. (learned, rotary_table and
+        implicit positions).
 
         Keeps the sinks and the newest min(kv_window // 2, kv_window - s) entries, so the
         next re-encode is at least kv_window // 2 inputs away. Costs one prefill of the

@@ -68,8 +68,42 @@ def build(src: str, out: Path, precision: str, device: str = "cpu") -> None:
     if proc.returncode != 0 or not (out / "model.onnx").is_file():
         last = [line[:300] for line in proc.stderr.strip().splitlines()[-6:]]
         raise RuntimeError(f"model builder failed (exit {proc.returncode}): " + "\n".join(last))
+    add_position_ids(out / "model.onnx")
     if precision == "int8":
         quantize_nbits(out / "model.onnx", bits=8, block_size=INT8_BLOCK, accuracy_level=ACCURACY_LEVEL_INT8)
+
+
+POSITION_IDS_INPUT = 9  # GroupQueryAttention's optional position_ids (rotary positions)
+
+
+def add_position_ids(model_path: Path) -> None:
+    """Give the graph a `position_ids` input [batch, seq] and feed it to every
+    GroupQueryAttention's rotary.
+
+    The builder's graph derives positions from the cache length, so a sliding window
+    could only re-encode its retained inputs at every eviction. With explicit positions
+    the keys keep the positions they were rotated at, as in optimum's graph: evicted
+    entries are dropped and positions keep growing, up to the cos/sin table's rows
+    (max_position_embeddings), where the window re-encodes once (`rotary_table`).
+    Causal masking stays by cache index, which is what a window needs.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph = model.graph
+    if any(i.name == "position_ids" for i in graph.input):
+        return
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    if not gqa or not all(a.name == "do_rotary" and a.i == 1 for n in gqa for a in n.attribute if a.name == "do_rotary"):
+        return  # no rotary inside attention: nothing to position
+    ids = next(i for i in graph.input if i.name == "input_ids")
+    dims = [d.dim_param or d.dim_value for d in ids.type.tensor_type.shape.dim]
+    graph.input.append(onnx.helper.make_tensor_value_info("position_ids", onnx.TensorProto.INT64, dims))
+    for node in gqa:
+        while len(node.input) <= POSITION_IDS_INPUT:
+            node.input.append("")
+        node.input[POSITION_IDS_INPUT] = "position_ids"
+    onnx.save(model, str(model_path))  # weights stay in the external data file it names
 
 
 def quantize_nbits(model_path: Path, bits: int, block_size: int, accuracy_level: int) -> None:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import edge_stream as es
 from edge_stream.manifest import load_manifest
 
-from test_stream import TOL, chunk_sizes, feed_in_chunks, reference_logits
+from test_stream import TOL, chunk_sizes, feed_in_chunks, reference_logits, window_mask
 
 PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -45,7 +45,8 @@ def ids(model, n, seed):
 
 def test_the_gqa_export_declares_a_shared_buffer_and_optimum_does_not(gqa, tiny_models):
     model, _ = gqa
-    assert model.manifest.kv_io == "shared_buffer" and model.manifest.limits.position_encoding == "implicit"
+    assert model.manifest.kv_io == "shared_buffer" and model.manifest.limits.position_encoding == "rotary_table"
+    assert model.manifest.aux_for("position_ids") is not None  # added by export.gqa for windows
     assert load_manifest(tiny_models("llama")[1]).kv_io == "concat"
 
 
@@ -172,9 +173,7 @@ def test_a_rejected_chunk_leaves_the_stream_and_its_buffer_as_they_were(gqa):
     np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, b]))[15:], atol=TOL, rtol=0)
 
 
-def test_a_window_re_encodes_the_same_way_on_both_paths(gqa):
-    """Implicit positions: an eviction re-encodes the retained inputs. The shared buffer
-    keeps the window's span and gives the copying path's logits."""
+def test_a_window_evicts_the_same_way_on_both_paths(gqa):
     model, _ = gqa
     x = ids(model, 300, 17)
     sizes = [16] * 18 + [12]
@@ -183,4 +182,42 @@ def test_a_window_re_encodes_the_same_way_on_both_paths(gqa):
     got_shared, got_copying = feed_in_chunks(shared, x, sizes), feed_in_chunks(copying, x, sizes)
     assert shared.state.evicted > 0 and shared.cache_len <= 68
     assert shared.state.kv_buffer.capacity == 68
+    assert shared.state.cache_positions[-1] == 299  # evicted, not re-encoded: positions keep growing
     np.testing.assert_allclose(got_shared, got_copying, atol=1e-5, rtol=0)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_rotary_window_equals_reference_with_the_retained_keys(gqa, data):
+    """position_ids reach GroupQueryAttention's rotary: evicted entries leave, the kept keys keep
+    the positions they were rotated at (PyTorch with the window's 4D mask as reference)."""
+    model, ref = gqa
+    sinks = data.draw(st.integers(0, 4), label="sinks")
+    window = data.draw(st.integers(4, 16), label="window")
+    evict_block = data.draw(st.integers(1, window), label="evict_block")
+    total = data.draw(st.integers(20, 90), label="tokens")
+    x = ids(model, total, total + window)
+    sizes = chunk_sizes(data.draw(st.lists(st.integers(1, window), min_size=1, max_size=90)), total, window)
+    stream = model.open_stream(kv_window=window, sink_tokens=sinks, evict_block=evict_block)
+    got = feed_in_chunks(stream, x, sizes)
+    assert stream.cache_len <= sinks + window and stream.state.cache_positions[-1] == total - 1
+    expected = reference_logits(ref, x, attention_mask=window_mask(sizes, sinks, window, evict_block))
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
+
+def test_positions_stay_inside_the_rotary_table_by_re_encoding_at_its_end(gqa):
+    model, ref = gqa
+    max_pos = model.manifest.limits.max_positions
+    x = ids(model, max_pos + 300, 18)
+    stream = model.open_stream(kv_window=48, sink_tokens=4)
+    reencodes = 0
+    for i in range(0, len(x), 20):
+        before = stream.state
+        out = stream.feed(x[i:i + 20])
+        after = stream.state
+        assert after.cache_positions.max() < max_pos and after.cache_len <= 52
+        if after.cache_positions[0] == 0 and after.cache_positions[-1] < before.next_model_position:
+            reencodes += 1  # the chunk sees exactly a fresh run over the retained inputs
+            fresh = reference_logits(ref, after.cache_inputs)
+            np.testing.assert_allclose(out.logits, fresh[-len(out.logits):], atol=TOL, rtol=0)
+    assert reencodes == 1
