@@ -6,8 +6,8 @@ The builder writes one graph per decoder with a fused QKV MatMul, RMSNorms fused
 their residual adds, and GroupQueryAttention with rotary inside: about 10 nodes per layer
 where optimum's export has over 100. GroupQueryAttention takes past and present as one
 buffer, which the runtime binds once and ORT appends to in place (manifest
-`kv_io: shared_buffer`); positions are implicit in the attention mask, so a sliding
-window re-encodes its retained inputs when it evicts (see StreamSession).
+`kv_io: shared_buffer`). `add_position_ids` gives its rotary explicit positions, so a
+sliding window evicts without recomputing (`rotary_table`, see StreamSession).
 
 Precisions: fp32 and int4 are the builder's own (int4: MatMulNBits, block 32, int8
 activations on CPU); int8 is the fp32 graph with every MatMul weight quantised to

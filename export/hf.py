@@ -13,7 +13,8 @@ Two graphs:
 - `gqa`: onnxruntime-genai's model builder (`export.gqa`): fused QKV and
   GroupQueryAttention, KV written in place into one shared buffer. The faster graph
   (decode 0.6x of optimum's here), for the architectures the builder knows (Llama,
-  Qwen2, Mistral, Phi, Gemma ...); positions are implicit, so windows re-encode.
+  Qwen2, Mistral, Phi, Gemma ...); `position_ids` are wired into its rotary, so windows
+  evict as on optimum's graph (re-encoding once at the cos/sin table's end).
 OUT gets model.onnx (+ external data),
 manifest.json and the tokenizer files. Every export ends with `export.parity`
 and exits non-zero when the streamed logits are out of tolerance.
