@@ -70,7 +70,7 @@ class BenchConfig:
     model_dir: Path | None = None  # an existing model directory instead (one precision: as exported)
     precisions: tuple = PRECISIONS
     # The window logic and the fp32 KV cache are the same in both precisions; int8 is 5x faster.
-    window_precisions: tuple = ("int8",)
+    window_precisions: tuple = ("int8", "gqa-int8")  # build labels
     scenarios: tuple = SCENARIO_NAMES
     threads: int = 2  # ORT intra-op threads (and torch's, and genai's)
     cache_dir: Path = DEFAULT_CACHE
@@ -700,8 +700,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scenarios to run (default: all)")
     p.add_argument("--precision", nargs="+", choices=list(PRECISIONS),
                    help="precisions to build and measure (default: fp32 int8; quick: int8)")
-    p.add_argument("--window-precision", nargs="+", choices=list(PRECISIONS),
-                   help="precisions the window scenario runs on (default: int8, else the last one measured)")
+    p.add_argument("--window-precision", nargs="+",
+                   choices=list(PRECISIONS) + [f"gqa-{p}" for p in GQA_PRECISIONS],
+                   help="builds the window scenario runs on (default: int8 gqa-int8, else the last one measured)")
     p.add_argument("--model", default=d.model, help=f"export.tiny_models kind to build (default {d.model})")
     p.add_argument("--model-dir", type=Path, help="benchmark this model directory instead of building one")
     p.add_argument("--cache-dir", type=Path, default=d.cache_dir, help="where built models are kept")
