@@ -474,6 +474,8 @@ def _ttft_solo(engines: list, cfg, prompt: np.ndarray, lengths: list) -> dict:
     c, top = cfg.chunk, lengths[-1]
     out = {}
     for e in engines:
+        if isinstance(e, TorchEngine):
+            continue  # its lockstep phase already runs it alone
         streamed, batch = {n: [] for n in lengths}, {n: [] for n in lengths}
         for _ in range(cfg.ttft_repeats):
             e.reset(top + 8)
