@@ -399,6 +399,21 @@ def test_stats_heartbeat_counts_chunks_errors_and_latency(vad_node):
     assert h["latency_ms"]["infer_ms"]["p50"] > 0 and len(h["queue_depths"]) == 1
 
 
+def test_stats_percentiles_equal_numpys_linear_percentiles():
+    from edge_stream.node import _Stats
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 1000):
+        stats = _Stats()
+        vals = rng.exponential(size=n)
+        stats.samples["node_ms"].extend(vals)
+        lat = stats.latency()
+        assert lat["node_ms"] == {"p50": round(float(np.percentile(vals, 50)), 4),
+                                  "p99": round(float(np.percentile(vals, 99)), 4), "n": n}
+        assert lat["queue_ms"] == {"p50": None, "p99": None, "n": 0}
+        assert stats.latency()["node_ms"]["n"] == 0, "samples are per interval"
+
+
 def test_frames_over_max_message_bytes_drop_the_sender_not_the_node(vad_dir, vad_model):
     node = start_node(vad_models(vad_dir), max_message_bytes=64 * 1024, stats_interval_s=0.2)
     try:
