@@ -204,6 +204,8 @@ class BareGqaEngine:
         self.weight_bytes = weight_bytes(model.dir / m.model_file)
         self.kv = [s for s in m.states if s.kind == "kv"]
         self.logits = m.output_for("logits")
+        pos = m.aux_for("position_ids")
+        self.positions = pos.name if pos else None
 
     def reset(self, capacity: int) -> None:
         self.buffers = []
@@ -222,6 +224,9 @@ class BareGqaEngine:
         mask = np.ones((1, self.total + ids.shape[1]), dtype=np.int64)  # [1, past + n]
         self.io.bind_cpu_input(self.model.manifest.input.name, ids)
         self.io.bind_cpu_input("attention_mask", mask)
+        positions = np.arange(self.total, self.total + ids.shape[1])[None]  # [1, n]; kept alive through the run
+        if self.positions is not None:  # rotary positions (the gqa export adds them)
+            self.io.bind_cpu_input(self.positions, positions)
         self.io.bind_output(self.logits)
         self.session.run_with_iobinding(self.io)
         self.last = self.io.get_outputs()[len(self.kv)].numpy()[0, -1]  # [vocab]
