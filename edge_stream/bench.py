@@ -674,6 +674,10 @@ def format_table(report: dict) -> str:
         if r["ratios"]:
             lines.append("  ours/peer: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items()))
         if "vs_genai" in r:
+            for pair, v in r["vs_genai"]["paired"].items():
+                q = v["ratio"]
+                lines.append(f"  paired steps {pair}: ours {v['ours_ms']['p50']:.1f} ms, genai {v['peer_ms']['p50']:.1f} ms, "
+                             f"ratio p10/p50/p90 {q['p10']:.3f}/{q['p50']:.3f}/{q['p90']:.3f}")
             lines.append(f"  ({r['vs_genai']['goal']}: {'PASS' if r['vs_genai']['pass'] else 'FAIL'})")
         if "int8_over_fp32" in r:
             q = r["int8_over_fp32"]

@@ -112,7 +112,10 @@ def test_decode_reports_ms_per_token_against_the_bandwidth_floor(quick_report):
     if "genai" in installed_peers():
         assert "bare-gqa-fp32" not in r["engines"]  # quick mode leaves the bare loop out
         assert r["ratios"]["ours-gqa-int4/genai-int4"] > 0 and isinstance(r["vs_genai"]["pass"], bool)
-        assert set(r["vs_genai"]["ratios"]) == {"ours-gqa-fp32/genai-fp32", "ours-gqa-int4/genai-int4"}
+        pairs = {"ours-gqa-fp32/genai-fp32", "ours-gqa-int4/genai-int4"}
+        assert set(r["vs_genai"]["lockstep_ratios"]) == set(r["vs_genai"]["paired"]) == pairs
+        for v in r["vs_genai"]["paired"].values():
+            assert v["ours_ms"]["p50"] > 0 and v["peer_ms"]["p50"] > 0 and v["ratio"]["n"] == v["ours_ms"]["n"] > 0
 
 
 def test_window_reports_latency_and_memory_at_both_points(quick_report):
