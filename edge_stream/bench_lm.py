@@ -45,6 +45,7 @@ PAIRS = (("ours-gqa-fp32", "genai-fp32"), ("ours-gqa-int8", "genai-int8"), ("our
          ("ours-fp32", "genai-fp32"), ("ours-int8", "genai-int8"),
          ("ours-fp32", "torch-fp32"), ("ours-gqa-fp32", "torch-fp32"),
          ("ours-gqa-fp32", "bare-gqa-fp32"), ("ours-gqa-int8", "bare-gqa-int8"), ("ours-gqa-int4", "bare-gqa-int4"))
+PAIR_PAUSE_S = 0.01  # decode pairs: idle time before each step (ORT's pool threads spin ~ms after a run)
 # Initializers read once per token are those of the matmuls and norms; an embedding table
 # consumed only by Gather is read one row per token, the rotary caches a few rows.
 _ROW_READERS = {"Gather", "GatherBlockQuantized", "GroupQueryAttention", "RotaryEmbedding"}
@@ -572,7 +573,9 @@ def _decode_pairs(engines: list, cfg, prompt: np.ndarray) -> dict:
     """ours-gqa-X against genai-X on the same file, step for step: A/B pairs of one decode
     step each, alternating which goes first, with nothing else running between them. In
     the lockstep table each engine follows a different neighbour (whose threads may still
-    spin, whose data evicted different cache lines); here each side follows the other."""
+    spin, whose data evicted different cache lines); here each side follows the other,
+    after a pause long enough for the other's intra-op threads to stop spinning (back to
+    back, whichever ran second shared the cores with them: a bimodal ratio)."""
     from .bench import ab_pairs
 
     by_name = {e.name: e for e in engines}
@@ -586,7 +589,8 @@ def _decode_pairs(engines: list, cfg, prompt: np.ndarray) -> dict:
             e.reset(len(prompt) + n + 8)
             e.feed(prompt)
             e.first_token()
-        out[f"{name}/{peer.name}"] = ab_pairs(ours.step, peer.step, pairs=n - 2, warmup=2, names=("ours_ms", "peer_ms"))
+        out[f"{name}/{peer.name}"] = ab_pairs(ours.step, peer.step, pairs=n - 2, warmup=2, names=("ours_ms", "peer_ms"),
+                                              before=lambda: time.sleep(PAIR_PAUSE_S))
         log.info("decode pairs %s/%s: ratio p50 %.3f", name, peer.name, out[f"{name}/{peer.name}"]["ratio"]["p50"])
     return out
 

@@ -343,15 +343,8 @@ class StreamSession:
         s = len(rows)
         if self.kv_window is not None:
             st = self._make_room(st, s)
-        cache_len = st.cache_len
         first = st.next_model_position
-        feeds = {self.manifest.input.name: rows[None]}  # [1, s] or [1, s, feature_dim]; view, no copy
-        if self._mask is not None:
-            feeds[self._mask.name] = self._mask_row(cache_len + s)
-        positions = np.arange(first, first + s, dtype=np.int64)
-        if self._pos is not None:
-            feeds[self._pos.name] = positions[None]  # [1, s]
-        feeds.update(self._consts)
+        feeds, positions = self._input_feeds(st, rows)
         for spec, value in zip(self.manifest.states, st.states):
             # A state from a shared buffer holds strided views; ORT wants contiguous input.
             feeds[spec.input] = value if st.kv_buffer is None else np.ascontiguousarray(value)
@@ -383,13 +376,7 @@ class StreamSession:
                                    self._kv_capacity(cache_len + s), self._kv_dtypes)
             buf.begin_write(cache_len, s)
         try:
-            feeds = {self.manifest.input.name: rows[None]}
-            if self._mask is not None:
-                feeds[self._mask.name] = self._mask_row(cache_len + s)
-            positions = np.arange(first, first + s, dtype=np.int64)
-            if self._pos is not None:
-                feeds[self._pos.name] = positions[None]
-            feeds.update(self._consts)
+            feeds, positions = self._input_feeds(st, rows)
             for spec, value in zip(self.manifest.states, st.states):
                 if spec.kind != "kv":
                     feeds[spec.input] = value
@@ -408,6 +395,18 @@ class StreamSession:
         finally:
             buf.end_write()
         return new, outputs
+
+    def _input_feeds(self, st: StreamState, rows: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The chunk and what the runtime fills beside it (mask, positions, constants); states aside."""
+        s, first = len(rows), st.next_model_position
+        feeds = {self.manifest.input.name: rows[None]}  # [1, s] or [1, s, feature_dim]; view, no copy
+        if self._mask is not None:
+            feeds[self._mask.name] = self._mask_row(st.cache_len + s)  # [1, past + s]
+        positions = np.arange(first, first + s, dtype=np.int64)
+        if self._pos is not None:
+            feeds[self._pos.name] = positions[None]  # [1, s]
+        feeds.update(self._consts)
+        return feeds, positions
 
     def _kv_capacity(self, needed: int) -> int:
         """Entries a new shared buffer holds: a window's whole span at once (it is bounded
