@@ -570,14 +570,13 @@ def scenario_decode(engines: list, cfg, rng: np.random.Generator) -> dict:
 
 
 def _decode_pairs(engines: list, cfg, prompt: np.ndarray) -> dict:
-    """ours-gqa-X against genai-X on the same file, step for step: A/B pairs of one decode
-    step each, alternating which goes first, with nothing else running between them. In
-    the lockstep table each engine follows a different neighbour (whose threads may still
-    spin, whose data evicted different cache lines); here each side follows the other,
-    after a pause long enough for the other's intra-op threads to stop spinning (back to
-    back, whichever ran second shared the cores with them: a bimodal ratio)."""
-    from .bench import ab_pairs
+    """ours-gqa-X against genai-X on the same file, step for step, strictly alternating (each
+    side's step always follows the other's, never its own: a step right after its own
+    finds its weights still in the caches), with 10 ms idle before each step so the other
+    side's intra-op threads have stopped spinning. Ratio per pair: ours / genai.
 
+    In the lockstep table each engine follows a different neighbour; here both follow
+    the same one, the other."""
     by_name = {e.name: e for e in engines}
     out = {}
     for name, ours in by_name.items():
@@ -589,9 +588,16 @@ def _decode_pairs(engines: list, cfg, prompt: np.ndarray) -> dict:
             e.reset(len(prompt) + n + 8)
             e.feed(prompt)
             e.first_token()
-        out[f"{name}/{peer.name}"] = ab_pairs(ours.step, peer.step, pairs=n - 2, warmup=2, names=("ours_ms", "peer_ms"),
-                                              before=lambda: time.sleep(PAIR_PAUSE_S))
-        log.info("decode pairs %s/%s: ratio p50 %.3f", name, peer.name, out[f"{name}/{peer.name}"]["ratio"]["p50"])
+        ta, tb = [], []
+        for _ in range(n):
+            for side, times in ((ours, ta), (peer, tb)):
+                time.sleep(PAIR_PAUSE_S)
+                t0 = time.perf_counter_ns()
+                side.step()
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+        ta, tb = np.array(ta[2:]), np.array(tb[2:])  # the first steps of a fresh cache allocate
+        out[f"{name}/{peer.name}"] = {"ours_ms": _dist(ta), "peer_ms": _dist(tb), "ratio": _dist(ta / tb)}
+        log.info("decode pairs %s/%s: ratio p50 %.3f", name, peer.name, float(np.median(ta / tb)))
     return out
 
 
