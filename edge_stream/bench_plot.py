@@ -69,16 +69,18 @@ def write_plots(report: dict, out_dir: Path) -> tuple[list[Path], str | None]:
                 ax.set(xlabel="tokens in the stream", ylabel="ms per 16-token chunk (log)", yscale="log",
                        title="chunk latency as the context grows (no window; first pass)")
             else:
+                ax2 = ax.twinx()  # one RSS axis for every build: same units, one scale
                 for precision, w in res["window"].items():
                     trace = w["trace_tokens_ms_rss_mb"]
-                    ax.plot([t[0] for t in trace], [t[1] for t in trace], label=f"ours-{precision} latency")
-                    ax2 = ax.twinx()
-                    ax2.plot([t[0] for t in trace], [t[2] for t in trace], color="grey", lw=1,
-                             label=f"ours-{precision} RSS")
-                    ax2.set_ylabel("process RSS, MB")
-                    ax2.legend(fontsize=7, loc="lower right")
+                    name = f"ours-{precision}"
+                    ax.plot([t[0] for t in trace], [t[1] for t in trace], label=f"{name} latency", lw=1,
+                            color=_style(name)["color"])
+                    ax2.plot([t[0] for t in trace], [t[2] for t in trace], lw=1, linestyle=":",
+                             color=_style(name)["color"], label=f"{name} RSS")
                     ax.set(xlabel="tokens streamed", ylabel="ms per chunk (median per bucket)",
                            title=f"endless stream: sliding window {w['kv_window']} + {w['sink_tokens']} sinks")
+                ax2.set_ylabel("process RSS, MB (dotted)")
+                ax2.legend(fontsize=7, loc="center right")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
         fig.text(0.01, 0.0, _machine(report), fontsize=7)
