@@ -531,6 +531,11 @@ def run_bench(cfg: BenchConfig, checkpoint: Callable[[dict], None] | None = None
     report = {"schema": SCHEMA, "machine": machine_info(cfg.threads),
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
               "models": {}, "skipped": {}, "results": {}}
+
+    def save() -> None:
+        if checkpoint is not None:
+            checkpoint({**report, "partial": True})
+
     lm_scenarios = [s for s in cfg.scenarios if s in PER_MODEL or s in CROSS_ENGINE]
     if cfg.model_dir:
         targets = [("as-exported", Path(cfg.model_dir))]
@@ -556,8 +561,8 @@ def run_bench(cfg: BenchConfig, checkpoint: Callable[[dict], None] | None = None
             if name == "overhead" and model.manifest.kv_io != "concat":
                 continue  # its bare loop feeds concat KV; gqa builds: ours-gqa vs bare-gqa in decode
             report["results"].setdefault(name, {})[precision] = _timed_scenario(
-                f"{name}, {precision}", lambda: PER_MODEL[name](model, cfg, np.random.default_rng(cfg.seed)),
-                checkpoint, report)
+                f"{name}, {precision}", lambda: PER_MODEL[name](model, cfg, np.random.default_rng(cfg.seed)))
+            save()
     cross = [s for s in cfg.scenarios if s in CROSS_ENGINE]
     if cross:
         hf_dir = None if cfg.model_dir else Path(cfg.cache_dir) / f"{cfg.model}-hf"
@@ -567,26 +572,24 @@ def run_bench(cfg: BenchConfig, checkpoint: Callable[[dict], None] | None = None
         report["engines"] = [e.name for e in engines]
         for name in cross:
             fn = bench_lm.scenario_ttft if name == "ttft" else bench_lm.scenario_decode
-            report["results"][name] = _timed_scenario(name, lambda: fn(engines, cfg, np.random.default_rng(cfg.seed)),
-                                                      checkpoint, report)
+            report["results"][name] = _timed_scenario(name, lambda: fn(engines, cfg, np.random.default_rng(cfg.seed)))
+            save()
         del engines
     loaded.clear()
     gc.collect()
     if "vad" in cfg.scenarios:
-        report["results"]["vad"] = _timed_scenario("vad", lambda: scenario_vad(cfg, np.random.default_rng(cfg.seed)),
-                                                   checkpoint, report)
+        report["results"]["vad"] = _timed_scenario("vad", lambda: scenario_vad(cfg, np.random.default_rng(cfg.seed)))
+        save()
     if "node" in cfg.scenarios:
-        report["results"]["node"] = _timed_scenario("node", lambda: scenario_node(cfg, None), checkpoint, report)
+        report["results"]["node"] = _timed_scenario("node", lambda: scenario_node(cfg, None))
     return report
 
 
-def _timed_scenario(label: str, fn: Callable[[], dict], checkpoint=None, report=None) -> dict:
+def _timed_scenario(label: str, fn: Callable[[], dict]) -> dict:
     log.info("== %s", label)
     t0 = time.perf_counter()
     result = fn()
     result["seconds"] = result.get("seconds", time.perf_counter() - t0)
-    if checkpoint is not None:
-        checkpoint({**report, "results": {**report["results"], label: result}, "partial": True})
     return result
 
 

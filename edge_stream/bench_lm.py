@@ -23,9 +23,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

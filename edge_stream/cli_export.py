@@ -27,10 +27,10 @@ def add_commands(subparsers) -> None:
     try:
         from export.hf import add_arguments  # stdlib + numpy at import; torch loads when it runs
     except ModuleNotFoundError as exc:  # a runtime-only install without the export/ scripts
-        p.set_defaults(func=lambda args: _no_export(exc))
+        p.set_defaults(func=lambda args, error=exc: _no_export(error))  # `exc` is unbound after except
         return
     sources = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
-    hf = sources.add_parser("hf", help="Hugging Face causal LM via optimum-onnx",
+    hf = sources.add_parser("hf", help="Hugging Face causal LM via optimum-onnx or onnxruntime-genai's builder",
                             description="Export a Hugging Face causal LM (local folder, or hub id where a "
                                         "network exists) to model.onnx + manifest.json + tokenizer files.")
     add_arguments(hf)

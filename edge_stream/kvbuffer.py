@@ -53,17 +53,10 @@ class KVBuffer:
         self._lock = threading.Lock()
 
     @classmethod
-    def holding(cls, specs, states, length: int, capacity: int, dtypes) -> "KVBuffer":
-        """A fresh buffer with the first `length` entries of `states` copied in."""
-        buf = cls(specs, capacity, dtypes)
-        for spec, dst, src in zip(specs, buf.arrays, states):
-            dst[_seq_slice(spec, dst.ndim, 0, length)] = src[_seq_slice(spec, src.ndim, 0, length)]
-        return buf
-
-    @classmethod
-    def without(cls, specs, states, length: int, lo: int, hi: int, capacity: int, dtypes) -> "KVBuffer":
-        """A fresh buffer holding entries [0, lo) and [hi, length) of `states`, contiguous:
-        a window's eviction in one copy."""
+    def copied(cls, specs, states, length: int, capacity: int, dtypes, drop: tuple[int, int] | None = None) -> "KVBuffer":
+        """A fresh buffer holding the first `length` entries of `states`, contiguous; with
+        `drop=(lo, hi)` without entries [lo, hi) (a window's eviction, in the same one copy)."""
+        lo, hi = drop or (length, length)
         buf = cls(specs, capacity, dtypes)
         for spec, dst, src in zip(specs, buf.arrays, states):
             dst[_seq_slice(spec, dst.ndim, 0, lo)] = src[_seq_slice(spec, src.ndim, 0, lo)]

@@ -379,7 +379,7 @@ class RecognizerPolicy(BlockPolicy):
         pieces = [audio[i:i + limit] for i in range(0, len(audio), limit)] or [audio]
         for k, piece in enumerate(pieces):
             yield from self._decode(session, piece, extra, flush=k == len(pieces) - 1)
-        n_words, text = session.words, session.decoder.text
+        n_words = session.words
         passed = {k: extra[k] for k in self.PASS_ON if k in extra}
         if n_words and self.cfg.forward_topic:
             yield self.emit("end", passed, input_kind="end")

@@ -372,8 +372,8 @@ class StreamSession:
         first = st.next_model_position
         buf = st.kv_buffer
         if buf is None or not buf.begin_write(cache_len, s):
-            buf = KVBuffer.holding(self._kv_specs, [st.states[i] for i in self._kv_index], cache_len,
-                                   self._kv_capacity(cache_len + s), self._kv_dtypes)
+            buf = KVBuffer.copied(self._kv_specs, [st.states[i] for i in self._kv_index], cache_len,
+                                  self._kv_capacity(cache_len + s), self._kv_dtypes)
             buf.begin_write(cache_len, s)
         try:
             feeds, positions = self._input_feeds(st, rows)
@@ -438,8 +438,8 @@ class StreamSession:
             return st
         if self._shared:  # one copy into a fresh buffer (the old one may back snapshots)
             keep = st.cache_len - (hi - lo)
-            buf = KVBuffer.without(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len, lo, hi,
-                                   self._kv_capacity(keep + s), self._kv_dtypes)
+            buf = KVBuffer.copied(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len,
+                                  self._kv_capacity(keep + s), self._kv_dtypes, drop=(lo, hi))
             views = iter(buf.views(keep))
             states = tuple(next(views) if spec.kind == "kv" else v for spec, v in zip(self.manifest.states, st.states))
         else:

@@ -66,3 +66,30 @@ def loaded_models(tiny_models):
         return cache[kind]
 
     return get
+
+
+SPEECH_WAV = Path(__file__).parent / "data" / "speech_16k.wav"  # espeak-ng speech, 16 kHz
+
+
+@pytest.fixture(scope="session")
+def vad_dir(tmp_path_factory) -> Path:
+    """Silero VAD exported once per test session (read-only for every test)."""
+    from export import silero_vad
+
+    return silero_vad.export(tmp_path_factory.mktemp("silero-vad"))
+
+
+@pytest.fixture(scope="session")
+def vad_model(vad_dir):
+    import edge_stream as es
+
+    return es.load(vad_dir, intra_op_threads=1)
+
+
+@pytest.fixture(scope="session")
+def speech():
+    from edge_stream.audio import read_wav_float32
+
+    samples, sr = read_wav_float32(SPEECH_WAV)
+    assert sr == 16000
+    return samples

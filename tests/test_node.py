@@ -8,38 +8,15 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
 import zmq
 
-import edge_stream as es
 from edge_stream import wire
-from edge_stream.audio import read_wav_float32
 from edge_stream.client import Control, Publisher, Subscriber
-from export import silero_vad
 from nodekit import clients, collect, done_for, start_node
-
-SPEECH_WAV = Path(__file__).parent / "data" / "speech_16k.wav"
-
-
-@pytest.fixture(scope="module")
-def vad_dir(tmp_path_factory) -> Path:
-    return silero_vad.export(tmp_path_factory.mktemp("node-vad"))
-
-
-@pytest.fixture(scope="module")
-def vad_model(vad_dir):
-    return es.load(vad_dir, intra_op_threads=1)
-
-
-@pytest.fixture(scope="module")
-def speech() -> np.ndarray:
-    samples, sr = read_wav_float32(SPEECH_WAV)
-    assert sr == 16000
-    return samples
 
 
 def vad_models(vad_dir):

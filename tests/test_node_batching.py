@@ -4,36 +4,13 @@ as one model run, and every stream still gets exactly what the runtime gives it 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import edge_stream as es
-from edge_stream.audio import read_wav_float32
 from edge_stream.errors import InputError
 from edge_stream.policies import BlockPolicy
-from export import silero_vad
 from nodekit import clients, start_node
-
-SPEECH_WAV = Path(__file__).parent / "data" / "speech_16k.wav"
-
-
-@pytest.fixture(scope="module")
-def vad_dir(tmp_path_factory) -> Path:
-    return silero_vad.export(tmp_path_factory.mktemp("batch-vad"))
-
-
-@pytest.fixture(scope="module")
-def vad_model(vad_dir):
-    return es.load(vad_dir, intra_op_threads=1)
-
-
-@pytest.fixture(scope="module")
-def speech() -> np.ndarray:
-    samples, sr = read_wav_float32(SPEECH_WAV)
-    assert sr == 16000
-    return samples
 
 
 def chunked(samples: np.ndarray, seed: int) -> list[np.ndarray]:

@@ -18,15 +18,9 @@ from edge_stream.client import Publisher, Subscriber
 from edge_stream.launch import launch_from_dict, load_launch
 from edge_stream.node import Node
 from edge_stream.proxy import Proxy
-from export import silero_vad
 from nodekit import collect, done_for
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def vad_dir(tmp_path_factory):
-    return silero_vad.export(tmp_path_factory.mktemp("launch-vad"))
 
 
 def node_table(**over):

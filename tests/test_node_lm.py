@@ -10,7 +10,6 @@ import pytest
 
 import edge_stream as es
 from edge_stream.client import Subscriber
-from export import silero_vad
 from nodekit import clients, collect, done_for, start_node
 
 GEN = 8
@@ -24,11 +23,6 @@ def lm_dir(tiny_models):
 @pytest.fixture(scope="module")
 def lm(lm_dir):
     return es.load(lm_dir, intra_op_threads=1)
-
-
-@pytest.fixture(scope="module")
-def vad_dir(tmp_path_factory):
-    return silero_vad.export(tmp_path_factory.mktemp("lm-node-vad"))
 
 
 @pytest.fixture(scope="module")

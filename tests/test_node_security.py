@@ -11,7 +11,6 @@ from edge_stream import ConfigError
 from edge_stream.client import Publisher, Subscriber
 from edge_stream.node import Node, make_node_config
 from edge_stream.security import generate_keys
-from export import silero_vad
 from nodekit import collect
 
 
@@ -23,11 +22,6 @@ def keys(tmp_path_factory):
     _, stranger_sec = generate_keys(root / "strangers", "stranger")
     return {"root": root, "node_pub": node_pub, "node_sec": node_sec, "allowed": root / "allowed",
             "allowed_sec": allowed_sec, "stranger_sec": stranger_sec}
-
-
-@pytest.fixture(scope="module")
-def vad_dir(tmp_path_factory):
-    return silero_vad.export(tmp_path_factory.mktemp("curve-vad"))
 
 
 def curve_config(vad_dir, keys, allowed=None):

@@ -3,7 +3,6 @@ for any chunking, with rejected chunks leaving the stream untouched."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,28 +13,8 @@ import edge_stream as es
 from edge_stream.blocks import BlockOutput, run_blocks_batched
 from edge_stream.errors import ConfigError, InputError, StreamStateError
 from edge_stream.vad import VadEvents
-from edge_stream.audio import read_wav_float32
-from export import silero_vad
 
-SPEECH_WAV = Path(__file__).parent / "data" / "speech_16k.wav"
 BLOCK = 512
-
-
-@pytest.fixture(scope="session")
-def vad_dir(tmp_path_factory) -> Path:
-    return silero_vad.export(tmp_path_factory.mktemp("silero-vad"))
-
-
-@pytest.fixture(scope="session")
-def vad_model(vad_dir):
-    return es.load(vad_dir, intra_op_threads=1)
-
-
-@pytest.fixture(scope="session")
-def speech() -> np.ndarray:
-    samples, sr = read_wav_float32(SPEECH_WAV)
-    assert sr == 16000
-    return samples
 
 
 @pytest.fixture(scope="session")
