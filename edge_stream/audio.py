@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from edge_stream.errors import InputError
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

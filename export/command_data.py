@@ -25,7 +25,7 @@ hesitations (uh, um) inside a number do not end it.
 Corrections: a marker (no, sorry, i mean, actually, ...) then restated fields;
 a restated field that differs from one already emitted is preceded by <fix>;
 restating another action starts a new command (direction and amount cleared).
-`edge_stream.command_parser.apply_tokens` folds a token stream into the command.
+`edge_stream.voice.command_parser.apply_tokens` folds a token stream into the command.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from edge_stream.command_parser import (BOS, END, EOU, FIX, UNK, WAIT, Command, apply_tokens,
-                                        format_amount)
+from edge_stream.voice.command_parser import BOS, END, EOU, FIX, UNK, WAIT, Command, apply_tokens, format_amount
 
 # ----- vocabulary ------------------------------------------------------------------------
 

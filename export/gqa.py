@@ -113,8 +113,7 @@ def quantize_nbits(model_path: Path, bits: int, block_size: int, accuracy_level:
     MatMul at accuracy level 4. The embedding Gather keeps fp32 rows (one row per token).
     """
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                  MatMulNBitsQuantizer)
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     root = logging.getLogger()
     level = root.level

@@ -170,7 +170,7 @@ def copy_side_files(src: str, out: Path) -> list[str]:
 def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = "cpu",
               chunkings: int = 4, check: bool = True, seed: int = 0, graph: str = "optimum"):
     """Export SRC into OUT; returns the ParityReport (None with check=False)."""
-    from edge_stream.introspect import draft_manifest
+    from edge_stream.runtime.introspect import draft_manifest
     from export.parity import check_parity
 
     if graph not in GRAPHS:
@@ -230,7 +230,7 @@ def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = 
 
 def _export_gqa(src: str, out: Path, precision: str, device: str, chunkings: int, check: bool, seed: int):
     """export_hf for --graph gqa: the model builder, then the same manifest and parity steps."""
-    from edge_stream.introspect import draft_manifest
+    from edge_stream.runtime.introspect import draft_manifest
     from export import gqa
     from export.parity import check_parity
 

@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     overrides = {k: getattr(args, k) for k in ("max_abs", "top1", "top1_confident", "kl_mean")
                  if getattr(args, k) is not None}
     if overrides:
-        from edge_stream.manifest import load_manifest
+        from edge_stream.runtime.manifest import load_manifest
 
         precision = args.precision or load_manifest(args.model_dir).precision
         tolerance = replace(TOLERANCES[precision], **overrides)

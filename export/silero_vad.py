@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_stream.manifest import (AuxSpec, Blocking, EventsSpec, InputSpec, Manifest, OutputSpec,
-                                  StateSpec)
+from edge_stream.runtime.manifest import AuxSpec, Blocking, EventsSpec, InputSpec, Manifest, OutputSpec, StateSpec
 
 ONNX_FILE = "silero_vad.onnx"
 SAMPLE_RATE = 16000
@@ -112,7 +111,7 @@ def check(model_dir: Path) -> None:
 def bench(model_dir: Path, seconds: float = 20.0, batch: int = 16) -> None:
     """Per-block latency and real-time streams per core (one ORT thread), single and batched."""
     import edge_stream as es
-    from edge_stream.blocks import run_blocks_batched
+    from edge_stream.runtime.blocks import run_blocks_batched
 
     model = es.load(model_dir, intra_op_threads=1)
     rng = np.random.default_rng(0)

@@ -34,8 +34,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from export.command_data import (END, HELD_OUT_RULES, HELD_OUT_VALUES, PAD, Generator, Teacher,
-                                 build_tokenizer, held_out_rule, sequence, vocabulary)
+from export.command_data import (
+    END,
+    HELD_OUT_RULES,
+    HELD_OUT_VALUES,
+    PAD,
+    Generator,
+    Teacher,
+    build_tokenizer,
+    held_out_rule,
+    sequence,
+    vocabulary,
+)
 
 log = logging.getLogger("export.train_parser")  # not __name__: "__main__" under python -m
 
@@ -157,7 +167,7 @@ def run_sample(parser, sample):
     Returns (final command text, model states, model fields, teacher states, teacher fields,
     push_word milliseconds); states and fields have one entry per word, then one for the end.
     """
-    from edge_stream.command_parser import Command, apply_tokens, fields
+    from edge_stream.voice.command_parser import Command, apply_tokens, fields
 
     states, emitted, word_ms = [], [], []
     for w in sample.words:
@@ -179,7 +189,7 @@ def run_sample(parser, sample):
 
 def evaluate(model, samples, name: str) -> dict:
     """Exact final command, exact stream, and lags in words, through CommandParser."""
-    from edge_stream.command_parser import CommandParser
+    from edge_stream.voice.command_parser import CommandParser
 
     parser = CommandParser(model)
     exact = stream_exact = 0
@@ -233,7 +243,7 @@ def evaluate(model, samples, name: str) -> dict:
 
 def stop_probe(model) -> list[str]:
     """Problems with `stop` emitted anywhere but on its word, over fixed phrasings."""
-    from edge_stream.command_parser import CommandParser
+    from edge_stream.voice.command_parser import CommandParser
 
     parser = CommandParser(model)
     problems = []
@@ -277,7 +287,7 @@ A streaming parser of spoken robot commands: a tiny Llama (Hugging Face architec
 {metrics['parameters']:,} parameters, {CONFIG['num_hidden_layers']} layers, hidden {CONFIG['hidden_size']},
 vocabulary {metrics['vocab_size']} word-level tokens) that reads recognized words one at a time and emits
 the fields of a structured command as soon as the words so far determine them
-(prefix-to-prefix training). Runtime: `edge_stream.command_parser.CommandParser`.
+(prefix-to-prefix training). Runtime: `edge_stream.voice.command_parser.CommandParser`.
 
 ## Output
 

@@ -32,7 +32,6 @@ import numpy as np
 
 from export import speech_data as sd
 
-
 SAMPLE_RATE = sd.SAMPLE_RATE
 HOP, WIN, N_FFT = 160, 400, 512  # 10 ms hop, 25 ms window
 HOPS_PER_BLOCK = 4
@@ -74,8 +73,8 @@ def mel_matrix(n_mels: int, n_fft: int = N_FFT, rate: int = SAMPLE_RATE, f_min: 
 def build_model(cfg: RecognizerConfig):
     """The torch modules (imported lazily: the runtime never imports this file)."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class LogMel(nn.Module):
         """Samples [batch, CONTEXT + n] -> normalised log-mel [batch, n_mels, n / HOP]."""
@@ -319,7 +318,7 @@ def export_onnx(model, out_dir: Path) -> Path:
     """model.onnx (opset 17, dynamic batch), tokenizer.json (id -> word) and manifest.json."""
     import torch
 
-    from edge_stream.manifest import Blocking, InputSpec, Manifest, OutputSpec, StateSpec
+    from edge_stream.runtime.manifest import Blocking, InputSpec, Manifest, OutputSpec, StateSpec
 
     out_dir.mkdir(parents=True, exist_ok=True)
     states = model.initial_states(1)
@@ -401,7 +400,7 @@ def align_words(ref: list[str], hyp: list[str]) -> tuple[int, list[tuple[int, in
 def evaluate(model_dir: Path, data: sd.SpeechSet, seed: int, noisy: bool, limit: int | None = None) -> dict:
     """WER and word emission latency of the exported model, streamed through edge_stream."""
     import edge_stream as es
-    from edge_stream.ctc import CtcDecoder
+    from edge_stream.voice.ctc import CtcDecoder
 
     model = es.load(model_dir, intra_op_threads=1)
     decoder = CtcDecoder.from_model(model)
@@ -485,7 +484,7 @@ A streaming speech recognizer for short robot commands: raw 16 kHz samples in, C
 {cfg.vocab - 1} command words (one label per word, plus blank) out, {HOPS_PER_BLOCK // SUBSAMPLE} frames (20 ms each) per {BLOCK}-sample
 (40 ms) block. Runs on ONNX Runtime through `edge_stream.load(dir).open_stream()` (a `BlockStream`:
 {CONTEXT} samples of context, {len(cfg.dilations) + 1} conv caches as recurrent state I/O) with
-`edge_stream.ctc.CtcDecoder.from_model(model)` on top.
+`edge_stream.voice.ctc.CtcDecoder.from_model(model)` on top.
 
 ## Model
 - Log-mel inside the graph: 25 ms Hann window, 10 ms hop, 512-point DFT as a fixed Conv1d, {cfg.n_mels} mel

@@ -15,7 +15,7 @@ def export_tiny(kind: str, root: Path) -> tuple[Path, Path]:
     """Build a tiny HF model of `kind` and its ONNX model directory; returns (hf_dir, onnx_dir)."""
     from optimum.exporters.onnx import main_export
 
-    from edge_stream.introspect import draft_manifest
+    from edge_stream.runtime.introspect import draft_manifest
     from export.tiny_models import build_tiny
 
     hf_dir = build_tiny(kind, root / f"{kind}-hf")

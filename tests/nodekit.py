@@ -7,8 +7,8 @@ import os
 import tempfile
 import time
 
-from edge_stream.client import Control, Publisher, Subscriber
-from edge_stream.node import Node, make_node_config
+from edge_stream.node.client import Control, Publisher, Subscriber
+from edge_stream.node.node import Node, make_node_config
 
 _ipc_ids = itertools.count()
 

@@ -1,7 +1,7 @@
 """The benchmark's quick mode on tiny models: it runs end to end and reports what it promises.
 
 Behaviour only (keys, units, sanity of the numbers, peers skipped with a reason); the
-speed figures themselves come from `python -m edge_stream.bench` on the reference model,
+speed figures themselves come from `python -m edge_stream.bench.run` on the reference model,
 never from tests.
 """
 
@@ -12,7 +12,8 @@ import logging
 
 import pytest
 
-from edge_stream import bench, bench_lm
+from edge_stream.bench import lm as bench_lm
+from edge_stream.bench import run as bench
 
 
 @pytest.fixture(scope="module")

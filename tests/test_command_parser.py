@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import edge_stream as es
-from edge_stream.command_parser import (FIX, Command, CommandParser, apply_tokens, fields, words_of)
 from edge_stream.errors import InputError, ManifestError
-from export.command_data import (Generator, Teacher, held_out_rule, sequence, vocabulary)
+from edge_stream.voice.command_parser import FIX, Command, CommandParser, apply_tokens, fields, words_of
+from export.command_data import Generator, Teacher, held_out_rule, sequence, vocabulary
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "command-parser"
 

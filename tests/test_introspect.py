@@ -1,4 +1,4 @@
-"""`edge_stream.introspect`: draft manifests derived from standard I/O names load and
+"""`edge_stream.runtime.introspect`: draft manifests derived from standard I/O names load and
 run on real exports (optimum, onnxruntime-genai's model builder, silero), and
 inputs without a known role are refused by name."""
 
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import edge_stream as es
-from edge_stream.cli_export import add_commands
+from edge_stream.cli.export import add_commands
 from edge_stream.errors import ManifestError
-from edge_stream.introspect import describe, draft_manifest
+from edge_stream.runtime.introspect import describe, draft_manifest
 
 SILERO_DATA = Path(importlib.util.find_spec("silero_vad").origin).parent / "data"
 # kind -> (layers, kv_heads, head_dim, position encoding, max positions) of export.tiny_models.CONFIGS
@@ -283,7 +283,7 @@ def test_inspect_of_unknown_roles_fails_with_the_reason(tmp_path, capsys):
 
 def test_introspect_and_cli_commands_import_without_torch_or_onnx():
     """The runtime side (robots run it) must not pull in the export stack."""
-    code = ("import sys, edge_stream.introspect, edge_stream.cli_export; "
+    code = ("import sys, edge_stream.runtime.introspect, edge_stream.cli.export; "
             "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'optimum') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

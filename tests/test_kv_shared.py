@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_stream import TOL, chunk_sizes, feed_in_chunks, reference_logits, window_mask
 
 import edge_stream as es
-from edge_stream.manifest import load_manifest
-
-from test_stream import TOL, chunk_sizes, feed_in_chunks, reference_logits, window_mask
+from edge_stream.runtime.manifest import load_manifest
 
 PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,10 +13,10 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-
-from edge_stream import wire
-from edge_stream.client import Control, Publisher, Subscriber
 from nodekit import clients, collect, done_for, start_node
+
+from edge_stream.node import wire
+from edge_stream.node.client import Control, Publisher, Subscriber
 
 
 def vad_models(vad_dir):
@@ -377,7 +377,7 @@ def test_stats_heartbeat_counts_chunks_errors_and_latency(vad_node):
 
 
 def test_stats_percentiles_equal_numpys_linear_percentiles():
-    from edge_stream.node import _Stats
+    from edge_stream.node.node import _Stats
 
     rng = np.random.default_rng(3)
     for n in (1, 2, 7, 1000):

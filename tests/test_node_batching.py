@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from nodekit import clients, start_node
 
 from edge_stream.errors import InputError
-from edge_stream.policies import BlockPolicy
-from nodekit import clients, start_node
+from edge_stream.node.policies import BlockPolicy
 
 
 def chunked(samples: np.ndarray, seed: int) -> list[np.ndarray]:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nodekit import collect, done_for
 
 from edge_stream import ConfigError
-from edge_stream.client import Publisher, Subscriber
-from edge_stream.launch import launch_from_dict, load_launch
-from edge_stream.node import Node
-from edge_stream.proxy import Proxy
-from nodekit import collect, done_for
+from edge_stream.node.client import Publisher, Subscriber
+from edge_stream.node.config import launch_from_dict, load_launch
+from edge_stream.node.node import Node
+from edge_stream.node.proxy import Proxy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ name = "vad"
 dir = "{vad_dir}"
 topics = ["mic"]
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli_node", "run", str(launch)],
+    proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli.node", "run", str(launch)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert "ready" in proc.stdout.readline()

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from nodekit import clients, collect, done_for, start_node
 
 import edge_stream as es
-from edge_stream.client import Subscriber
-from nodekit import clients, collect, done_for, start_node
+from edge_stream.node.client import Subscriber
 
 GEN = 8
 

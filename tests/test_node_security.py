@@ -6,12 +6,12 @@ import time
 
 import numpy as np
 import pytest
+from nodekit import collect
 
 from edge_stream import ConfigError
-from edge_stream.client import Publisher, Subscriber
-from edge_stream.node import Node, make_node_config
-from edge_stream.security import generate_keys
-from nodekit import collect
+from edge_stream.node.client import Publisher, Subscriber
+from edge_stream.node.node import Node, make_node_config
+from edge_stream.node.security import generate_keys
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-
-from edge_stream import wire
-from edge_stream.audio import read_wav
-from edge_stream.client import Publisher, Subscriber
-from edge_stream.controller import CommandTracker
-from edge_stream.node import Node, make_node_config
-from edge_stream.speech_gate import SpeechGate
 from nodekit import collect, start_node, wait_subscribed
+
+from edge_stream.audio import read_wav
+from edge_stream.cli.controller import CommandTracker
+from edge_stream.node import wire
+from edge_stream.node.client import Publisher, Subscriber
+from edge_stream.node.node import Node, make_node_config
+from edge_stream.voice.speech_gate import SpeechGate
 
 ROOT = Path(__file__).resolve().parent.parent
 VAD_DIR = ROOT / "models" / "silero-vad"
@@ -179,7 +179,7 @@ def runtime_words(audio: np.ndarray, flush: bool = True) -> list[str]:
     """The recognizer's words straight from the runtime (BlockStream + CtcDecoder, no node, no policy):
     the audio, then (flush) the last block zero-padded and the decoder finished, as at a segment's end."""
     import edge_stream as es
-    from edge_stream.ctc import CtcDecoder
+    from edge_stream.voice.ctc import CtcDecoder
 
     model = es.load(RECOGNIZER_DIR)
     stream, decoder = model.open_stream(), CtcDecoder.from_model(model)
@@ -318,7 +318,7 @@ def two_commands() -> np.ndarray:
 @needs_models
 @pytest.mark.parametrize("wait_for_end", [False, True], ids=["streaming", "batch"])
 def test_three_chained_nodes_give_the_commands_of_the_policies_run_in_process(wait_for_end):
-    from edge_stream.voice_report import PolicyChain
+    from edge_stream.cli.voice_report import PolicyChain
 
     audio = two_commands()
     cfgs = [make_node_config(name=n, input={"bind": ["tcp://127.0.0.1:*"]}, output={"bind": ["tcp://127.0.0.1:*"]},

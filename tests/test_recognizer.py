@@ -12,9 +12,9 @@ import pytest
 
 import edge_stream as es
 from edge_stream.audio import read_wav_float32
-from edge_stream.blocks import BlockStream, run_blocks_batched
-from edge_stream.ctc import CtcDecoder
 from edge_stream.errors import ConfigError, InputError
+from edge_stream.runtime.blocks import BlockOutput, BlockStream, run_blocks_batched
+from edge_stream.voice.ctc import CtcDecoder
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "command-recognizer"
@@ -81,7 +81,7 @@ def test_committed_model_is_a_block_model_with_recurrent_states(model):
 
 
 def test_vad_outputs_still_have_no_logits():
-    out = es.blocks.BlockOutput(probs=np.zeros(1, np.float32), outputs={"output": np.zeros((1, 1), np.float32)})
+    out = BlockOutput(probs=np.zeros(1, np.float32), outputs={"output": np.zeros((1, 1), np.float32)})
     assert not hasattr(out, "logits")
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edge_stream as es
-from edge_stream.stream import StreamSession
+from edge_stream.runtime.sequence import StreamSession
 
 TOL = 1e-4
 KINDS = ("llama", "qwen2", "gpt2")
@@ -200,7 +200,7 @@ def test_generate_before_any_input_is_refused(loaded_models):
 
 
 def test_text_deltas_never_split_a_utf8_character(loaded_models):
-    from edge_stream.detok import TextDeltas
+    from edge_stream.runtime.generate import TextDeltas
 
     model, _ = loaded_models("llama")
     text = "Zürich 机器人 🤖 go, ça va ⚡"

@@ -3,16 +3,15 @@ for any chunking, with rejected chunks leaving the stream untouched."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edge_stream as es
-from edge_stream.blocks import BlockOutput, run_blocks_batched
 from edge_stream.errors import ConfigError, InputError, StreamStateError
-from edge_stream.vad import VadEvents
+from edge_stream.runtime.blocks import BlockOutput, run_blocks_batched
+from edge_stream.voice.vad import VadEvents
 
 BLOCK = 512
 

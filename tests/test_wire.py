@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from edge_stream import InputError, ProtocolError
-from edge_stream import wire
+from edge_stream.node import wire
 
 
 def header(**over):

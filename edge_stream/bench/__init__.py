@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m edge_stream.bench` (see docs/benchmarks.md)."""

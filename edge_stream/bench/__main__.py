@@ -1,0 +1,3 @@
+from edge_stream.bench.run import main
+
+raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""Launch files: TOML describing nodes and proxies, mapped one-to-one onto dataclasses.
+
+    [[node]]                      # one or more
+    name = "robot"
+    input.bind = ["tcp://*:5550"]
+    output.bind = ["tcp://*:5551"]
+    control.bind = ["tcp://*:5552"]
+    [[node.models]]
+    name = "vad"
+    dir = "../models/silero-vad"  # relative paths are relative to the launch file
+    topics = ["mic"]
+
+    [[proxy]]                     # optional: libzmq's XSUB/XPUB proxy
+    name = "hub"
+    frontend.bind = ["tcp://*:6000"]   # publishers connect here
+    backend.bind = ["tcp://*:6001"]    # subscribers connect here
+
+`load_launch` validates everything before anything starts and raises
+ConfigError naming the field (`node[0].models[1].max_new_tokens: ...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_stream.errors import ConfigError
+
+GAP_POLICIES = ("event", "reset")
+TRIGGERS = ("end", "suffix")
+PUBLISH_LOGITS = ("none", "last", "all")
+POLICIES = ("auto", "lm", "vad", "sequence", "recognizer", "command_parser")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """ZeroMQ endpoints a socket binds and/or connects (both may be set)."""
+
+    bind: tuple[str, ...] = ()
+    connect: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.bind or self.connect)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """CURVE: bound sockets are servers admitting the public keys in `allowed_clients`
+    (a folder of `*.key` files); connected sockets are clients of `server_key`."""
+
+    curve: bool = False
+    secret_key: str | None = None  # this side's `NAME.key_secret` (from `edge-stream keys`)
+    allowed_clients: str | None = None  # folder of public `*.key` files
+    server_key: str | None = None  # public key file of the server that connecting sockets talk to
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model served by a node: which topics feed it and how its streams behave.
+
+    LM policy: chunks are appended as they arrive; generation starts on an `end`
+    message (trigger "end") or also when a text chunk ends with `trigger_suffix`
+    (trigger "suffix"). `publish_logits` adds logits to each chunk's `fed` output.
+
+    Chaining (docs/protocol.md, "Chaining nodes"): with `forward_topic` set, the
+    policy's forwarded outputs go out in *input* format on that topic, so the next
+    node consumes them like a sensor's: the VAD forwards speech audio (gating),
+    the recognizer forwards words. `policy` picks the behaviour ("auto": from the
+    manifest); `wait_for_end` makes the recognizer and parser buffer a whole
+    segment and run at its `end` (the batch baseline the voice report measures).
+    """
+
+    name: str
+    dir: str
+    topics: tuple[str, ...]
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int | None = 1  # ONNX Runtime intra-op threads
+    stream_options: dict = field(default_factory=dict)  # passed to open_stream (kv_window, threshold, ...)
+    trigger: str = "end"
+    trigger_suffix: str | None = None
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    publish_logits: str = "none"
+    policy: str = "auto"  # one of POLICIES
+    forward_topic: str | None = None  # topic of forwarded outputs (input format), e.g. "speech", "words"
+    wait_for_end: bool = False  # recognizer/parser: run on the whole segment at `end` (batch baseline)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node: its sockets, models, limits and topics."""
+
+    name: str
+    input: Endpoints
+    output: Endpoints
+    models: tuple[ModelConfig, ...]
+    control: Endpoints = Endpoints()
+    workers: int = 1  # inference threads; a stream always runs on the same one (ordering)
+    max_streams: int = 64
+    stream_ttl_s: float = 60.0  # idle streams are closed after this
+    auto_open: bool = True  # a chunk for an unknown stream opens it (else: open via control)
+    gap_policy: str = "event"  # "event": publish a gap event and continue; "reset": also reset the stream
+    output_topic: str = "out/{stream}"
+    errors_topic: str = "errors"
+    stats_topic: str = "stats"
+    stats_interval_s: float = 1.0
+    max_payload_bytes: int = 4 * 1024 * 1024  # larger chunks get an error event
+    max_message_bytes: int = 16 * 1024 * 1024  # ZMQ MAXMSGSIZE: larger frames drop the connection
+    sndhwm: int = 1000
+    rcvhwm: int = 1000
+    heartbeat_ivl_ms: int = 1000
+    heartbeat_timeout_ms: int = 3000
+    security: SecurityConfig = SecurityConfig()
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """An XSUB (frontend, publishers) / XPUB (backend, subscribers) proxy: many sensors and nodes meet here."""
+
+    name: str
+    frontend: Endpoints
+    backend: Endpoints
+    security: SecurityConfig = SecurityConfig()
+
+
+@dataclass(frozen=True)
+class LaunchFile:
+    path: str
+    nodes: tuple[NodeConfig, ...] = ()
+    proxies: tuple[ProxyConfig, ...] = ()
+
+
+def load_launch(path: str | Path) -> LaunchFile:
+    """Parse and validate a launch file; relative paths become relative to its folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: launch file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return launch_from_dict(raw, base=path.parent, where=str(path))
+
+
+def launch_from_dict(raw: dict, base: Path = Path("."), where: str = "launch") -> LaunchFile:
+    unknown = sorted(set(raw) - {"node", "proxy"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)}; expected [[node]] and [[proxy]]")
+    nodes = tuple(node_from_dict(d, base, f"node[{i}]") for i, d in enumerate(_list(raw, "node", where)))
+    proxies = tuple(_build(ProxyConfig, d, f"proxy[{i}]") for i, d in enumerate(_list(raw, "proxy", where)))
+    if not nodes and not proxies:
+        raise ConfigError(f"{where}: no [[node]] or [[proxy]] to start")
+    names = [n.name for n in nodes] + [p.name for p in proxies]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{where}: names must be unique, {', '.join(dup)} used twice")
+    for i, p in enumerate(proxies):
+        if not p.frontend or not p.backend:
+            raise ConfigError(f"proxy[{i}].frontend/backend: both need at least one endpoint")
+        _check_security(p.security, f"proxy[{i}].security", base)
+    proxies = tuple(dataclasses.replace(p, security=_resolve_security(p.security, base)) for p in proxies)
+    return LaunchFile(path=where, nodes=nodes, proxies=proxies)
+
+
+def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> NodeConfig:
+    """Validate one [[node]] table (also used by tests and the Python API)."""
+    cfg = _build(NodeConfig, d, where)
+    if not cfg.input:
+        raise ConfigError(f"{where}.input: at least one bind or connect endpoint is required")
+    if not cfg.output:
+        raise ConfigError(f"{where}.output: at least one bind or connect endpoint is required")
+    if not cfg.models:
+        raise ConfigError(f"{where}.models: at least one [[node.models]] is required")
+    positive = {"workers": cfg.workers, "max_streams": cfg.max_streams, "stream_ttl_s": cfg.stream_ttl_s,
+                "stats_interval_s": cfg.stats_interval_s, "max_payload_bytes": cfg.max_payload_bytes,
+                "max_message_bytes": cfg.max_message_bytes, "sndhwm": cfg.sndhwm, "rcvhwm": cfg.rcvhwm}
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{where}.{name}: must be > 0, got {value}")
+    if cfg.gap_policy not in GAP_POLICIES:
+        raise ConfigError(f"{where}.gap_policy: {cfg.gap_policy!r} is not one of {', '.join(GAP_POLICIES)}")
+    if "{stream}" not in cfg.output_topic:
+        raise ConfigError(f"{where}.output_topic: must contain '{{stream}}', got {cfg.output_topic!r}")
+    seen: dict[str, str] = {}
+    models = []
+    for i, m in enumerate(cfg.models):
+        mw = f"{where}.models[{i}]"
+        if m.trigger not in TRIGGERS:
+            raise ConfigError(f"{mw}.trigger: {m.trigger!r} is not one of {', '.join(TRIGGERS)}")
+        if m.trigger == "suffix" and not m.trigger_suffix:
+            raise ConfigError(f"{mw}.trigger_suffix: required when trigger = 'suffix'")
+        if m.publish_logits not in PUBLISH_LOGITS:
+            raise ConfigError(f"{mw}.publish_logits: {m.publish_logits!r} is not one of {', '.join(PUBLISH_LOGITS)}")
+        if m.max_new_tokens < 0 or m.temperature < 0 or not 0 < m.top_p <= 1 or m.top_k < 0:
+            raise ConfigError(f"{mw}: need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if not m.topics:
+            raise ConfigError(f"{mw}.topics: at least one input topic is required")
+        if m.policy not in POLICIES:
+            raise ConfigError(f"{mw}.policy: {m.policy!r} is not one of {', '.join(POLICIES)}")
+        if m.forward_topic is not None and (not m.forward_topic or not m.forward_topic.isprintable()
+                                            or len(m.forward_topic) > 128):
+            raise ConfigError(f"{mw}.forward_topic: {m.forward_topic!r} is not a valid topic name")
+        for t in m.topics:
+            if t in seen:
+                raise ConfigError(f"{mw}.topics: topic {t!r} already feeds model {seen[t]!r}")
+            if not t or "\x00" in t:
+                raise ConfigError(f"{mw}.topics: {t!r} is not a valid topic name")
+            seen[t] = m.name
+        if m.name in [x.name for x in models]:
+            raise ConfigError(f"{mw}.name: model name {m.name!r} used twice")
+        models.append(dataclasses.replace(m, dir=str(base / m.dir)))
+    _check_security(cfg.security, f"{where}.security", base)
+    return dataclasses.replace(cfg, models=tuple(models), security=_resolve_security(cfg.security, base))
+
+
+def _check_security(sec: SecurityConfig, where: str, base: Path) -> None:
+    if sec.curve and not sec.secret_key:
+        raise ConfigError(f"{where}.secret_key: required when curve = true (make one with `edge-stream keys`)")
+
+
+def _resolve_security(sec: SecurityConfig, base: Path) -> SecurityConfig:
+    fix = {k: str(base / v) for k in ("secret_key", "allowed_clients", "server_key")
+           if (v := getattr(sec, k)) is not None}
+    return dataclasses.replace(sec, **fix)
+
+
+# --- dict -> dataclass with type checks --------------------------------------------------------
+
+
+def _list(raw: dict, key: str, where: str) -> list:
+    value = raw.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}.{key}: expected an array of tables ([[{key}]])")
+    return value
+
+
+def _build(cls, d, where: str):
+    """Build dataclass `cls` from `d`, checking field names and types; ConfigError names the field."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{name}: required field is missing")
+            continue
+        kwargs[name] = _convert(hints[name], d[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _convert(tp, value, where: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, list):  # [[node.models]] arrays of tables
+            raise ConfigError(f"{where}: expected one table, got an array")
+        return _build(tp, value, where)
+    if origin is tuple:
+        if isinstance(value, str) and args[0] is str:
+            value = [value]  # a single endpoint or topic may be given as a string
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected an array, got {type(value).__name__}")
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool, float):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")  # internal: a field type we do not map

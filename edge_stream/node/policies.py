@@ -1,0 +1,479 @@
+"""Node policies: what one model kind does with a chunk, and which outputs it publishes.
+
+The node (transport) hands a policy a typed input (an ndarray or text plus
+header fields) and the stream's session; the policy returns an iterator of
+`Output`s. Nothing here knows about sockets or msgpack, and the runtime
+below knows nothing about either. Iterators let the worker publish each
+output the moment it exists (a generated token, a speech event) and
+interleave long generations of different streams.
+
+Chaining: an Output of kind "forward" is published by the node in *input*
+format on the model's `forward_topic` (field `input_kind`: chunk or end), so the
+next node takes it like a sensor's chunk. The voice pipeline is three such
+policies: `VadGatePolicy` (speech audio), `RecognizerPolicy` (words),
+`CommandParserPolicy` (command fields for the controller). `extra` holds the
+header's model-specific fields and, when the message had one, `t_capture_ns`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from edge_stream.errors import ConfigError, InputError
+from edge_stream.node.config import ModelConfig
+from edge_stream.voice.speech_gate import SpeechGate
+
+
+@dataclass
+class Output:
+    """One output message before encoding: its kind, extra header fields, optional array."""
+
+    kind: str
+    fields: dict = field(default_factory=dict)
+    data: np.ndarray | None = None
+    infer_ms: float = 0.0  # model run time spent producing it
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+class Policy:
+    """Base: streams are opened from the model with the route's options merged with per-stream ones."""
+
+    batchable = False  # True: `chunks_batched` runs chunks of several streams in one model run
+
+    def __init__(self, model, cfg: ModelConfig):
+        self.model = model
+        self.cfg = cfg
+
+    def open(self, stream: str, options: dict):
+        return self.model.open_stream(**{**self.cfg.stream_options, **options})
+
+    def chunk(self, session, data: np.ndarray | None, text: str | None, extra: dict) -> Iterator[Output]:
+        raise NotImplementedError
+
+    def end(self, session, extra: dict) -> Iterator[Output]:
+        yield Output("done", {})
+
+    def reset(self, session) -> Output:
+        session.reset()
+        return Output("event", {"event": "reset"})
+
+    def rewind(self, session, n: int) -> dict:
+        raise InputError(f"{self.model.name}: rewind is not supported by this model kind")
+
+    def describe(self, session) -> dict:
+        return {}
+
+    def emit(self, kind: str, fields: dict, data=None, infer_ms: float = 0.0, input_kind: str = "chunk") -> Output:
+        """A forwarded output (input format, on `forward_topic`) when the route forwards; else an
+        ordinary output of `kind`. `fields` become the forwarded message's header fields."""
+        if self.cfg.forward_topic:
+            return Output("forward", {**fields, "input_kind": input_kind}, data, infer_ms)
+        return Output(kind, fields, data, infer_ms)
+
+
+class LMPolicy(Policy):
+    """Causal LMs: append chunks (token ids or text) as they arrive; generate on `end`
+    (or when a text chunk ends with the trigger suffix), publishing one `delta` per token
+    and then `done` (the realtime APIs' delta/done shape)."""
+
+    GEN_FIELDS = {"max_new_tokens": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
+                  "seed": int}
+
+    def chunk(self, session, data, text, extra) -> Iterator[Output]:
+        if text is not None:
+            if self.model.tokenizer is None:
+                raise InputError(f"{self.model.name}: text chunks need a tokenizer; send token ids (int64)")
+            ids = self.model.encode(text)  # [n] int64
+            if ids.size == 0:
+                raise InputError(f"{self.model.name}: text {text!r} encodes to no tokens")
+        else:
+            if data.dtype.kind not in "iu":
+                raise InputError(f"{self.model.name}: token chunks are int64 or int32 ids, got {data.dtype}")
+            ids = data
+        t0 = time.perf_counter()
+        out = session.feed(ids)
+        fed = Output("fed", {"position": session.position, "n_tokens": int(len(out.logits))},
+                     infer_ms=_ms_since(t0))
+        if self.cfg.publish_logits == "all":
+            fed.data = out.logits  # [n, vocab]
+        elif self.cfg.publish_logits == "last":
+            fed.data = out.logits[-1:]  # [1, vocab]
+        yield fed
+        if self.cfg.trigger == "suffix" and text is not None and text.endswith(self.cfg.trigger_suffix):
+            yield from self.end(session, extra)
+
+    def end(self, session, extra) -> Iterator[Output]:
+        params = {"max_new_tokens": self.cfg.max_new_tokens, "temperature": self.cfg.temperature,
+                  "top_k": self.cfg.top_k, "top_p": self.cfg.top_p, "seed": self.cfg.seed}
+        for name, typ in self.GEN_FIELDS.items():
+            if name in extra:
+                if not isinstance(extra[name], typ) or isinstance(extra[name], bool):
+                    raise InputError(f"{self.model.name}: header field {name!r} must be "
+                                     f"{getattr(typ, '__name__', 'a number')}, got {extra[name]!r}")
+                params[name] = extra[name]
+        try:
+            gen = session.generate(**params)
+        except ConfigError as exc:  # bad sampling values in the header are the sender's input error
+            raise InputError(str(exc)) from None
+        pieces, index = [], 0
+        t0 = time.perf_counter()
+        for piece in gen:
+            pieces.append(piece.text)
+            yield Output("delta", {"index": index, "token_id": piece.token_id, "text": piece.text},
+                         infer_ms=_ms_since(t0))
+            index += 1
+            t0 = time.perf_counter()
+        reason = getattr(session, "finish_reason", None) or "length"
+        yield Output("done", {"n_tokens": index, "text": "".join(pieces), "reason": reason,
+                              "position": session.position}, infer_ms=_ms_since(t0))
+
+    def rewind(self, session, n: int) -> dict:
+        session.rewind(n)
+        return {"position": session.position}
+
+    def describe(self, session) -> dict:
+        return {"position": session.position}
+
+
+class BlockPolicy(Policy):
+    """Fixed-block audio models (the VAD): one `result` per chunk with the probability of
+    every block completed by it, then one `event` per speech start/end."""
+
+    EVENT_NAMES = {"start": "speech_start", "end": "speech_end"}
+    batchable = True
+
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg)
+        self.sample_rate = model.manifest.blocking.sample_rate
+
+    def samples(self, data, text, extra) -> np.ndarray:
+        """The chunk as float32 samples [n], after the boundary checks (InputError otherwise)."""
+        if text is not None:
+            raise InputError(f"{self.model.name}: takes audio samples, not text")
+        sr = extra.get("sr")
+        if sr is not None and self.sample_rate is not None and sr != self.sample_rate:
+            raise InputError(f"{self.model.name}: sr {sr!r} is not supported; this model takes {self.sample_rate} Hz")
+        if data.dtype == np.int16:
+            return data.astype(np.float32) * (1.0 / 32768)  # PCM16 -> [-1, 1): a copy, the only one
+        if data.dtype == np.float16:
+            return data.astype(np.float32)
+        if data.dtype == np.float32:
+            return data
+        raise InputError(f"{self.model.name}: audio samples are float32, int16 or float16, got {data.dtype}")
+
+    def chunk(self, session, data, text, extra) -> Iterator[Output]:
+        samples = self.samples(data, text, extra)
+        t0 = time.perf_counter()
+        out = session.feed(samples)
+        yield from self._outputs(session, out, _ms_since(t0))
+
+    def chunks_batched(self, sessions: list, msgs: list) -> list[list[Output]]:
+        """Chunks of different streams (one each) through one model run per block step.
+
+        Returns each stream's outputs, equal to what `chunk` gives it alone; `infer_ms` is
+        the batched run's time (every chunk waited for all of it). Raises InputError if any
+        chunk is refused, and then no stream has changed.
+        """
+        from edge_stream.runtime.blocks import run_blocks_batched
+
+        samples = [self.samples(m.data, m.text, m.extra) for m in msgs]
+        t0 = time.perf_counter()
+        outs = run_blocks_batched(sessions, samples)
+        infer_ms = _ms_since(t0)
+        return [list(self._outputs(s, o, infer_ms)) for s, o in zip(sessions, outs)]
+
+    def _outputs(self, session, out, infer_ms: float) -> Iterator[Output]:
+        yield Output("result", {"start_sample": int(out.start_sample), "n_blocks": int(len(out.probs)),
+                                "samples": session.samples_fed}, data=out.probs, infer_ms=infer_ms)
+        for ev in out.events:
+            for key, sample in ev.items():
+                yield Output("event", {"event": self.EVENT_NAMES.get(key, key), "sample": int(sample)})
+
+    def end(self, session, extra) -> Iterator[Output]:
+        yield Output("done", {"samples": session.samples_fed})
+
+    def describe(self, session) -> dict:
+        return {"samples": session.samples_fed}
+
+
+class SequencePolicy(Policy):
+    """Frame-input sequence models (no tokenizer, no blocking): one `result` per chunk with the
+    first returned output's rows for the chunk."""
+
+    def chunk(self, session, data, text, extra) -> Iterator[Output]:
+        if text is not None:
+            raise InputError(f"{self.model.name}: takes frames, not text")
+        t0 = time.perf_counter()
+        out = session.feed(data)
+        first = next(iter(out.outputs.values()))
+        yield Output("result", {"position": session.position}, data=first, infer_ms=_ms_since(t0))
+
+    def describe(self, session) -> dict:
+        return {"position": session.position}
+
+
+def _capture_time(extra: dict, sr: int, at_sample: int, last_sample: int) -> int | None:
+    """Wall clock of `at_sample`, from the chunk's t_capture_ns (the capture time of its last sample)."""
+    t = extra.get("t_capture_ns")
+    return None if t is None else int(t - (last_sample - at_sample) * 1_000_000_000 // sr)
+
+
+@dataclass
+class GatedStream:
+    """A VAD stream and its speech gate (one per input stream)."""
+
+    vad: Any  # BlockStream with events
+    gate: SpeechGate
+
+    @property
+    def samples_fed(self) -> int:
+        return self.vad.samples_fed
+
+    def reset(self) -> None:
+        self.vad.reset()
+        self.gate.reset()
+
+
+class VadGatePolicy(BlockPolicy):
+    """The VAD as a gate: besides the VAD outputs, forward the audio of each speech segment
+    (padded start from a pre-roll of `speech_pad_ms`) and an `end` when it ends; nothing in
+    silence. One forwarded stream per input stream, `segment` numbering the segments; the
+    `end` carries `speech_end_sample` and `t_speech_end_ns` (the VAD's end minus its pad)."""
+
+    def open(self, stream: str, options: dict):
+        opts = {**self.cfg.stream_options, **options}
+        if opts.get("events") is False:
+            raise ConfigError(f"{self.model.name}: speech gating needs VAD events; drop events = false")
+        vad = self.model.open_stream(**opts)
+        spec = self.model.manifest.events
+        pad_ms = opts.get("speech_pad_ms", spec.speech_pad_ms if spec is not None else 30.0)  # BlockStream's default
+        return GatedStream(vad, SpeechGate(int(self.sample_rate * pad_ms / 1000), vad.block))
+
+    def chunk(self, session, data, text, extra) -> Iterator[Output]:
+        samples = self.samples(data, text, extra)
+        t0 = time.perf_counter()
+        out = session.vad.feed(samples)
+        yield from self._gated(session, samples, out, _ms_since(t0), extra)
+
+    def chunks_batched(self, sessions: list, msgs: list) -> list[list[Output]]:
+        from edge_stream.runtime.blocks import run_blocks_batched
+
+        samples = [self.samples(m.data, m.text, m.extra) for m in msgs]
+        t0 = time.perf_counter()
+        outs = run_blocks_batched([s.vad for s in sessions], samples)
+        infer_ms = _ms_since(t0)
+        return [list(self._gated(s, x, o, infer_ms, {**m.extra, "t_capture_ns": m.t_capture_ns}))
+                for s, x, o, m in zip(sessions, samples, outs, msgs)]
+
+    def _gated(self, session, samples, out, infer_ms, extra) -> Iterator[Output]:
+        # Forwards first: they are what the next node is waiting for.
+        last = session.vad.samples_fed
+        for piece in session.gate.update(samples, out.events):
+            yield self._forward(piece, extra, last)
+        yield from self._outputs(session.vad, out, infer_ms)
+
+    def _forward(self, piece, extra, last_sample: int) -> Output:
+        if piece.kind == "audio":
+            return self.emit("speech", {"sr": self.sample_rate, "segment": piece.segment,
+                                        "start_sample": piece.start_sample}, data=piece.audio)
+        fields = {"segment": piece.segment, "end_sample": piece.end_sample,
+                  "speech_end_sample": piece.speech_end_sample}
+        t_end = _capture_time(extra, self.sample_rate, piece.speech_end_sample, last_sample)
+        if t_end is not None:
+            fields["t_speech_end_ns"] = t_end
+        return self.emit("speech_end", fields, input_kind="end")
+
+    def end(self, session, extra) -> Iterator[Output]:
+        piece = session.gate.finish()
+        if piece is not None:
+            yield self._forward(piece, extra, session.vad.samples_fed)
+        yield Output("done", {"samples": session.vad.samples_fed})
+
+    def describe(self, session) -> dict:
+        return {"samples": session.vad.samples_fed, "in_speech": session.gate.in_speech}
+
+
+@dataclass
+class RecognizerStream:
+    """One stream of the CTC recognizer: its block stream, its decoder, and the segment so far."""
+
+    blocks: Any  # BlockStream of the recognizer
+    decoder: Any  # CtcDecoder
+    held: list = field(default_factory=list)  # wait_for_end: the segment's audio chunks
+    words: int = 0  # words sent in this segment
+
+    def reset(self) -> None:
+        self.blocks.reset()
+        self.decoder.reset()
+        self.held.clear()
+        self.words = 0
+
+
+class RecognizerPolicy(BlockPolicy):
+    """Streaming CTC recognizer: audio chunks in, each word out (forwarded as a text chunk on
+    `forward_topic`, else a `word` output) as soon as greedy CTC makes it final. `end` closes the
+    segment: the last partial block is zero-padded, the last word flushed, `end` forwarded (with
+    the input end's `segment`, `t_speech_end_ns`, ...) when the segment had words, and the stream
+    starts afresh (the model was trained on utterances from zero state)."""
+
+    batchable = False  # sessions are RecognizerStreams, not bare BlockStreams
+    PASS_ON = ("segment", "speech_end_sample", "t_speech_end_ns", "end_sample")  # end fields handed on
+
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg)
+        from edge_stream.voice.ctc import CtcDecoder
+
+        self._decoder = CtcDecoder.from_model(model)  # template: symbols, lexicon, frame length read once
+
+    def open(self, stream: str, options: dict):
+        from edge_stream.voice.ctc import CtcDecoder
+
+        d = self._decoder
+        decoder = CtcDecoder(d.symbols, blank=d.blank, space=d.space, lexicon=d.lexicon,
+                             frame_samples=d.frame_samples)
+        opts = {"events": False, **self.cfg.stream_options, **options}
+        return RecognizerStream(self.model.open_stream(**opts), decoder)
+
+    def chunk(self, session, data, text, extra) -> Iterator[Output]:
+        samples = self.samples(data, text, extra)
+        if self.cfg.wait_for_end:
+            session.held.append(np.array(samples, dtype=np.float32))  # a copy: the frame is not ours to keep
+            return
+        yield from self._decode(session, samples, extra)
+
+    def _decode(self, session, samples, extra, flush: bool = False) -> Iterator[Output]:
+        t0 = time.perf_counter()
+        out = session.blocks.feed(samples) if len(samples) else None
+        pending = session.blocks.pending_samples
+        blocks = [out] if out is not None else []
+        if flush and pending:  # the last partial block, zero-padded, so its frames are decoded
+            blocks.append(session.blocks.feed(np.zeros(self.model.manifest.blocking.block - pending, np.float32)))
+        words = []
+        for o in blocks:
+            if o.n_blocks:
+                words += session.decoder.update(o.logits).words
+        if flush:
+            words += session.decoder.finish().words
+        infer_ms = _ms_since(t0)
+        for w in words:
+            fields = {"word_index": session.words, "end_sample": session.decoder.frame_end_sample(w.end_frame)}
+            if "segment" in extra:
+                fields["segment"] = extra["segment"]
+            yield self.emit("word", {"text": w.word, **fields}, infer_ms=infer_ms)
+            session.words += 1
+            infer_ms = 0.0
+
+    def end(self, session, extra) -> Iterator[Output]:
+        if session.held:
+            audio, session.held = np.concatenate(session.held), []
+        else:
+            audio = np.zeros(0, np.float32)
+        limit = session.blocks.max_chunk_samples  # a long held segment goes in allowed sizes
+        pieces = [audio[i:i + limit] for i in range(0, len(audio), limit)] or [audio]
+        for k, piece in enumerate(pieces):
+            yield from self._decode(session, piece, extra, flush=k == len(pieces) - 1)
+        n_words = session.words
+        passed = {k: extra[k] for k in self.PASS_ON if k in extra}
+        if n_words and self.cfg.forward_topic:
+            yield self.emit("end", passed, input_kind="end")
+        session.reset()
+        yield Output("done", {"n_words": n_words, **passed})
+
+    def describe(self, session) -> dict:
+        return {"samples": session.blocks.samples_fed, "words": session.words}
+
+
+@dataclass
+class ParserStream:
+    """One stream of the command parser (one utterance at a time)."""
+
+    parser: Any  # CommandParser
+    held: list = field(default_factory=list)  # wait_for_end: the segment's words
+
+    def reset(self) -> None:
+        self.parser.reset()
+        self.held.clear()
+
+
+class CommandParserPolicy(Policy):
+    """Words in (text chunks), command fields out: a `delta` with the fields a word determined
+    (`stop` goes out with the word that says it) and the command so far; at `end`, `done` with
+    the final command (`command`, `action`, `direction`, `amount`, `unit`) and the end's
+    `segment` and `t_speech_end_ns`, so a controller can time it from the end of speech."""
+
+    def open(self, stream: str, options: dict):
+        from edge_stream.voice.command_parser import CommandParser
+
+        if options or self.cfg.stream_options:
+            raise ConfigError(f"{self.model.name}: the command parser takes no stream options, got "
+                              f"{sorted({**self.cfg.stream_options, **options})}")
+        return ParserStream(CommandParser(self.model))
+
+    def chunk(self, session, data, text, extra) -> Iterator[Output]:
+        if text is None:
+            raise InputError(f"{self.model.name}: takes words as text chunks, got a {data.dtype} array")
+        for word in text.split():
+            if self.cfg.wait_for_end:
+                session.held.append(word)
+                continue
+            yield from self._push(session, word, extra)
+
+    def _push(self, session, word: str, extra: dict) -> Iterator[Output]:
+        t0 = time.perf_counter()
+        got = session.parser.push_word(word)
+        if got:
+            yield Output("delta", {"fields": got, "command": session.parser.command, "word": word,
+                                   **({"segment": extra["segment"]} if "segment" in extra else {})},
+                         infer_ms=_ms_since(t0))
+
+    def end(self, session, extra) -> Iterator[Output]:
+        t0 = time.perf_counter()
+        for word in session.held:  # batch baseline: every word now, then the end
+            session.parser.push_word(word)
+        session.held.clear()
+        words = list(session.parser.words)
+        final_text = session.parser.end()
+        final, got = session.parser.final, session.parser.end_fields
+        infer_ms = _ms_since(t0)
+        passed = {k: extra[k] for k in ("segment", "t_speech_end_ns", "speech_end_sample") if k in extra}
+        if got and not self.cfg.wait_for_end:
+            yield Output("delta", {"fields": got, "command": final_text, "word": None, **passed}, infer_ms=infer_ms)
+            infer_ms = 0.0
+        amount, unit = final.amount if final.amount else (None, None)
+        yield Output("done", {"command": final_text, "action": final.action, "direction": final.direction,
+                              "amount": amount, "unit": unit, "words": words, **passed}, infer_ms=infer_ms)
+
+    def describe(self, session) -> dict:
+        return {"words": len(session.parser.words)}
+
+
+POLICY_CLASSES = {"lm": LMPolicy, "vad": BlockPolicy, "sequence": SequencePolicy, "recognizer": RecognizerPolicy,
+                  "command_parser": CommandParserPolicy}
+
+
+def policy_for(model, cfg: ModelConfig) -> Policy:
+    """The policy for a loaded model: the route's `policy`, or ("auto") chosen from its manifest.
+    A VAD with a `forward_topic` gates speech (VadGatePolicy)."""
+    m = model.manifest
+    name = cfg.policy
+    if name == "auto":
+        if m.blocking is not None:
+            name = "recognizer" if m.output_for("logits") is not None else "vad"
+        else:
+            name = "lm" if m.input.kind == "tokens" else "sequence"
+    if name == "vad" and cfg.forward_topic:
+        return VadGatePolicy(model, cfg)
+    if name in ("vad", "recognizer") and m.blocking is None:
+        raise ConfigError(f"{m.name}: policy {name!r} needs a block model (manifest 'blocking' section)")
+    return POLICY_CLASSES[name](model, cfg)
+
+
+def session_info(policy: Policy, session: Any) -> dict:
+    return policy.describe(session) if session is not None else {}

@@ -1,0 +1,537 @@
+"""Sequence streams: feed chunks into a model's carried state, one ORT run per chunk.
+
+`StreamSession` is the stream policy for sequence models (causal LMs, streaming
+acoustic transformers): it validates each chunk at the boundary, fills
+attention_mask/position_ids, keeps the KV cache bounded with a sliding window
+plus attention sinks, and rewinds, snapshots and restores. The ONNX session
+itself lives in `ModelRunner`, shared by every stream of a model.
+
+State is immutable: every run returns new arrays from ONNX Runtime and the
+stream swaps one `StreamState` reference only after all runs of a feed
+succeeded. So a rejected or failed chunk leaves the stream exactly as it was,
+and a snapshot is the state object itself (O(1), no copy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from edge_stream.errors import ConfigError, InputError, StreamStateError
+from edge_stream.runtime.generate import TextDeltas, check_sampling, next_token
+from edge_stream.runtime.kvbuffer import KVBuffer, capacity_for
+from edge_stream.runtime.runner import NUMPY_DTYPES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_FEED = 1 << 16  # tokens or frames accepted by one feed() call
+_NO_TOKENS = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Everything one stream carries between chunks; never mutated in place.
+
+    `cache_inputs[i]` and `cache_positions[i]` describe KV entry i: the input
+    that produced it (needed to re-encode the window) and the position the
+    model saw. `fed` counts inputs run through the model; `pending` holds token
+    ids that belong to the stream but are not yet run (the last generated token,
+    or the token re-run after a rewind). `last_logits` are the logits after the
+    last input run, i.e. the prediction for the next token.
+    """
+
+    owner: int  # id of the Model: a snapshot restores only into streams of the same model
+    states: tuple  # manifest order; kv states [batch, kv_heads, cache_len, head_dim]
+    cache_inputs: np.ndarray  # [cache_len] token ids, or [cache_len, feature_dim] frames
+    cache_positions: np.ndarray  # [cache_len] int64
+    next_model_position: int = 0  # position the model sees for the next input run
+    fed: int = 0
+    evicted: int = 0
+    pending: np.ndarray = dataclasses.field(default_factory=lambda: _NO_TOKENS)
+    last_logits: np.ndarray | None = None
+    kv_buffer: KVBuffer | None = None  # shared_buffer models: kv states are views into it
+
+    def __post_init__(self):
+        if self.kv_buffer is not None:  # claim [0, cache_len) while this state lives
+            self.kv_buffer.register(self, self.cache_len)
+
+    @property
+    def cache_len(self) -> int:
+        return int(self.cache_positions.size)
+
+
+
+@dataclass
+class ChunkOutput:
+    """What one feed produced: per-position outputs by name, rows [n, ...]."""
+
+    outputs: dict
+    start: int  # stream position of the chunk's first input
+    logits_name: str | None = None
+
+    @property
+    def logits(self) -> np.ndarray:
+        """[n, vocab] logits, one row per input of the chunk."""
+        if self.logits_name is None:
+            raise StreamStateError("this model has no output with role 'logits'")
+        return self.outputs[self.logits_name]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One generated token and the text it completed ('' while a UTF-8 character is incomplete)."""
+
+    token_id: int
+    text: str
+
+
+class StreamSession:
+    """One stream's explicit state over a shared model.
+
+    Options (defaults from the manifest's `limits`): `kv_window` recent entries
+    kept besides `sink_tokens` first entries (None = unbounded); when the window
+    overflows, at least `evict_block` oldest non-sink entries leave at once
+    (default kv_window // 8; each eviction copies the whole cache), and the
+    window refills from there; `max_chunk` inputs per ORT run, `max_feed`
+    inputs accepted per feed call. `kv_io` (default: the manifest's) may be "concat" to
+    run a shared_buffer graph the copying way, for comparison; `kv_capacity` sizes a
+    shared buffer up front (entries; default: a window's span, else grown by doubling).
+    """
+
+    def __init__(self, model, kv_window: int | None = ..., sink_tokens: int | None = None,
+                 evict_block: int | None = None, max_chunk: int | None = None,
+                 max_feed: int = DEFAULT_MAX_FEED, kv_io: str | None = None,
+                 kv_capacity: int | None = None, **unknown):
+        m = model.manifest
+        if unknown:
+            raise ConfigError(f"{m.name}: unknown stream option(s) {', '.join(sorted(unknown))}; sequence "
+                              "streams take kv_window, sink_tokens, evict_block, max_chunk, max_feed, kv_io, "
+                              "kv_capacity")
+        if kv_io not in (None, "concat", m.kv_io):
+            raise ConfigError(f"{m.name}: kv_io {kv_io!r} needs a graph built for it; this one is {m.kv_io!r}")
+        self.kv_io = kv_io or m.kv_io
+        if kv_capacity is not None and kv_capacity < 1:
+            raise ConfigError(f"kv_capacity: expected >= 1 entries, got {kv_capacity}")
+        self.kv_capacity = kv_capacity
+        self.model = model
+        self.manifest = m
+        self.runner = model.runner
+        limits = m.limits
+        self.kv_window = limits.kv_window if kv_window is ... else kv_window
+        self.sink_tokens = limits.sink_tokens if sink_tokens is None else sink_tokens
+        self.evict_block = evict_block if evict_block is not None else max(1, (self.kv_window or 8) // 8)
+        self.max_chunk = max_chunk or limits.max_chunk
+        self.max_feed = max_feed
+        self.max_positions = limits.max_positions
+        self.tokens = m.input.kind == "tokens"
+        self._mask = m.aux_for("attention_mask")
+        self._pos = m.aux_for("position_ids")
+        self._consts = {a.name: np.asarray(a.value, dtype=NUMPY_DTYPES[a.dtype])
+                        for a in m.aux if a.fill == "constant"}
+        self._kv_index = [i for i, s in enumerate(m.states) if s.kind == "kv"]
+        self._kv_specs = [m.states[i] for i in self._kv_index]
+        self._kv_dtypes = [NUMPY_DTYPES[s.dtype] for s in self._kv_specs]
+        self._shared = self.kv_io == "shared_buffer"
+        self._has_recurrent = any(s.kind == "recurrent" for s in m.states)
+        self._logits_name = m.output_for("logits")
+        self._n_returned = len(self.runner.returned_outputs)
+        # Positions the model sees must stay < max_positions for learned tables; models
+        # that derive positions from the cache length (no position_ids) also need it.
+        encoding = limits.position_encoding if self._pos is not None else "implicit"
+        self.position_encoding = encoding
+        self._hard_limit = self.max_positions if encoding in ("learned", "rotary_table", "implicit") else None
+        self._check_options()
+        # One preallocated row of ones: attention masks are views of it (no per-run allocation).
+        mask_dtype = NUMPY_DTYPES[self._mask.dtype] if self._mask else np.int64
+        self._ones = np.ones((1, self._mask_capacity()), dtype=mask_dtype)
+        self._state = self._initial_state()
+
+    # ----- set-up -------------------------------------------------------------------------
+
+    def _check_options(self) -> None:
+        w, k = self.kv_window, self.sink_tokens
+        if self.max_chunk < 1:
+            raise ConfigError(f"max_chunk: expected >= 1, got {self.max_chunk}")
+        if w is None:
+            return
+        if not self._kv_index:
+            raise ConfigError(f"{self.manifest.name}: kv_window needs kv state; this model has none")
+        if w < 1 or k < 0:
+            raise ConfigError(f"kv_window must be >= 1 and sink_tokens >= 0, got {w} and {k}")
+        if not 1 <= self.evict_block <= w:
+            raise ConfigError(f"evict_block must be in [1, kv_window={w}], got {self.evict_block}")
+        if self._hard_limit is not None and k + w > self._hard_limit:
+            raise ConfigError(
+                f"{self.manifest.name}: sink_tokens + kv_window = {k + w} exceeds max_positions "
+                f"{self._hard_limit} of this {self.position_encoding}-position model")
+        # A chunk must fit in the window so the cache never exceeds sinks + window.
+        self.max_chunk = min(self.max_chunk, w)
+
+    def _mask_capacity(self) -> int:
+        if self.kv_window is not None:
+            return self.sink_tokens + self.kv_window
+        return self._hard_limit or max(self.max_positions or 0, 4096)
+
+    def _initial_state(self) -> StreamState:
+        if self.tokens:
+            inputs = np.zeros(0, dtype=np.int64)
+        else:
+            inputs = np.zeros((0, self.manifest.input.feature_dim), dtype=NUMPY_DTYPES[self.manifest.input.dtype])
+        return StreamState(owner=id(self.model), states=self.runner.initial_states(1),
+                           cache_inputs=inputs, cache_positions=np.zeros(0, dtype=np.int64))
+
+    # ----- public verbs -------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """Inputs in the stream so far (fed plus pending)."""
+        return self._state.fed + int(self._state.pending.size)
+
+    @property
+    def cache_len(self) -> int:
+        return self._state.cache_len
+
+    @property
+    def state(self) -> StreamState:
+        return self._state
+
+    def feed(self, chunk) -> ChunkOutput:
+        """Append `chunk` (>= 1 token ids, or frames [n, feature_dim]) to the stream.
+
+        Returns per-position outputs for the chunk's inputs (`.logits` [n, vocab]).
+        Never recomputes earlier input; splits only chunks longer than `max_chunk`.
+        Raises InputError for bad chunks; the stream is then unchanged.
+        """
+        rows = self._validate(chunk)
+        st = self._state
+        start = self.position
+        pending = st.pending
+        if pending.size:
+            rows = np.concatenate([pending, rows]) if self.tokens else rows
+            st = dataclasses.replace(st, pending=_NO_TOKENS)
+        if self._hard_limit is not None and self.kv_window is None and \
+                st.next_model_position + len(rows) > self._hard_limit:
+            raise StreamStateError(
+                f"{self.manifest.name}: stream full: {st.next_model_position} + {len(rows)} positions exceed "
+                f"max_positions {self._hard_limit}; open the stream with kv_window to stream endlessly")
+        st, outputs = self._run_all(st, rows)
+        self._state = st
+        skip = int(pending.size)
+        if skip:  # rows of the re-run pending tokens belong to an earlier call
+            outputs = {k: v[skip:] for k, v in outputs.items()}
+        return ChunkOutput(outputs=outputs, start=start, logits_name=self._logits_name)
+
+    def generate(self, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None,
+                 stop_token_ids=None) -> Iterator[Piece]:
+        """Yield generated tokens with UTF-8-safe text deltas, one decode run per token.
+
+        Stops after `max_new_tokens` or at a stop token (manifest's by default; not
+        yielded). Every yielded or stop token is part of the stream when the
+        generator pauses or ends: the next feed continues after it. A paused
+        generator whose stream was changed meanwhile raises StreamStateError.
+        `finish_reason` is then 'stop' or 'length'.
+        """
+        if not self.tokens or self._logits_name is None:
+            raise StreamStateError(f"{self.manifest.name}: generate needs a token-input model with logits")
+        check_sampling(temperature, top_k, top_p)
+        if max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
+        if self._state.last_logits is None and not self._state.pending.size:
+            raise StreamStateError(f"{self.manifest.name}: feed a prompt before generate")
+        stops = set(self.manifest.stop_token_ids if stop_token_ids is None else stop_token_ids)
+        rng = np.random.default_rng(seed)
+        deltas = TextDeltas(self.model.tokenizer, self._text_context()) if self.model.tokenizer else None
+        self.finish_reason = None
+        for _ in range(max_new_tokens):
+            st = self._state
+            if st.pending.size:  # run the previous token now: its logits give the next one
+                st, _ = self._run_all(dataclasses.replace(st, pending=_NO_TOKENS), st.pending)
+            token = next_token(st.last_logits, temperature, top_k, top_p, rng)
+            self._state = handed_out = dataclasses.replace(st, pending=np.array([token], dtype=np.int64))
+            if token in stops:
+                self.finish_reason = "stop"
+                return
+            yield Piece(token, deltas.push(token) if deltas else "")
+            if self._state is not handed_out:  # fed, rewound, restored or reset while paused
+                raise StreamStateError(f"{self.manifest.name}: the stream changed while this generation "
+                                       "was paused; start a new generate()")
+        self.finish_reason = "length"
+
+    def rewind(self, n: int) -> None:
+        """Drop the last `n` inputs of the stream, as if they had never been fed.
+
+        Rewinding past entries the window already evicted raises StreamStateError.
+        The new last token is re-run lazily (on the next feed or generate) to
+        recover its logits: one decode step, no history recomputed.
+        """
+        if n < 0 or n > self.position:
+            raise StreamStateError(f"rewind: n must be in [0, {self.position}], got {n}")
+        if n == 0:
+            return
+        if self._has_recurrent:
+            raise StreamStateError(f"{self.manifest.name}: recurrent state cannot be rewound; use snapshot/restore")
+        st = self._state
+        if n == self.position:
+            self.reset()
+            return
+        drop_pending = min(n, int(st.pending.size))
+        st = dataclasses.replace(st, pending=st.pending[: st.pending.size - drop_pending])
+        cut = n - drop_pending
+        if cut == 0:
+            self._state = st
+            return
+        if not self.tokens:
+            raise StreamStateError(f"{self.manifest.name}: rewinding frame inputs is not supported; use snapshot/restore")
+        if st.pending.size:  # a pending token is always the newest input; it goes first
+            raise StreamStateError("internal: pending tokens remain behind a cached rewind")
+        # Remove cut entries, plus one more that becomes pending so its logits are recomputed.
+        keep = st.cache_len - cut - 1
+        if st.evicted and keep < self.sink_tokens:
+            raise StreamStateError(
+                f"rewind: only {st.cache_len - self.sink_tokens - 1} inputs can be rewound; "
+                f"the sliding window evicted older ones")
+        self._state = StreamState(
+            owner=st.owner,
+            states=self._slice_kv(st.states, 0, keep),
+            cache_inputs=st.cache_inputs[:keep],
+            cache_positions=st.cache_positions[:keep],
+            next_model_position=int(st.cache_positions[keep]),
+            fed=st.fed - cut - 1,
+            evicted=st.evicted,
+            pending=st.cache_inputs[keep:keep + 1].copy(),
+            last_logits=None,
+            kv_buffer=st.kv_buffer,
+        )
+
+    def snapshot(self) -> StreamState:
+        """The stream's state, O(1): states are never mutated, so sharing is safe."""
+        return self._state
+
+    def restore(self, snap: StreamState) -> None:
+        """Return to a snapshot taken from a stream of the same model."""
+        if not isinstance(snap, StreamState) or snap.owner != id(self.model):
+            raise StreamStateError(f"{self.manifest.name}: snapshot is not from a stream of this model")
+        self._state = snap
+
+    def reset(self) -> None:
+        """Forget everything: back to the initial state."""
+        self._state = self._initial_state()
+
+    # ----- the hot path ---------------------------------------------------------------------
+
+    def _run_all(self, st: StreamState, rows: np.ndarray):
+        """Run `rows` in pieces of at most max_chunk; returns the new state and outputs."""
+        n = len(rows)
+        if n <= self.max_chunk:
+            st, outs = self._run_piece(st, rows)
+            return st, outs
+        parts = []
+        for i in range(0, n, self.max_chunk):
+            st, outs = self._run_piece(st, rows[i:i + self.max_chunk])
+            parts.append(outs)
+        return st, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # copy: joins pieces
+
+    def _run_piece(self, st: StreamState, rows: np.ndarray):
+        if self._shared:
+            return self._run_piece_shared(st, rows)
+        s = len(rows)
+        if self.kv_window is not None:
+            st = self._make_room(st, s)
+        first = st.next_model_position
+        feeds, positions = self._input_feeds(st, rows)
+        for spec, value in zip(self.manifest.states, st.states):
+            # A state from a shared buffer holds strided views; ORT wants contiguous input.
+            feeds[spec.input] = value if st.kv_buffer is None else np.ascontiguousarray(value)
+        results = self.runner.run(feeds)
+        outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, results)}  # drop batch axis
+        new_states = tuple(results[self._n_returned:])
+        last_logits = outputs[self._logits_name][-1] if self._logits_name else None
+        if self._kv_index:
+            cache_inputs = np.concatenate([st.cache_inputs, rows])  # copy: small, ids or frames
+            cache_positions = np.concatenate([st.cache_positions, positions])
+        else:
+            cache_inputs, cache_positions = st.cache_inputs, st.cache_positions
+        return StreamState(owner=st.owner, states=new_states, cache_inputs=cache_inputs,
+                           cache_positions=cache_positions, next_model_position=first + s,
+                           fed=st.fed + s, evicted=st.evicted,
+                           pending=st.pending, last_logits=last_logits), outputs
+
+    def _run_piece_shared(self, st: StreamState, rows: np.ndarray):
+        """`_run_piece` for shared_buffer graphs: the chunk's KV entries are written into the
+        stream's buffer in place (copy-on-write where another live state claims them)."""
+        s = len(rows)
+        if self.kv_window is not None:
+            st = self._make_room(st, s)
+        cache_len = st.cache_len
+        first = st.next_model_position
+        buf = st.kv_buffer
+        if buf is None or not buf.begin_write(cache_len, s):
+            buf = KVBuffer.copied(self._kv_specs, [st.states[i] for i in self._kv_index], cache_len,
+                                  self._kv_capacity(cache_len + s), self._kv_dtypes)
+            buf.begin_write(cache_len, s)
+        try:
+            feeds, positions = self._input_feeds(st, rows)
+            for spec, value in zip(self.manifest.states, st.states):
+                if spec.kind != "kv":
+                    feeds[spec.input] = value
+            results = self.runner.run_shared(feeds, buf)
+            outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, results)}
+            others = iter(results[self._n_returned:])
+            kv_views = iter(buf.views(cache_len + s))
+            new_states = tuple(next(kv_views) if spec.kind == "kv" else next(others) for spec in self.manifest.states)
+            new = StreamState(owner=st.owner, states=new_states,
+                              cache_inputs=np.concatenate([st.cache_inputs, rows]),
+                              cache_positions=np.concatenate([st.cache_positions, positions]),
+                              next_model_position=first + s, fed=st.fed + s, evicted=st.evicted,
+                              pending=st.pending,
+                              last_logits=outputs[self._logits_name][-1] if self._logits_name else None,
+                              kv_buffer=buf)
+        finally:
+            buf.end_write()
+        return new, outputs
+
+    def _input_feeds(self, st: StreamState, rows: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The chunk and what the runtime fills beside it (mask, positions, constants); states aside."""
+        s, first = len(rows), st.next_model_position
+        feeds = {self.manifest.input.name: rows[None]}  # [1, s] or [1, s, feature_dim]; view, no copy
+        if self._mask is not None:
+            feeds[self._mask.name] = self._mask_row(st.cache_len + s)  # [1, past + s]
+        positions = np.arange(first, first + s, dtype=np.int64)
+        if self._pos is not None:
+            feeds[self._pos.name] = positions[None]  # [1, s]
+        feeds.update(self._consts)
+        return feeds, positions
+
+    def _kv_capacity(self, needed: int) -> int:
+        """Entries a new shared buffer holds: a window's whole span at once (it is bounded
+        anyway), else room to grow by doubling up to the model's position range."""
+        if self.kv_window is not None:
+            return max(needed, self.kv_capacity or self.sink_tokens + self.kv_window)
+        return max(needed, self.kv_capacity or 0, capacity_for(needed, self._hard_limit))
+
+    def _mask_row(self, length: int) -> np.ndarray:
+        if length > self._ones.shape[1]:
+            self._ones = np.ones((1, 2 * length), dtype=self._ones.dtype)
+        return self._ones[:, :length]  # [1, past + s]: a contiguous view
+
+    # ----- sliding window with attention sinks ------------------------------------------------
+
+    def _make_room(self, st: StreamState, s: int) -> StreamState:
+        """Evict (or re-encode) so that cache_len + s <= sink_tokens + kv_window."""
+        k, w = self.sink_tokens, self.kv_window
+        over_limit = self._hard_limit is not None and st.next_model_position + s > self._hard_limit
+        if st.cache_len + s <= k + w and not over_limit:
+            return st
+        if over_limit or self.position_encoding == "implicit":
+            return self._reencode(st, s)
+        # Evicting copies the whole cache (ORT needs contiguous inputs), so drop at least
+        # evict_block entries at once: one full copy every few chunks, not every chunk.
+        drop = max(st.cache_len + s - (k + w), self.evict_block)
+        lo, hi = k, min(k + drop, st.cache_len)  # entries [lo, hi) leave the cache
+        if hi <= lo:
+            return st
+        if self._shared:  # one copy into a fresh buffer (the old one may back snapshots)
+            keep = st.cache_len - (hi - lo)
+            buf = KVBuffer.copied(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len,
+                                  self._kv_capacity(keep + s), self._kv_dtypes, drop=(lo, hi))
+            views = iter(buf.views(keep))
+            states = tuple(next(views) if spec.kind == "kv" else v for spec, v in zip(self.manifest.states, st.states))
+        else:
+            states, buf = self._drop_kv(st.states, lo, hi), None  # the kept entries are new contiguous arrays
+        return dataclasses.replace(
+            st,
+            states=states,
+            cache_inputs=np.concatenate([st.cache_inputs[:lo], st.cache_inputs[hi:]]),
+            cache_positions=np.concatenate([st.cache_positions[:lo], st.cache_positions[hi:]]),
+            evicted=st.evicted + (hi - lo),
+            kv_buffer=buf,
+        )
+
+    def _reencode(self, st: StreamState, s: int) -> StreamState:
+        """Rebuild the cache from the retained inputs at positions 0.. (learned, rotary_table and
+        implicit positions).
+
+        Keeps the sinks and the newest min(kv_window // 2, kv_window - s) entries, so the
+        next re-encode is at least kv_window // 2 inputs away. Costs one prefill of the
+        retained inputs; entries now see only the retained window.
+        """
+        k, w = self.sink_tokens, self.kv_window
+        recent = max(0, min(w // 2, w - s, st.cache_len - k))
+        retained = np.concatenate([st.cache_inputs[:k], st.cache_inputs[st.cache_len - recent:]])
+        dropped = st.cache_len - len(retained)
+        log.debug("%s: re-encoding %d retained inputs, dropping %d", self.manifest.name, len(retained), dropped)
+        fresh = self._initial_state()
+        if len(retained):
+            for i in range(0, len(retained), self.max_chunk):
+                fresh, _ = self._run_piece(fresh, retained[i:i + self.max_chunk])
+        return dataclasses.replace(fresh, fed=st.fed, evicted=st.evicted + dropped,
+                                   pending=st.pending, last_logits=st.last_logits)
+
+    def _drop_kv(self, states: tuple, lo: int, hi: int) -> tuple:
+        out = list(states)
+        for i in self._kv_index:
+            spec = self.manifest.states[i]
+            a = states[i]
+            index = [slice(None)] * a.ndim
+            index[spec.seq_axis] = np.r_[0:lo, hi:a.shape[spec.seq_axis]]
+            out[i] = a[tuple(index)]  # copy: fancy indexing gathers the kept entries
+        return tuple(out)
+
+    def _slice_kv(self, states: tuple, lo: int, hi: int) -> tuple:
+        out = list(states)
+        for i in self._kv_index:
+            spec = self.manifest.states[i]
+            index = [slice(None)] * states[i].ndim
+            index[spec.seq_axis] = slice(lo, hi)
+            view = states[i][tuple(index)]
+            # Shared buffers keep views (the entries stay claimed); concat inputs must be contiguous.
+            out[i] = view if self._shared else np.ascontiguousarray(view)  # copy: concat only
+        return tuple(out)
+
+    # ----- boundary validation -------------------------------------------------------------
+
+    def _validate(self, chunk) -> np.ndarray:
+        """Check a chunk once at the boundary; returns [n] int64 ids or [n, feature_dim] frames."""
+        name = self.manifest.name
+        spec = self.manifest.input
+        if isinstance(chunk, (list, tuple)):
+            chunk = np.asarray(chunk)
+        if not isinstance(chunk, np.ndarray):
+            raise InputError(f"{name}: chunk must be a numpy array or list, got {type(chunk).__name__}")
+        if self.tokens:
+            if chunk.dtype.kind not in "iu":
+                raise InputError(f"{name}: token chunk must be integer ids (int64 or int32), got dtype {chunk.dtype}")
+            if chunk.ndim == 2 and chunk.shape[0] == 1:
+                chunk = chunk[0]
+            if chunk.ndim != 1:
+                raise InputError(f"{name}: token chunk must have shape [n] or [1, n], got {list(chunk.shape)}")
+        else:
+            if chunk.dtype != NUMPY_DTYPES[spec.dtype]:
+                raise InputError(f"{name}: frame chunk must be {spec.dtype}, got dtype {chunk.dtype}")
+            if chunk.ndim == 3 and chunk.shape[0] == 1:
+                chunk = chunk[0]
+            if chunk.ndim != 2 or chunk.shape[1] != spec.feature_dim:
+                raise InputError(f"{name}: frame chunk must have shape [n, {spec.feature_dim}], got {list(chunk.shape)}")
+        n = chunk.shape[0]
+        if n == 0:
+            raise InputError(f"{name}: empty chunk; feed at least one input")
+        if n > self.max_feed:
+            raise InputError(f"{name}: chunk of {n} inputs exceeds max_feed {self.max_feed}")
+        if self.tokens:
+            lo, hi = int(chunk.min()), int(chunk.max())
+            if lo < 0 or hi >= spec.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise InputError(f"{name}: token id {bad} is outside the vocabulary [0, {spec.vocab_size})")
+            return np.ascontiguousarray(chunk, dtype=np.int64)
+        if not np.isfinite(chunk).all():
+            raise InputError(f"{name}: chunk contains NaN or Inf")
+        return np.ascontiguousarray(chunk)
+
+    def _text_context(self, n: int = 4) -> np.ndarray:
+        st = self._state
+        return np.concatenate([st.cache_inputs[-n:], st.pending])[-n:] if self.tokens else _NO_TOKENS

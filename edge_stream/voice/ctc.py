@@ -1,0 +1,136 @@
+"""Streaming greedy CTC decoding over word labels (stream policy, no model): per-frame log-probs in, words out.
+
+The recognizer has one CTC label per vocabulary word (its tokenizer maps id -> word). Each
+frame's best label is taken; a label equal to the previous frame's is a repeat and is dropped,
+a blank separates repeats ("stop stop" needs "stop _ stop"), which is why the last label is
+carried across blocks. A word is final on the frame its label first wins: greedy output is
+never revised, so a partial hypothesis is a prefix of every later one, and nothing waits for a
+following space or the end of the utterance. Frame indices are absolute from the stream's
+start; `frame_samples` converts them to audio time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from edge_stream.errors import ConfigError, InputError, ManifestError
+
+
+@dataclass(frozen=True)
+class WordEvent:
+    """A decoded word. `end_frame`: the frame its label won (its audio is complete there);
+    `final_frame`: the frame it became final (the same frame: word labels are never revised);
+    `reason`: 'label'."""
+
+    word: str
+    end_frame: int
+    final_frame: int
+    reason: str = "label"
+
+
+@dataclass
+class CtcResult:
+    """What one `update` decoded: `text` is the delta (words with their separating spaces) since
+    the last call; `words` the words in it; `partial` is always '' (a word label is whole)."""
+
+    text: str = ""
+    words: list[WordEvent] = field(default_factory=list)
+    partial: str = ""
+
+
+@dataclass(frozen=True)
+class CtcState:
+    """Everything the decoder carries between blocks; immutable so snapshots are free."""
+
+    last_symbol: int  # previous frame's argmax (blank at the start)
+    frames: int = 0  # frames decoded so far
+    text: str = ""  # everything decoded so far
+
+
+class CtcDecoder:
+    """Greedy CTC over word labels (`symbols[i]` is the word of id i; `blank` decodes to nothing).
+
+    `space` and `lexicon` are accepted for callers that copy a decoder's settings; with word
+    labels there is no separator to wait for and the label set is the lexicon."""
+
+    def __init__(self, symbols: Iterable[str], blank: int = 0, space: str = " ",
+                 lexicon: Iterable[str] | None = None, frame_samples: int | None = None):
+        self.symbols = list(symbols)
+        if not 0 <= blank < len(self.symbols):
+            raise ConfigError(f"ctc: blank id {blank} is outside the {len(self.symbols)} symbols")
+        bad = [s for i, s in enumerate(self.symbols) if i != blank and (not s or any(c.isspace() for c in s))]
+        if bad:
+            raise ConfigError(f"ctc: symbols must be words (non-empty, no whitespace); got {bad[:5]}")
+        self.blank = blank
+        self.space = space
+        self.lexicon = None if lexicon is None else frozenset(lexicon)
+        self.frame_samples = frame_samples
+        self.state = CtcState(last_symbol=blank)
+
+    @classmethod
+    def from_model(cls, model) -> "CtcDecoder":
+        """A decoder for a recognizer model directory: words from its tokenizer (id -> word),
+        blank from the tokenizer's `<blank>`, frame length from blocking and the logits output shape."""
+        m = model.manifest
+        if model.tokenizer is None:
+            raise ManifestError(f"{m.name}: a CTC recognizer needs a tokenizer (id -> word) in its directory")
+        vocab = model.tokenizer.get_vocab()  # token -> id
+        if "<blank>" not in vocab:
+            raise ManifestError(f"{m.name}: tokenizer has no '<blank>' token for CTC")
+        symbols = [""] * len(vocab)
+        for token, i in vocab.items():
+            symbols[i] = token
+        logits = m.output_for("logits")
+        if logits is None or m.blocking is None:
+            raise ManifestError(f"{m.name}: a CTC recognizer needs a 'logits' output and a 'blocking' section")
+        shape = {o.name: o.shape for o in model.runner.session.get_outputs()}[logits]
+        per_block = shape[1] if len(shape) == 3 and isinstance(shape[1], int) else None
+        if not per_block or m.blocking.block % per_block:
+            raise ManifestError(f"{m.name}: output {logits!r} has shape {shape}; expected "
+                                "[batch, frames_per_block, vocab] with a static frames_per_block dividing block")
+        if shape[2] != len(symbols):
+            raise ManifestError(f"{m.name}: output {logits!r} has {shape[2]} labels, tokenizer has {len(symbols)}")
+        return cls(symbols, blank=vocab["<blank>"], frame_samples=m.blocking.block // per_block)
+
+    def reset(self) -> None:
+        """Forget everything: a new utterance starts at frame 0."""
+        self.state = CtcState(last_symbol=self.blank)
+
+    @property
+    def text(self) -> str:
+        """Everything decoded so far (words separated by single spaces)."""
+        return self.state.text
+
+    def update(self, logprobs: np.ndarray) -> CtcResult:
+        """Decode the next frames ([n_frames, vocab] log-probs or logits; only the argmax matters).
+
+        Returns the words decoded in them (each final at once); the state moves on by n_frames."""
+        if logprobs.ndim != 2 or logprobs.shape[1] != len(self.symbols):
+            raise InputError(f"ctc: frames have shape {list(logprobs.shape)}, expected [n, {len(self.symbols)}]")
+        best = np.argmax(logprobs, axis=1)  # [n_frames]
+        last, frame, text = self.state.last_symbol, self.state.frames, self.state.text
+        words: list[WordEvent] = []
+        delta = ""
+        for sym in best.tolist():
+            if sym != last and sym != self.blank:
+                word = self.symbols[sym]
+                words.append(WordEvent(word, frame, frame))
+                delta += (" " if text or delta else "") + word
+            last = sym
+            frame += 1
+        self.state = CtcState(last, frame, text + delta)
+        return CtcResult(delta, words)
+
+    def finish(self) -> CtcResult:
+        """End of the utterance: nothing is pending with word labels; the decoder resets."""
+        self.reset()
+        return CtcResult()
+
+    def frame_end_sample(self, frame: int) -> int:
+        """Stream sample at which `frame`'s audio ends (its window's last sample + 1)."""
+        if self.frame_samples is None:
+            raise ConfigError("ctc: frame_samples is not set (build the decoder with CtcDecoder.from_model)")
+        return (frame + 1) * self.frame_samples
