@@ -9,7 +9,9 @@ PIP    := $(BIN)/pip install -q -c constraints.txt
 demo: models
 	$(BIN)/edge-stream voice-demo
 
+# lint-imports: the import contracts of pyproject.toml (layers, no torch/export in the run-time layers).
 test: models
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -rs
 
 install: $(VENV)/.installed

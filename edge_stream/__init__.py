@@ -12,8 +12,23 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_LAZY = {"load": "edge_stream.runtime.model", "Model": "edge_stream.runtime.model",
+_LAZY = {"Model": "edge_stream.runtime.model",
          "Manifest": "edge_stream.runtime.manifest", "load_manifest": "edge_stream.runtime.manifest"}
+
+
+def load(model_dir, providers=None, intra_op_threads: int | None = None):
+    """Load a model directory (model.onnx + manifest.json [+ tokenizer.json]); many streams share it.
+
+    A manifest with an `events` section (a VAD) gives a `voice.vad.VadModel`, whose streams
+    return speech events besides probabilities; the runtime below knows nothing of events.
+    """
+    from edge_stream.runtime.model import Model, read_manifest
+
+    manifest = read_manifest(model_dir)
+    cls = Model
+    if manifest.events is not None:
+        from edge_stream.voice.vad import VadModel as cls
+    return cls(model_dir, providers=providers, intra_op_threads=intra_op_threads, manifest=manifest)
 
 
 def __getattr__(name: str):

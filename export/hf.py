@@ -170,9 +170,6 @@ def copy_side_files(src: str, out: Path) -> list[str]:
 def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = "cpu",
               chunkings: int = 4, check: bool = True, seed: int = 0, graph: str = "optimum"):
     """Export SRC into OUT; returns the ParityReport (None with check=False)."""
-    from edge_stream.runtime.introspect import draft_manifest
-    from export.parity import check_parity
-
     if graph not in GRAPHS:
         raise ConfigError(f"--graph: expected one of {', '.join(GRAPHS)}, got {graph!r}")
     if graph == "gqa":
@@ -183,10 +180,7 @@ def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = 
         log.warning("fp16 targets the CUDA provider; on CPU use fp32 or int8 (the check still runs on CPU)")
     if precision == "int8" and device == "cuda":
         log.warning("int8 dynamic quantisation targets the CPU provider; CUDA runs it slower than fp16")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "model.onnx").exists():
-        raise ConfigError(f"{out}/model.onnx exists; choose an empty output directory")
+    out = _empty_out(Path(out))
     steps = 4 if check else 3
     t = _step(1, steps, f"optimum export of {src} (text-generation-with-past, fp32)")
     with tempfile.TemporaryDirectory(prefix="edge-stream-export-", dir=out.parent) as tmp:
@@ -208,56 +202,57 @@ def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = 
                 if p.suffix == ".json" or p.name in SIDE_FILES:
                     shutil.copy2(p, out / p.name)
         log.info("      done in %.1f s", time.perf_counter() - t)
-
-    _step(3, steps, "manifest.json and tokenizer files")
-    copied = copy_side_files(src, out)
-    manifest = draft_manifest(out)
     import optimum.version
 
-    manifest = replace(manifest, name=out.resolve().name, precision=precision,
-                       source={**manifest.source, "hf": str(src), "exporter": f"optimum-onnx {optimum.version.__version__}",
-                               "task": "text-generation-with-past", "device": device})
-    manifest.save(out)
-    log.info("      manifest: %d kv states (%s), position encoding %s, max positions %s; copied %s",
-             len(manifest.kv_states), manifest.kv_states[0].dtype if manifest.kv_states else "-",
-             manifest.limits.position_encoding, manifest.limits.max_positions, ", ".join(copied) or "nothing")
-    if not check:
-        return None
-    _step(4, steps, f"parity check: {chunkings} chunkings through StreamSession vs PyTorch")
-    providers = ["cuda", "cpu"] if device == "cuda" and _has_cuda() else None
-    return check_parity(out, src, chunkings=chunkings, seed=seed, providers=providers, precision=precision)
+    return _manifest_and_check(src, out, precision, device, 3, steps, chunkings, check, seed,
+                               {"exporter": f"optimum-onnx {optimum.version.__version__}",
+                                "task": "text-generation-with-past"})
 
 
 def _export_gqa(src: str, out: Path, precision: str, device: str, chunkings: int, check: bool, seed: int):
     """export_hf for --graph gqa: the model builder, then the same manifest and parity steps."""
-    from edge_stream.runtime.introspect import draft_manifest
     from export import gqa
-    from export.parity import check_parity
 
     if precision not in gqa.PRECISIONS:
         raise ConfigError(f"--precision: the gqa graph takes {', '.join(gqa.PRECISIONS)}, got {precision!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "model.onnx").exists():
-        raise ConfigError(f"{out}/model.onnx exists; choose an empty output directory")
+    out = _empty_out(out)
     steps = 3 if check else 2
     t = _step(1, steps, f"onnxruntime-genai model builder on {src} ({precision}, GroupQueryAttention)")
     gqa.build(src, out, precision, device)
     log.info("      built in %.1f s", time.perf_counter() - t)
-    _step(2, steps, "manifest.json and tokenizer files")
-    copied = copy_side_files(src, out)
-    manifest = draft_manifest(out)
     import onnxruntime_genai
 
+    return _manifest_and_check(src, out, precision, device, 2, steps, chunkings, check, seed,
+                               {"exporter": f"onnxruntime-genai {onnxruntime_genai.__version__} model builder"})
+
+
+def _empty_out(out: Path) -> Path:
+    """The output directory, created; an existing model.onnx there is an error (never overwritten)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "model.onnx").exists():
+        raise ConfigError(f"{out}/model.onnx exists; choose an empty output directory")
+    return out
+
+
+def _manifest_and_check(src: str, out: Path, precision: str, device: str, step: int, steps: int,
+                        chunkings: int, check: bool, seed: int, source: dict):
+    """The steps every graph ends with: tokenizer files, manifest.json (read from the graph, plus
+    where it came from: `source`), then the parity check. Returns the ParityReport (None with check=False)."""
+    from edge_stream.runtime.introspect import draft_manifest
+    from export.parity import check_parity
+
+    _step(step, steps, "manifest.json and tokenizer files")
+    copied = copy_side_files(src, out)
+    manifest = draft_manifest(out)
     manifest = replace(manifest, name=out.resolve().name, precision=precision,
-                       source={**manifest.source, "hf": str(src), "device": device,
-                               "exporter": f"onnxruntime-genai {onnxruntime_genai.__version__} model builder"})
+                       source={**manifest.source, "hf": str(src), "device": device, **source})
     manifest.save(out)
-    log.info("      manifest: %d kv states, kv_io %s, position encoding %s; copied %s",
-             len(manifest.kv_states), manifest.kv_io, manifest.limits.position_encoding,
-             ", ".join(copied) or "nothing")
+    log.info("      manifest: %d kv states (%s), kv_io %s, position encoding %s, max positions %s; copied %s",
+             len(manifest.kv_states), manifest.kv_states[0].dtype if manifest.kv_states else "-", manifest.kv_io,
+             manifest.limits.position_encoding, manifest.limits.max_positions, ", ".join(copied) or "nothing")
     if not check:
         return None
-    _step(3, steps, f"parity check: {chunkings} chunkings through StreamSession vs PyTorch")
+    _step(step + 1, steps, f"parity check: {chunkings} chunkings through StreamSession vs PyTorch")
     providers = ["cuda", "cpu"] if device == "cuda" and _has_cuda() else None
     return check_parity(out, src, chunkings=chunkings, seed=seed, providers=providers, precision=precision)
 

@@ -111,7 +111,7 @@ def check(model_dir: Path) -> None:
 def bench(model_dir: Path, seconds: float = 20.0, batch: int = 16) -> None:
     """Per-block latency and real-time streams per core (one ORT thread), single and batched."""
     import edge_stream as es
-    from edge_stream.runtime.blocks import run_blocks_batched
+    from edge_stream.voice.vad import VadStream
 
     model = es.load(model_dir, intra_op_threads=1)
     rng = np.random.default_rng(0)
@@ -154,7 +154,7 @@ def bench(model_dir: Path, seconds: float = 20.0, batch: int = 16) -> None:
     t0 = time.perf_counter()
     for i in range(steps):
         chunk = audio[i * BLOCK:(i + 1) * BLOCK]
-        run_blocks_batched(streams, [chunk] * batch)
+        VadStream.feed_batched(streams, [chunk] * batch)  # streams of es.load(VAD): VadStreams
     dt = (time.perf_counter() - t0) / steps
     print(f"{batch} streams batched into one run per block ({steps} steps, 1 ORT thread):")
     print(f"  {dt * 1000:.2f} ms per step ({dt / batch * 1e6:.0f} us per stream-block); "

@@ -1,4 +1,5 @@
-"""Helpers for node tests: nodes on loopback (tcp or ipc) with free endpoints, bounded waits."""
+"""Helpers for node tests: nodes on loopback (tcp or ipc) with free endpoints, bounded waits that
+fail loudly, and the VAD reference the node's outputs are compared with."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import os
 import tempfile
 import time
 
+import numpy as np
+import zmq
+
+from edge_stream.node import wire
 from edge_stream.node.client import Control, Publisher, Subscriber
 from edge_stream.node.node import Node, make_node_config
 
@@ -37,21 +42,36 @@ def clients(node: Node, topic: str, out_topics: list[str], **pub_kw):
     return pub, sub, Control(node.endpoints["control"])
 
 
-def wait_subscribed(node: Node, sub: Subscriber, timeout: float = 5.0) -> None:
-    """Until `sub` receives node output (the stats heartbeat; the caller subscribes to `stats` too,
-    or we add it), so outputs published from now on reach it."""
-    import zmq
-
-    sub.sock.setsockopt(zmq.SUBSCRIBE, b"stats\x00")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rec = sub.recv(0.2)
-        if rec is not None and rec.kind == "stats":
-            break
-    sub.sock.setsockopt(zmq.UNSUBSCRIBE, b"stats\x00")
-    # Drain what arrived meanwhile.
-    while sub.recv(0.0) is not None:
+def wait_subscribed(node: Node | None, sub, timeout: float = 5.0) -> None:
+    """Return once `sub` (a Subscriber, or anything holding a SUB socket as `.sock`) receives the
+    node's stats heartbeat: its other subscriptions went out before that one and the node's XPUB
+    applies them in order, so outputs published from now on reach it. What arrived meanwhile is
+    dropped. AssertionError when no heartbeat comes within `timeout` seconds."""
+    stats = wire.topic_frame(node.cfg.stats_topic if node is not None else "stats")
+    sub.sock.setsockopt(zmq.SUBSCRIBE, stats)  # counted: a caller's own `stats` subscription stays
+    try:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if _recv_topic(sub, left) == stats:
+                break
+        else:
+            name = node.cfg.name if node is not None else "?"
+            raise AssertionError(f"no stats heartbeat from node {name!r} within {timeout} s: subscriber not connected")
+    finally:
+        sub.sock.setsockopt(zmq.UNSUBSCRIBE, stats)
+    while _recv_topic(sub, 0.0) is not None:
         pass
+
+
+def _recv_topic(sub, timeout: float) -> bytes | None:
+    """The topic frame of the next message `sub` gets (None on timeout); a Subscriber reads it
+    itself, so its per-topic seq tracking stays right."""
+    if isinstance(sub, Subscriber):
+        rec = sub.recv(timeout)
+        return None if rec is None else wire.topic_frame(rec.msg.topic)
+    if not sub.sock.poll(int(timeout * 1000)):
+        return None
+    return bytes(sub.sock.recv_multipart()[0])
 
 
 def collect(sub: Subscriber, until, timeout: float = 5.0) -> list:
@@ -71,3 +91,37 @@ def collect(sub: Subscriber, until, timeout: float = 5.0) -> list:
 
 def done_for(stream: str):
     return lambda rec: rec.kind == "done" and rec.header.get("stream") == stream
+
+
+def next_stats(sub: Subscriber, timeout: float = 5.0, until=lambda header: True) -> dict:
+    """The header of the next stats message whose header satisfies `until`; AssertionError when
+    none comes within `timeout` seconds (`sub` must subscribe to the stats topic)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        rec = sub.recv(left)
+        if rec is not None and rec.kind == "stats" and until(rec.header):
+            return rec.header
+    raise AssertionError(f"no matching stats message within {timeout} s")
+
+
+def random_chunks(samples: np.ndarray, seed: int, sizes: tuple[int, int] = (100, 3000)) -> list[np.ndarray]:
+    """`samples` cut into consecutive chunks of random lengths in [sizes[0], sizes[1])."""
+    rng = np.random.default_rng(seed)
+    cuts, i = [], 0
+    while i < len(samples):
+        n = int(rng.integers(*sizes))
+        cuts.append(samples[i:i + n])
+        i += n
+    return cuts
+
+
+def runtime_vad(model, chunks) -> tuple[list[np.ndarray], list]:
+    """What the runtime gives for these chunks fed directly to one VAD stream: (per-chunk probs,
+    speech events as (name, sample)), the reference the node's outputs must equal."""
+    s = model.open_stream()
+    probs, events = [], []
+    for c in chunks:
+        out = s.feed(c)
+        probs.append(out.probs)
+        events += [("speech_start" if "start" in e else "speech_end", next(iter(e.values()))) for e in out.events]
+    return probs, events

@@ -2,7 +2,8 @@
 
 Model tests run the committed models/command-parser through edge_stream.load, as the parser
 node does; the phrasings below come from held-out templates (export/command_data.py
-HELD_OUT_RULES) or combine parts in ways training never showed as a whole.
+HELD_OUT_RULES) or combine parts in ways training never showed as a whole. The grammar and
+its rule-based Teacher are edge_stream/voice/grammar.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 import edge_stream as es
 from edge_stream.errors import InputError, ManifestError
 from edge_stream.voice.command_parser import FIX, Command, CommandParser, apply_tokens, fields, words_of
-from export.command_data import Generator, Teacher, held_out_rule, sequence, vocabulary
+from edge_stream.voice.grammar import Teacher, vocabulary
+from export.command_data import Generator, held_out_rule, sequence
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "command-parser"
 
@@ -182,7 +184,19 @@ def test_splits_keep_held_out_templates_and_values_apart():
 
 
 def test_generator_is_seeded():
-    assert [s.text for s in Generator(3).samples(20)] == [s.text for s in Generator(3).samples(20)]
+    texts = lambda seed: [s.text for s in Generator(seed).samples(20)]  # noqa: E731
+    assert texts(3) == texts(3)
+    assert texts(3) != texts(4)
+
+
+def test_training_data_and_run_time_share_one_grammar():
+    """export.command_data teaches what edge_stream.voice.grammar scores against: the same objects."""
+    import export.command_data as cd
+    from edge_stream.voice import grammar
+
+    assert cd.Teacher is grammar.Teacher and cd.INPUT_WORDS is grammar.INPUT_WORDS
+    s = Generator(5).sample()
+    assert grammar.command_of(s.words).text() == s.command
 
 
 def test_teacher_emits_each_field_on_the_word_that_determines_it():

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_stream import TOL, chunk_sizes, feed_in_chunks, reference_logits, window_mask
+from streamkit import TOL, chunk_sizes, feed_in_chunks, reference_logits, window_mask
 
 import edge_stream as es
+from edge_stream.runtime.kvbuffer import KVBuffer
 from edge_stream.runtime.manifest import load_manifest
 
 PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,7 +74,7 @@ def test_the_buffer_grows_past_its_first_capacity_without_changing_logits(gqa):
     x = ids(model, 700, 1)
     stream = model.open_stream()
     got = feed_in_chunks(stream, x, [37] * 18 + [34])
-    assert stream.state.kv_buffer.capacity >= 700
+    assert stream.state.kv.buffer.capacity >= 700
     np.testing.assert_allclose(got, reference_logits(ref, x), atol=TOL, rtol=0)
 
 
@@ -82,14 +83,14 @@ def test_appending_writes_in_place_and_a_held_branch_is_copied_not_overwritten(g
     a, x, y = ids(model, 20, 2), ids(model, 9, 3), ids(model, 7, 4)
     stream = model.open_stream()
     stream.feed(a)
-    buf = stream.state.kv_buffer
+    buf = stream.state.kv.buffer
     at_a = stream.snapshot()
     stream.feed(x)
-    assert stream.state.kv_buffer is buf  # appended in place: nothing copied
+    assert stream.state.kv.buffer is buf  # appended in place: nothing copied
     at_ax = stream.snapshot()
     stream.restore(at_a)
     got_ay = stream.feed(y).logits  # at_ax claims the entries after a: this branch copies
-    assert stream.state.kv_buffer is not buf
+    assert stream.state.kv.buffer is not buf
     np.testing.assert_allclose(got_ay, reference_logits(ref, np.concatenate([a, y]))[20:], atol=TOL, rtol=0)
     stream.restore(at_ax)  # the other branch's entries were never overwritten
     got_axy = stream.feed(y).logits
@@ -101,12 +102,12 @@ def test_a_branch_nobody_holds_gives_its_entries_back(gqa):
     a, x, y = ids(model, 20, 5), ids(model, 9, 6), ids(model, 7, 7)
     stream = model.open_stream()
     stream.feed(a)
-    buf = stream.state.kv_buffer
+    buf = stream.state.kv.buffer
     at_a = stream.snapshot()
     stream.feed(x)
     stream.restore(at_a)  # the longer state is gone: nothing claims the entries after a
     got = stream.feed(y).logits
-    assert stream.state.kv_buffer is buf
+    assert stream.state.kv.buffer is buf
     np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, y]))[20:], atol=TOL, rtol=0)
 
 
@@ -131,13 +132,31 @@ def test_greedy_generation_equals_the_copying_path(gqa):
     assert runs[0] == runs[1] and len(runs[0]) == 20
 
 
-def test_two_streams_restored_from_one_snapshot_run_concurrently(gqa):
+def test_two_streams_restored_from_one_snapshot_run_concurrently(gqa, monkeypatch):
+    """Both streams may write after the snapshot's entries; the buffer's lock makes "nobody claims
+    or writes past here" and "I write now" one step, so they never write the same entries. A barrier
+    inside the check holds the first thread there until the second arrives: with the lock the
+    second waits outside (the barrier times out), without it both pass the check together."""
     model, ref = gqa
     a = ids(model, 25, 12)
     tails = [ids(model, 30, 13), ids(model, 30, 14)]
     origin = model.open_stream()
     origin.feed(a)
     snap = origin.snapshot()
+    barrier, first_check = threading.Barrier(2, timeout=1.0), threading.local()
+    free = KVBuffer._free
+
+    def free_after_both_arrive(buf, length, n):
+        verdict = free(buf, length, n)
+        if not getattr(first_check, "done", False):  # each thread's first reservation only
+            first_check.done = True
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:  # the other thread is held off by the lock
+                pass
+        return verdict
+
+    monkeypatch.setattr(KVBuffer, "_free", free_after_both_arrive)
     results, errors = [None, None], []
 
     def run(i):
@@ -156,6 +175,7 @@ def test_two_streams_restored_from_one_snapshot_run_concurrently(gqa):
     assert not errors
     for tail, got in zip(tails, results):
         np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, tail]))[25:], atol=TOL, rtol=0)
+    assert barrier.broken  # both reached the check together and the second was held off until the first decided
 
 
 def test_a_rejected_chunk_leaves_the_stream_and_its_buffer_as_they_were(gqa):
@@ -168,7 +188,7 @@ def test_a_rejected_chunk_leaves_the_stream_and_its_buffer_as_they_were(gqa):
         stream.feed(np.array([1, model.manifest.input.vocab_size]))
     assert stream.state is before
     got = stream.feed(b).logits
-    assert stream.state.kv_buffer is before.kv_buffer
+    assert stream.state.kv.buffer is before.kv.buffer
     np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, b]))[15:], atol=TOL, rtol=0)
 
 
@@ -180,7 +200,7 @@ def test_a_window_evicts_the_same_way_on_both_paths(gqa):
     shared, copying = model.open_stream(**opts), model.open_stream(kv_io="concat", **opts)
     got_shared, got_copying = feed_in_chunks(shared, x, sizes), feed_in_chunks(copying, x, sizes)
     assert shared.state.evicted > 0 and shared.cache_len <= 68
-    assert shared.state.kv_buffer.capacity == 68
+    assert shared.state.kv.buffer.capacity == 68
     assert shared.state.cache_positions[-1] == 299  # evicted, not re-encoded: positions keep growing
     np.testing.assert_allclose(got_shared, got_copying, atol=1e-5, rtol=0)
 

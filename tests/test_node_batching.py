@@ -7,31 +7,14 @@ import time
 
 import numpy as np
 import pytest
-from nodekit import clients, start_node
+from nodekit import clients, random_chunks, runtime_vad, start_node
 
 from edge_stream.errors import InputError
 from edge_stream.node.policies import BlockPolicy
 
 
 def chunked(samples: np.ndarray, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    cuts, i = [], 0
-    while i < len(samples):
-        n = int(rng.integers(200, 2500))
-        cuts.append(samples[i:i + n])
-        i += n
-    return cuts
-
-
-def solo(model, chunks) -> tuple[list[np.ndarray], list]:
-    """Per-chunk probabilities and speech events of the runtime fed alone."""
-    s = model.open_stream()
-    probs, events = [], []
-    for c in chunks:
-        out = s.feed(c)
-        probs.append(out.probs)
-        events += [("speech_start" if "start" in e else "speech_end", next(iter(e.values()))) for e in out.events]
-    return probs, events
+    return random_chunks(samples, seed, sizes=(200, 2500))
 
 
 def test_policy_batch_equals_each_stream_alone(vad_model, speech):
@@ -51,7 +34,7 @@ def test_policy_batch_equals_each_stream_alone(vad_model, speech):
             assert outs[0].kind == "result" and outs[0].infer_ms > 0
             got[k].append(outs[0].data)
     for k in range(len(audios)):
-        ref, _ = solo(vad_model, chunks[k][:len(got[k])])
+        ref, _ = runtime_vad(vad_model, chunks[k][:len(got[k])])
         for a, b in zip(got[k], ref):
             np.testing.assert_array_equal(a, b)
 
@@ -64,8 +47,8 @@ def test_a_refused_chunk_in_a_batch_changes_no_stream(vad_model, speech):
         def __init__(self, data):
             self.data, self.text, self.extra = data, None, {}
 
-    with pytest.raises(InputError, match="finite"):
-        policy.chunks_batched([a, b], [Msg(speech[:4000]), Msg(np.full(600, np.nan, np.float32))])
+    with pytest.raises(InputError, match="float64"):  # finiteness is the wire's; the stream checks dtype
+        policy.chunks_batched([a, b], [Msg(speech[:4000]), Msg(np.zeros(600, np.float64))])
     assert a.samples_fed == b.samples_fed == 0
 
 
@@ -101,7 +84,7 @@ def test_burst_of_streams_on_one_worker_is_batched_and_equals_the_runtime(vad_di
             mine = [r for r in recs if r.header.get("stream") == n]
             results = [r for r in mine if r.kind == "result"]
             assert [r.header["in_seq"] for r in results] == list(range(len(chunks[n])))
-            ref_probs, ref_events = solo(vad_model, chunks[n])
+            ref_probs, ref_events = runtime_vad(vad_model, chunks[n])
             for r, ref in zip(results, ref_probs):
                 np.testing.assert_array_equal(r.data, ref)
             events = [(r.header["event"], r.header["sample"]) for r in mine

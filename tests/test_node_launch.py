@@ -4,17 +4,14 @@ shutting down cleanly on SIGTERM and SIGINT."""
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from nodekit import collect, done_for
+from nodekit import collect, done_for, wait_subscribed
 
 from edge_stream import ConfigError
+from edge_stream.bench.node import start_node_process
 from edge_stream.node.client import Publisher, Subscriber
 from edge_stream.node.config import launch_from_dict, load_launch
 from edge_stream.node.node import Node
@@ -93,34 +90,14 @@ def test_sensors_and_nodes_meet_through_the_proxy(vad_dir):
         proxy.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_run_serves_and_stops_cleanly_on_a_signal(vad_dir, tmp_path, sig):
-    ports = [_free_port() for _ in range(2)]
-    launch = tmp_path / "t.toml"
-    launch.write_text(f"""
-[[node]]
-name = "cli"
-input.bind = ["tcp://127.0.0.1:{ports[0]}"]
-output.bind = ["tcp://127.0.0.1:{ports[1]}"]
-[[node.models]]
-name = "vad"
-dir = "{vad_dir}"
-topics = ["mic"]
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli.node", "run", str(launch)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc, ep_in, ep_out = start_node_process(str(vad_dir), "tcp", tmp_path)  # `edge-stream run`, ready
     try:
-        assert "ready" in proc.stdout.readline()
-        sub = Subscriber(["out/c"], connect=[f"tcp://127.0.0.1:{ports[1]}"])
-        pub = Publisher("mic", connect=[f"tcp://127.0.0.1:{ports[0]}"])
+        sub = Subscriber(["out/c"], connect=[ep_out])
+        pub = Publisher("mic", connect=[ep_in])
         assert pub.wait_ready(5)
-        time.sleep(0.3)
+        wait_subscribed(None, sub)
         pub.send(np.zeros(512, np.float32), stream="c")
         assert [r.kind for r in collect(sub, lambda r: True)] == ["result"]
         pub.send(np.zeros(512, np.float32), stream="c")  # still connected while the node stops

@@ -1,7 +1,7 @@
 """The voice pipeline: VAD gate -> recognizer -> parser nodes chained over real ZeroMQ sockets (loopback).
 
 Forwarded messages are read with a plain SUB socket and validated with wire.decode_input,
-exactly as the next node's input boundary does. Models: models/silero-vad and the committed
+exactly as the next node's input boundary does. Models: the session's Silero VAD export (conftest `vad_dir`) and the committed
 models/command-recognizer and models/command-parser; audio: tests/data/commands.
 """
 
@@ -24,16 +24,12 @@ from edge_stream.node.node import Node, make_node_config
 from edge_stream.voice.speech_gate import SpeechGate
 
 ROOT = Path(__file__).resolve().parent.parent
-VAD_DIR = ROOT / "models" / "silero-vad"
 RECOGNIZER_DIR = ROOT / "models" / "command-recognizer"
 PARSER_DIR = ROOT / "models" / "command-parser"
 WAVS = ROOT / "tests" / "data" / "commands"
 SR = 16000
 VAD_OPTIONS = {"threshold": 0.5, "min_silence_ms": 300.0, "speech_pad_ms": 100.0}  # as launch/voice_commands.toml
 
-needs_models = pytest.mark.skipif(not (RECOGNIZER_DIR / "manifest.json").exists()
-                                  or not (PARSER_DIR / "manifest.json").exists(),
-                                  reason="models/command-recognizer or models/command-parser not built yet")
 
 
 def wav(name: str) -> np.ndarray:
@@ -47,8 +43,8 @@ def transcript(name: str) -> str:
     return next(u["text"] for u in meta["utterances"] if u["file"] == name)
 
 
-def vad_model(**extra) -> dict:
-    return {"name": "vad", "dir": str(VAD_DIR), "topics": ["mic"], "forward_topic": "speech",
+def vad_route(vad_dir, **extra) -> dict:
+    return {"name": "vad", "dir": str(vad_dir), "topics": ["mic"], "forward_topic": "speech",
             "stream_options": dict(VAD_OPTIONS), **extra}
 
 
@@ -98,11 +94,11 @@ def connected_publisher(node: Node, topic: str) -> Publisher:
     return pub
 
 
-def reference_segments(audio: np.ndarray) -> list[tuple[int, int]]:
+def reference_segments(audio: np.ndarray, vad_dir) -> list[tuple[int, int]]:
     """(start, end) samples of the VAD's events on `audio`, from the runtime directly (no node)."""
     import edge_stream as es
 
-    stream = es.load(VAD_DIR).open_stream(**VAD_OPTIONS)
+    stream = es.load(vad_dir).open_stream(**VAD_OPTIONS)
     events = stream.feed(audio).events
     starts = [e["start"] for e in events if "start" in e]
     ends = [e["end"] for e in events if "end" in e]
@@ -144,16 +140,16 @@ def test_gate_finish_closes_an_open_segment_at_the_last_sample():
 # ----- nodes over ZeroMQ -----------------------------------------------------------------------------
 
 
-def test_vad_node_forwards_exactly_the_speech_segments():
+def test_vad_node_forwards_exactly_the_speech_segments(vad_dir):
     silence = np.zeros(SR, np.float32)
     audio = np.concatenate([wav("command_0.wav"), silence, wav("command_1.wav"), silence])
-    segments = reference_segments(audio)
+    segments = reference_segments(audio, vad_dir)
     assert len(segments) == 2
-    node = start_node([vad_model()], name="vad")
+    node = start_node([vad_route(vad_dir)], name="vad")
     tap = ForwardTap(node, "speech")
     try:
         pub = connected_publisher(node, "mic")
-        time.sleep(0.2)  # the tap's subscription reaches the node's XPUB
+        wait_subscribed(node, tap)  # the tap's subscription reached the node's XPUB (its stats heartbeat came)
         publish(pub, audio, end=False)
         got = tap.collect(lambda m: m.kind == "end" and m.extra["segment"] == 1)
     finally:
@@ -197,7 +193,7 @@ def run_recognizer_node(audio: np.ndarray, end: bool = True, **end_fields) -> li
     tap = ForwardTap(node, "words")
     try:
         pub = connected_publisher(node, "speech")
-        time.sleep(0.2)  # the tap's subscription reaches the node's XPUB
+        wait_subscribed(node, tap)  # the tap's subscription reached the node's XPUB (its stats heartbeat came)
         publish(pub, audio, stream="seg", chunk=640, end=False)
         if end:
             pub.end(stream="seg", **end_fields)
@@ -209,7 +205,6 @@ def run_recognizer_node(audio: np.ndarray, end: bool = True, **end_fields) -> li
         node.stop()
 
 
-@needs_models
 def test_recognizer_node_forwards_the_words_the_runtime_decodes_then_the_end():
     audio = wav("command_1.wav")
     got = run_recognizer_node(audio, segment=7, t_speech_end_ns=123)
@@ -220,7 +215,6 @@ def test_recognizer_node_forwards_the_words_the_runtime_decodes_then_the_end():
     assert [m.seq for m in got] == list(range(len(got)))
 
 
-@needs_models
 def test_recognizer_node_forwards_words_before_the_audio_ends():
     audio = wav("command_1.wav")[:20000]  # "turn left ninety degrees" cut in "ninety": no end sent
     expected = runtime_words(audio, flush=False)
@@ -229,14 +223,12 @@ def test_recognizer_node_forwards_words_before_the_audio_ends():
     assert [m.text for m in got] == expected and all(m.kind == "chunk" for m in got)
 
 
-@needs_models
 @pytest.mark.parametrize("name", ["command_1.wav", "command_2.wav"])
 def test_recognizer_node_publishes_the_words_of_a_wav(name):
     got = run_recognizer_node(wav(name))
     assert " ".join(m.text for m in got if m.kind == "chunk") == transcript(name)
 
 
-@needs_models
 def test_parser_node_sends_stop_the_moment_the_word_arrives():
     node = start_node([parser_model()], name="parser", output_topic="commands/{stream}")
     sub = Subscriber(["commands/"], connect=node.endpoints["output"], prefix=True)
@@ -257,7 +249,6 @@ def test_parser_node_sends_stop_the_moment_the_word_arrives():
     assert done[-1].header["command"] == "stop" and done[-1].header["words"] == ["okay", "stop", "now"]
 
 
-@needs_models
 def test_parser_node_turns_words_into_a_command_field_by_field():
     node = start_node([parser_model()], name="parser", output_topic="commands/{stream}")
     sub = Subscriber(["commands/"], connect=node.endpoints["output"], prefix=True)
@@ -279,9 +270,9 @@ def test_parser_node_turns_words_into_a_command_field_by_field():
     assert (done["amount"], done["unit"], done["segment"], done["t_speech_end_ns"]) == (90.0, "deg", 3, 123)
 
 
-def run_chain(audio: np.ndarray, wait_for_end: bool, n_commands: int) -> list:
+def run_chain(audio: np.ndarray, wait_for_end: bool, n_commands: int, vad_dir) -> list:
     """Three chained Node objects (real sockets); `audio` then an end into the VAD; CommandRecords."""
-    vad = start_node([vad_model()], name="vad")
+    vad = start_node([vad_route(vad_dir)], name="vad")
     nodes = [vad]
     try:
         rec = Node(make_node_config(name="recognizer", input={"connect": vad.endpoints["output"]},
@@ -294,7 +285,7 @@ def run_chain(audio: np.ndarray, wait_for_end: bool, n_commands: int) -> list:
         nodes.append(parser)
         sub = Subscriber(["commands/"], connect=parser.endpoints["output"], prefix=True)
         wait_subscribed(parser, sub)
-        time.sleep(0.3)  # the chain's own subscriptions (recognizer -> VAD, parser -> recognizer)
+        assert vad.wait_output_subscribed("speech") and rec.wait_output_subscribed("words"), "chain not subscribed"
         pub = connected_publisher(vad, "mic")
         publish(pub, audio)
         tracker, records = CommandTracker(), []
@@ -315,29 +306,27 @@ def two_commands() -> np.ndarray:
     return np.concatenate([wav("command_0.wav"), silence, wav("command_1.wav"), silence])  # "stop", "turn left ..."
 
 
-@needs_models
 @pytest.mark.parametrize("wait_for_end", [False, True], ids=["streaming", "batch"])
-def test_three_chained_nodes_give_the_commands_of_the_policies_run_in_process(wait_for_end):
+def test_three_chained_nodes_give_the_commands_of_the_policies_run_in_process(wait_for_end, vad_dir):
     from edge_stream.cli.voice_report import PolicyChain
 
     audio = two_commands()
     cfgs = [make_node_config(name=n, input={"bind": ["tcp://127.0.0.1:*"]}, output={"bind": ["tcp://127.0.0.1:*"]},
                              models=[m]).models[0]
-            for n, m in (("vad", vad_model()), ("recognizer", recognizer_model(wait_for_end=wait_for_end)),
+            for n, m in (("vad", vad_route(vad_dir)), ("recognizer", recognizer_model(wait_for_end=wait_for_end)),
                          ("parser", parser_model(wait_for_end=wait_for_end)))]
     reference = PolicyChain(cfgs).run(audio, tail_s=0.0)
     assert reference.commands  # at least one segment produced words
-    records = run_chain(audio, wait_for_end, len(reference.commands))
+    records = run_chain(audio, wait_for_end, len(reference.commands), vad_dir)
     assert [r.command for r in records] == reference.commands
     assert [w for r in records for w in r.words] == reference.words
     assert all(r.t_speech_end_ns is not None and r.t_done_pub_ns > r.t_speech_end_ns for r in records)
     assert [r.segment for r in records] == sorted({r.segment for r in records})  # in order, one each
 
 
-@needs_models
 @pytest.mark.parametrize("wait_for_end", [False, True], ids=["streaming", "batch"])
-def test_three_chained_nodes_turn_a_wav_into_its_command(wait_for_end):
-    records = run_chain(two_commands(), wait_for_end, 2)
+def test_three_chained_nodes_turn_a_wav_into_its_command(wait_for_end, vad_dir):
+    records = run_chain(two_commands(), wait_for_end, 2, vad_dir)
     assert [r.command for r in records] == ["stop", "turn left 90 deg"]
     if not wait_for_end:  # streaming: the stop went out as a field, before the segment's end
         assert records[0].fields[0] == "stop"

@@ -5,49 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from streamkit import TOL, chunk_sizes, feed_in_chunks, reference_logits, window_mask
 
 import edge_stream as es
 from edge_stream.runtime.sequence import StreamSession
 
-TOL = 1e-4
 KINDS = ("llama", "qwen2", "gpt2")
 PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def reference_logits(ref, ids, attention_mask=None) -> np.ndarray:
-    """The PyTorch model's full-sequence logits [n, vocab] (one forward, no cache)."""
-    with torch.no_grad():
-        kwargs = {}
-        if attention_mask is not None:
-            kwargs = dict(attention_mask=attention_mask, position_ids=torch.arange(len(ids))[None])
-        return ref(torch.tensor(np.asarray(ids)[None]), **kwargs).logits[0].numpy()
-
-
-def chunk_sizes(draw_sizes, total, largest=None):
-    """Chunk lengths covering `total`: the drawn sizes, then the rest in pieces <= largest."""
-    out, i = [], 0
-    for n in draw_sizes:
-        if i >= total:
-            break
-        n = min(n, total - i)
-        out.append(n)
-        i += n
-    largest = largest or total
-    while i < total:
-        out.append(min(largest, total - i))
-        i += out[-1]
-    return out
-
-
-def feed_in_chunks(stream, ids, sizes) -> np.ndarray:
-    parts, i = [], 0
-    for n in sizes:
-        parts.append(stream.feed(ids[i:i + n]).logits)
-        i += n
-    return np.concatenate(parts)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -123,8 +89,8 @@ def test_restore_rejects_snapshot_of_another_model(loaded_models):
 
 def test_streams_of_one_model_are_independent(loaded_models):
     model, ref = loaded_models("llama")
-    rng = np.random.default_rng(11)
-    a, b = rng.integers(0, 512, 30), rng.integers(0, 512, 30)
+    rng, vocab = np.random.default_rng(11), model.manifest.input.vocab_size
+    a, b = rng.integers(0, vocab, 30), rng.integers(0, vocab, 30)
     s1, s2 = model.open_stream(), model.open_stream()
     out1, out2 = [], []
     for i in range(0, 30, 5):  # interleaved chunks
@@ -155,7 +121,7 @@ def test_greedy_generate_matches_reference_argmax_loop(loaded_models, kind):
 
 def test_feed_after_generate_continues_after_the_generated_tokens(loaded_models):
     model, ref = loaded_models("llama")
-    prompt = np.random.default_rng(4).integers(0, 512, 10)
+    prompt = np.random.default_rng(4).integers(0, model.manifest.input.vocab_size, 10)
     stream = model.open_stream()
     stream.feed(prompt)
     generated = [p.token_id for p in stream.generate(max_new_tokens=6, stop_token_ids=[])]
@@ -227,30 +193,6 @@ def test_generated_text_deltas_join_to_the_decoded_tokens(loaded_models):
 
 # ----- sliding window with attention sinks -----------------------------------------------------
 
-def window_mask(sizes, sinks, window, evict_block) -> torch.Tensor:
-    """Additive 4D mask [1, 1, T, T]: query q sees what the cache held when its chunk ran.
-
-    Derived from the policy, not from the implementation: when a chunk of n would
-    overflow sinks + window, the oldest max(overflow, evict_block) non-sink entries
-    leave; the chunk then sees the cache plus itself, causally.
-    """
-    total = sum(sizes)
-    allow = np.zeros((total, total), dtype=bool)
-    cache: list[int] = []
-    p = 0
-    for n in sizes:
-        overflow = len(cache) + n - (sinks + window)
-        if overflow > 0:
-            del cache[sinks:sinks + max(overflow, evict_block)]
-        for q in range(p, p + n):
-            allow[q, cache] = True
-            allow[q, p:q + 1] = True
-        cache += range(p, p + n)
-        p += n
-    mask = torch.zeros(1, 1, total, total)
-    mask[0, 0][~torch.from_numpy(allow)] = torch.finfo(torch.float32).min
-    return mask
-
 
 @pytest.mark.parametrize("kind", ("llama", "qwen2"))
 @PROPERTY
@@ -261,7 +203,7 @@ def test_rotary_window_equals_reference_with_the_retained_keys(loaded_models, ki
     window = data.draw(st.integers(4, 16), label="window")
     evict_block = data.draw(st.integers(1, window), label="evict_block")
     total = data.draw(st.integers(20, 90), label="tokens")
-    ids = np.random.default_rng(total + window).integers(0, 512, total)
+    ids = np.random.default_rng(total + window).integers(0, model.manifest.input.vocab_size, total)
     sizes = chunk_sizes(data.draw(st.lists(st.integers(1, window), min_size=1, max_size=90)), total, window)
     stream = model.open_stream(kv_window=window, sink_tokens=sinks, evict_block=evict_block)
     parts = []
@@ -287,7 +229,7 @@ def test_learned_positions_reencode_the_retained_window_and_never_exceed_max(loa
     sinks = data.draw(st.integers(0, 4), label="sinks")
     window = data.draw(st.integers(8, 48), label="window")
     total = data.draw(st.integers(max_pos + 1, 3 * max_pos), label="tokens")
-    ids = np.random.default_rng(total).integers(0, 512, total)
+    ids = np.random.default_rng(total).integers(0, model.manifest.input.vocab_size, total)
     sizes = chunk_sizes(data.draw(st.lists(st.integers(1, window), min_size=1, max_size=60)), total, window)
     stream = model.open_stream(kv_window=window, sink_tokens=sinks)
     i, reencodes = 0, 0
@@ -313,7 +255,7 @@ def test_window_keeps_cache_bounded_on_a_long_stream(loaded_models):
     stream = model.open_stream(kv_window=32, sink_tokens=4)
     rng = np.random.default_rng(0)
     for _ in range(100):
-        stream.feed(rng.integers(0, 512, 16))
+        stream.feed(rng.integers(0, model.manifest.input.vocab_size, 16))
     assert stream.position == 1600
     assert stream.cache_len == 36
     assert stream.state.evicted == 1600 - 36
@@ -340,15 +282,15 @@ def test_window_wider_than_learned_positions_is_a_config_error(loaded_models):
 
 # ----- bad input: clear errors, state unchanged --------------------------------------------
 
-BAD_CHUNKS = {
-    "float ids": np.array([1.0, 2.0]),
-    "two rows": np.array([[1, 2], [3, 4]]),
-    "rank 3": np.zeros((1, 1, 2), dtype=np.int64),
-    "empty": np.zeros(0, dtype=np.int64),
-    "negative id": np.array([3, -1]),
-    "id past vocabulary": np.array([3, 512]),
-    "not an array": "hello",
-    "bool": np.array([True, False]),
+BAD_CHUNKS = {  # vocab -> chunk
+    "float ids": lambda vocab: np.array([1.0, 2.0]),
+    "two rows": lambda vocab: np.array([[1, 2], [3, 4]]),
+    "rank 3": lambda vocab: np.zeros((1, 1, 2), dtype=np.int64),
+    "empty": lambda vocab: np.zeros(0, dtype=np.int64),
+    "negative id": lambda vocab: np.array([3, -1]),
+    "id past vocabulary": lambda vocab: np.array([3, vocab]),
+    "not an array": lambda vocab: "hello",
+    "bool": lambda vocab: np.array([True, False]),
 }
 
 
@@ -360,7 +302,7 @@ def test_bad_chunk_raises_input_error_and_loses_nothing(loaded_models, what):
     stream.feed(a)
     before = stream.snapshot()
     with pytest.raises(es.InputError):
-        stream.feed(BAD_CHUNKS[what])
+        stream.feed(BAD_CHUNKS[what](model.manifest.input.vocab_size))
     assert stream.snapshot() is before
     got = stream.feed(b).logits
     np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, b]))[20:], atol=TOL, rtol=0)
@@ -368,8 +310,9 @@ def test_bad_chunk_raises_input_error_and_loses_nothing(loaded_models, what):
 
 def test_error_message_names_model_field_and_expected_value(loaded_models):
     model, _ = loaded_models("llama")
-    with pytest.raises(es.InputError, match=r"token id 600 is outside the vocabulary \[0, 512\)"):
-        model.open_stream().feed([1, 600])
+    vocab = model.manifest.input.vocab_size
+    with pytest.raises(es.InputError, match=rf"token id {vocab + 88} is outside the vocabulary \[0, {vocab}\)"):
+        model.open_stream().feed([1, vocab + 88])
     with pytest.raises(es.InputError, match="float64"):
         model.open_stream().feed(np.array([1.5]))
 

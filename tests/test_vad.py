@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import edge_stream as es
 from edge_stream.errors import ConfigError, InputError, StreamStateError
-from edge_stream.runtime.blocks import BlockOutput, run_blocks_batched
-from edge_stream.voice.vad import VadEvents
+from edge_stream.runtime.blocks import BlockOutput, BlockStream
+from edge_stream.voice.vad import VadEvents, VadStream
 
 BLOCK = 512
 
@@ -176,7 +176,7 @@ def _inf_chunk(n):
 
 BAD_CHUNKS = {
     "float64": (lambda: np.zeros(1000, np.float64), "float64"),
-    "int16": (lambda: np.zeros(1000, np.int16), "int16"),
+    "int32": (lambda: np.zeros(1000, np.int32), "expected float32, int16 (PCM) or float16"),
     "two-channels": (lambda: np.zeros((2, 1000), np.float32), "[2, 1000]"),
     "nan": (lambda: _nan_chunk(1000), "nan"),
     "inf": (lambda: _inf_chunk(1000), "inf"),
@@ -199,6 +199,33 @@ def test_rejected_chunk_raises_input_error_and_leaves_the_stream_unchanged(vad_m
     rest = stream.feed(speech[3000:])  # continues as if the bad chunk never came
     same_results((np.concatenate([first.probs, rest.probs]), first.events + rest.events), blocked)
     assert rest.start_sample == first.start_sample + len(first.probs) * BLOCK
+
+
+def test_int16_pcm_and_float16_samples_equal_their_float32_values(vad_model, speech):
+    pcm = np.round(speech[:20_000] * 32767).astype(np.int16)
+    as_float = vad_model.open_stream().feed(pcm.astype(np.float32) / 32768)
+    out = vad_model.open_stream().feed(pcm)
+    np.testing.assert_array_equal(out.probs, as_float.probs)
+    assert out.samples.dtype == np.float32 and out.events == as_float.events
+    half = speech[:20_000].astype(np.float16)
+    np.testing.assert_array_equal(vad_model.open_stream().feed(half).probs,
+                                  vad_model.open_stream().feed(half.astype(np.float32)).probs)
+
+
+def test_a_sample_rate_other_than_the_models_is_refused(vad_model):
+    stream = vad_model.open_stream()
+    assert len(stream.feed(np.zeros(BLOCK, np.float32), sr=16000).probs) == 1
+    with pytest.raises(InputError, match="sr 8000 is not supported; this model takes 16000 Hz"):
+        stream.feed(np.zeros(BLOCK, np.float32), sr=8000)
+    assert stream.samples_fed == BLOCK
+
+
+def test_es_load_gives_vad_streams_and_the_runtime_alone_gives_probabilities_only(vad_dir, vad_model):
+    from edge_stream.runtime.model import load
+
+    assert isinstance(vad_model.open_stream(), VadStream)
+    bare = load(vad_dir, intra_op_threads=1).open_stream()
+    assert isinstance(bare, BlockStream) and not hasattr(bare.feed(np.zeros(BLOCK, np.float32)), "events")
 
 
 def test_max_chunk_is_configurable(vad_model):
@@ -280,10 +307,10 @@ def test_snapshot_is_not_disturbed_by_later_feeds(vad_model, speech):
     stream = vad_model.open_stream()
     stream.feed(speech[:30_000])
     snap = stream.snapshot()
-    saved = (snap.tail.copy(), snap.states[0].copy())
+    saved = (snap.blocks.tail.copy(), snap.blocks.states[0].copy())
     stream.feed(speech[30_000:90_000])
-    np.testing.assert_array_equal(snap.tail, saved[0])
-    np.testing.assert_array_equal(snap.states[0], saved[1])
+    np.testing.assert_array_equal(snap.blocks.tail, saved[0])
+    np.testing.assert_array_equal(snap.blocks.states[0], saved[1])
 
 
 def test_restore_rejects_a_snapshot_of_another_model(vad_dir, vad_model):
@@ -319,8 +346,8 @@ def test_batched_streams_match_solo_streams(vad_model, speech, blocked):
     while any(p < len(speech) for p in pos):
         live = [k for k in range(3) if pos[k] < len(speech)]
         sizes = [int(rng.integers(1, 4000)) for _ in live]  # different chunk sizes per stream
-        results = run_blocks_batched([streams[k] for k in live],
-                                     [audios[k][pos[k]:pos[k] + n] for k, n in zip(live, sizes)])
+        results = VadStream.feed_batched([streams[k] for k in live],
+                                         [audios[k][pos[k]:pos[k] + n] for k, n in zip(live, sizes)])
         for k, n, out in zip(live, sizes, results):
             outs[k].append(out)
             pos[k] += n
@@ -336,13 +363,13 @@ def test_batched_rejection_leaves_every_stream_unchanged(vad_model, speech):
     a.feed(speech[:1000])
     before = [(s.samples_fed, s.pending_samples) for s in (a, b)]
     with pytest.raises(InputError, match="float64"):
-        run_blocks_batched([a, b], [speech[1000:5000], speech[:4000].astype(np.float64)])
+        VadStream.feed_batched([a, b], [speech[1000:5000], speech[:4000].astype(np.float64)])
     assert [(s.samples_fed, s.pending_samples) for s in (a, b)] == before
 
 
 def test_stream_continues_alone_after_batched_feeds(vad_model, speech, blocked):
     a, b = vad_model.open_stream(), vad_model.open_stream()
-    first = run_blocks_batched([a, b], [speech[:50_000], speech[:30_000]])[0]
+    first = VadStream.feed_batched([a, b], [speech[:50_000], speech[:30_000]])[0]
     rest = a.feed(speech[50_000:])  # its state is now a slice of a batched output
     np.testing.assert_allclose(np.concatenate([first.probs, rest.probs]), blocked[0], atol=1e-5, rtol=0)
     assert first.events + rest.events == blocked[1]

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_stream.bench.common import timed_ms
+from edge_stream.stats import dist
+
 log = logging.getLogger(__name__)
 
 # Peer -> the module it needs; a peer whose module is missing is skipped with the reason.
@@ -357,12 +360,6 @@ def make_engines(cfg, ours: dict, hf_dir: Path | None) -> tuple[list, dict]:
 # ----- scenarios -----------------------------------------------------------------------------
 
 
-def _dist(values) -> dict:
-    from edge_stream.bench.run import dist
-
-    return dist(values)
-
-
 def lockstep_groups(engines: list) -> list[list]:
     """ONNX Runtime engines advance together; PyTorch runs in its own phase after them.
 
@@ -393,8 +390,6 @@ def scenario_ttft(engines: list, cfg, rng: np.random.Generator) -> dict:
     longest length measures every n (the token is chosen, then forgotten, and the stream
     goes on). Batch: the whole n-token input fed at once from an empty state, plus the choice.
     """
-    from edge_stream.bench.run import _timed_ms
-
     engines = [e for e in engines if not getattr(e, "decode_only", False)]
     c, lengths = cfg.chunk, sorted(cfg.ttft_lengths)
     if any(n % c for n in lengths):
@@ -419,7 +414,7 @@ def scenario_ttft(engines: list, cfg, rng: np.random.Generator) -> dict:
                 end = j + c
                 for e in _rotated(group, i + rep):
                     r = res[e.name]
-                    ms = _timed_ms(lambda: e.feed(prompt[j:end]))
+                    ms = timed_ms(lambda: e.feed(prompt[j:end]))
                     r["chunk"].append(ms)
                     if rep == 0:
                         r["trace"].append([end, ms])
@@ -443,10 +438,10 @@ def scenario_ttft(engines: list, cfg, rng: np.random.Generator) -> dict:
     out_engines = {}
     for e in engines:
         r = res[e.name]
-        streamed = {str(n): _dist(v) for n, v in r["streamed"].items()}
-        batch = {str(n): _dist(v) for n, v in r["batch"].items()}
+        streamed = {str(n): dist(v) for n, v in r["streamed"].items()}
+        batch = {str(n): dist(v) for n, v in r["batch"].items()}
         out_engines[e.name] = {
-            "streamed_ms": streamed, "batch_ms": batch, "chunk_ms": _dist(r["chunk"]), "chunk_trace": r["trace"],
+            "streamed_ms": streamed, "batch_ms": batch, "chunk_ms": dist(r["chunk"]), "chunk_trace": r["trace"],
             "batch_over_streamed": {str(n): batch[str(n)]["p50"] / streamed[str(n)]["p50"] for n in lengths},
             "same_first_token": all(r["tokens_streamed"][n] == r["tokens_batch"][n] for n in lengths)}
         if e.name in solo:
@@ -472,8 +467,6 @@ def _ttft_solo(engines: list, cfg, prompt: np.ndarray, lengths: list) -> dict:
     """The same streamed and batch measurements with one engine at a time: between its own
     chunks no other engine runs, so its weights stay in the caches as they do on a machine
     that serves one model. (Lockstep, every run follows other engines' runs: a cold cache.)"""
-    from edge_stream.bench.run import _timed_ms
-
     c, top = cfg.chunk, lengths[-1]
     out = {}
     for e in engines:
@@ -483,7 +476,7 @@ def _ttft_solo(engines: list, cfg, prompt: np.ndarray, lengths: list) -> dict:
         for _ in range(cfg.ttft_repeats):
             e.reset(top + 8)
             for j in range(0, top, c):
-                ms = _timed_ms(lambda: e.feed(prompt[j:j + c]))
+                ms = timed_ms(lambda: e.feed(prompt[j:j + c]))
                 if j + c in streamed:
                     t0 = time.perf_counter_ns()
                     e.first_token()
@@ -496,8 +489,8 @@ def _ttft_solo(engines: list, cfg, prompt: np.ndarray, lengths: list) -> dict:
                 e.first_token()
                 batch[n].append((time.perf_counter_ns() - t0) / 1e6)
                 e.undo_token()
-        s = {str(n): _dist(v) for n, v in streamed.items()}
-        b = {str(n): _dist(v) for n, v in batch.items()}
+        s = {str(n): dist(v) for n, v in streamed.items()}
+        b = {str(n): dist(v) for n, v in batch.items()}
         out[e.name] = {"streamed_ms": s, "batch_ms": b,
                        "batch_over_streamed": {str(n): b[str(n)]["p50"] / s[str(n)]["p50"] for n in lengths}}
         log.info("ttft solo %-14s batch/streamed at %d = %.1f", e.name, top,
@@ -536,7 +529,7 @@ def scenario_decode(engines: list, cfg, rng: np.random.Generator) -> dict:
                         times[e.name].append(ms)
     out = {}
     for e in engines:
-        d = _dist(times[e.name])
+        d = dist(times[e.name])
         floor_ms = e.weight_bytes / (bw["read_gb_s"] * 1e9) * 1e3
         size_bw = at_size[max(1, round(e.weight_bytes / 2**20))]
         floor_at_size_ms = e.weight_bytes / (size_bw * 1e9) * 1e3
@@ -593,7 +586,7 @@ def _decode_pairs(engines: list, cfg, prompt: np.ndarray) -> dict:
                 side.step()
                 times.append((time.perf_counter_ns() - t0) / 1e6)
         ta, tb = np.array(ta[2:]), np.array(tb[2:])  # the first steps of a fresh cache allocate
-        out[f"{name}/{peer.name}"] = {"ours_ms": _dist(ta), "peer_ms": _dist(tb), "ratio": _dist(ta / tb)}
+        out[f"{name}/{peer.name}"] = {"ours_ms": dist(ta), "peer_ms": dist(tb), "ratio": dist(ta / tb)}
         log.info("decode pairs %s/%s: ratio p50 %.3f", name, peer.name, float(np.median(ta / tb)))
     return out
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_stream.node.client import Publisher, Subscriber
+from edge_stream.stats import percentiles
 
 
 def _free_port() -> int:
@@ -153,10 +154,11 @@ def _measure(ep_in, ep_out, rate, chunks, streams, warmup) -> dict:
 def summary(r: dict) -> dict:
     """A run's JSON-ready figures: overhead and model-run distributions in ms, delivery."""
     o, inf = r["overhead_ms"], r["infer_ms"]
-    q = lambda a, p: float(np.percentile(a, p)) if len(a) else float("nan")  # noqa: E731
-    return {"overhead_ms": {"p50": q(o, 50), "p99": q(o, 99), "max": float(o.max()) if len(o) else float("nan"),
+    o50, o99 = percentiles(o, (50, 99))
+    i50, i99 = percentiles(inf, (50, 99))
+    return {"overhead_ms": {"p50": o50, "p99": o99, "max": float(o.max()) if len(o) else float("nan"),
                             "n": int(len(o))},
-            "infer_ms": {"p50": q(inf, 50), "p99": q(inf, 99)}, "sent": r["sent"], "received": r["received"],
+            "infer_ms": {"p50": i50, "p99": i99}, "sent": r["sent"], "received": r["received"],
             "achieved_rate": r["achieved_rate"]}
 
 
@@ -206,8 +208,9 @@ def main(argv=None) -> int:
     what = "bare relay (baseline)" if args.baseline else "node"
     print(f"{what}: {args.transport} loopback, {args.streams} streams, {r['achieved_rate']:.0f} chunks/s sent, "
           f"{r['received']}/{r['sent']} outputs received")
-    print(f"model run (infer_ms): p50 {np.percentile(inf, 50):.3f}  p99 {np.percentile(inf, 99):.3f}")
-    p50, p99 = np.percentile(o, 50), np.percentile(o, 99)
+    i50, i99 = percentiles(inf, (50, 99))
+    print(f"model run (infer_ms): p50 {i50:.3f}  p99 {i99:.3f}")
+    p50, p99 = percentiles(o, (50, 99))
     print(f"{what} overhead ms over {len(o)} chunks: p50 {p50:.3f}  p99 {p99:.3f}  max {o.max():.3f}")
     for lat in r["node_stats"][1:-1]:  # whole seconds only
         print("  node-side 1 s window:", "  ".join(f"{k} p50 {v['p50']} p99 {v['p99']}" for k, v in lat.items()))

@@ -1,7 +1,7 @@
 """Speed figures of the streaming runtime and its peers, measured in one run on the machine at hand.
 
-    python -m edge_stream.bench.run [--scenario ...] [--precision fp32 int8] [--gqa-precision fp32 int8 int4]
-                                [--peers genai torch] [--quick] [--threads 2] [--json FILE] [--plot DIR]
+    python -m edge_stream.bench [--scenario ...] [--precision fp32 int8] [--gqa-precision fp32 int8 int4]
+                            [--peers genai torch] [--quick] [--threads 2] [--json FILE] [--plot DIR]
 
 Scenarios (`--scenario` picks them by name; all by default):
   overhead  StreamSession.feed vs a bare InferenceSession.run with identical feeds (16-token
@@ -9,7 +9,7 @@ Scenarios (`--scenario` picks them by name; all by default):
             window, greedy generate()); A/B pairs alternate. Goal: median ratio <= 1.05.
   ttft      time to first token after the end of the input, 64..2048 tokens: streamed
             (16-token chunks fed as they arrive, TTFT from the last chunk) vs batch (whole
-            input prefilled at once), for our runtime and the peers (bench_lm), plus chunk
+            input prefilled at once), for our runtime and the peers (bench/lm.py), plus chunk
             latency along the stream. Goal: batch / streamed >= 40 at 1024 tokens.
   decode    ms per token (engines in lockstep) and its ratio to the memory-bandwidth floor
             (weight bytes read per token / read bandwidth measured in the same run).
@@ -18,9 +18,9 @@ Scenarios (`--scenario` picks them by name; all by default):
             process memory at 2k vs `--tokens` tokens (int8 only by default).
   node      the node (own process, tcp loopback): chunk published -> first output received
             minus model run time, p50/p99 at 100 and 1,000 chunks/s over 4 streams, and a
-            bare relay as the floor (bench_node). Goal: p99 <= 1 ms at 1,000 chunks/s.
+            bare relay as the floor (bench/node.py). Goal: p99 <= 1 ms at 1,000 chunks/s.
   vad       real-time 16 kHz Silero VAD streams per CPU core, one stream per run vs all
-            streams in one batched run (bench_vad). Goal: >= 500 per core batched.
+            streams in one batched run (bench/vad.py). Goal: >= 500 per core batched.
 
 Peers (onnxruntime-genai, transformers in PyTorch) are optional: a missing one is skipped
 with the reason in the table and the JSON. `--quick` shrinks everything (int8 and gqa
@@ -50,6 +50,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from edge_stream.bench.common import timed_ms
+from edge_stream.stats import dist
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +127,6 @@ class BenchConfig:
 # ----- measurement helpers ---------------------------------------------------------------------
 
 
-def dist(values) -> dict:
-    """p10/p50/p90/mean/n of a sample (same unit as the sample)."""
-    a = np.asarray(values, dtype=np.float64)
-    p10, p50, p90 = np.percentile(a, [10, 50, 90])
-    return {"p10": float(p10), "p50": float(p50), "p90": float(p90), "mean": float(a.mean()), "n": int(a.size)}
-
-
-def _timed_ms(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter_ns()
-    fn()
-    return (time.perf_counter_ns() - t0) / 1e6
-
-
 class OrtClock:
     """Stands in for a runner's InferenceSession and adds up the time spent inside `run`,
     so a stream's own Python cost (total minus ORT) is measured within the same call."""
@@ -175,11 +165,11 @@ def ab_pairs(a: Callable[[], object], b: Callable[[], object], pairs: int, warmu
             if side == "a":
                 if clock is not None:
                     clock.ns = 0
-                ta.append(_timed_ms(a))
+                ta.append(timed_ms(a))
                 if clock is not None:
                     ts.append(ta[-1] - clock.ns / 1e6)
             else:
-                tb.append(_timed_ms(b))
+                tb.append(timed_ms(b))
     ta, tb = np.array(ta[warmup:]), np.array(tb[warmup:])
     out = {names[0]: dist(ta), names[1]: dist(tb), "ratio": dist(ta / tb), "diff_ms": dist(ta - tb)}
     if clock is not None:
@@ -510,7 +500,7 @@ def scenario_window(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
 
 
 PER_MODEL = {"overhead": scenario_overhead, "window": scenario_window}  # ours, per precision
-CROSS_ENGINE = ("ttft", "decode")  # ours and peers in lockstep (bench_lm)
+CROSS_ENGINE = ("ttft", "decode")  # ours and peers in lockstep (bench/lm.py)
 
 
 # ----- running and reporting -------------------------------------------------------------------
@@ -799,7 +789,7 @@ def add_commands(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_stream.bench.run", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m edge_stream.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """VAD capacity: real-time 16 kHz streams one CPU core serves, one stream per run vs batched.
 
 Each round every stream gets one 512-sample block (32 ms of audio). Solo rounds
-feed each stream on its own (`BlockStream.feed`: one ORT run per stream); batched
-rounds feed all streams with `run_blocks_batched` (one ORT run for all, states
+feed each stream on its own (`VadStream.feed`: one ORT run per stream); batched
+rounds feed all streams with `VadStream.feed_batched` (one ORT run for all, states
 stacked along the batch axis). ORT runs with one intra-op thread, so the work of a
 round happens on the calling thread and its CPU time (`time.thread_time`) is the
 core time it cost, whatever else the machine runs; wall time is reported beside it.
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from edge_stream.stats import dist
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,7 @@ def ensure_vad(cache_dir: Path) -> Path:
 
 def scenario_vad(cfg, rng: np.random.Generator) -> dict:
     import edge_stream as es
-    from edge_stream.bench.run import dist
-    from edge_stream.runtime.blocks import run_blocks_batched
+    from edge_stream.voice.vad import VadStream
 
     vad_dir = Path(cfg.vad_dir) if cfg.vad_dir else ensure_vad(Path(cfg.cache_dir))
     model = es.load(vad_dir, intra_op_threads=1)
@@ -52,7 +53,7 @@ def scenario_vad(cfg, rng: np.random.Generator) -> dict:
             s.feed(x)
 
     def batch_round():
-        run_blocks_batched(batched, chunks)
+        VadStream.feed_batched(batched, chunks)  # streams of es.load(VAD): VadStreams
 
     cost = {"solo": {"cpu": [], "wall": []}, "batched": {"cpu": [], "wall": []}}
     t_start = time.perf_counter()

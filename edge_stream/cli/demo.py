@@ -20,9 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_stream.runtime.model import load
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # edge_stream/cli/demo.py -> the repository root
 DEFAULT_LAUNCH = REPO / "launch" / "demo.toml"
 DEFAULT_WAV = REPO / "tests" / "data" / "speech_16k.wav"
 SENTENCE = ["The robot ", "moves forward ", "two meters, ", "then turns ", "left."]
@@ -98,6 +96,8 @@ def run_demo(args) -> int:
 
 def ttft_comparison(lm_dir: Path, n_tokens: int = 1024, chunk: int = 16) -> float:
     """Time to first token after the input ends: streamed in chunks vs one prefill of it all."""
+    from edge_stream.runtime.model import load  # onnxruntime loads when the demo runs, not with the CLI
+
     model = load(lm_dir)
     ids = np.random.default_rng(0).integers(0, model.manifest.input.vocab_size, n_tokens)
     stream = model.open_stream()

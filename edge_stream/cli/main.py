@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "edge_stream.cli.export",
     "edge_stream.bench.run",
     "edge_stream.cli.voice_demo",
+    "edge_stream.cli.voice_report",
 )
 
 

@@ -1,11 +1,13 @@
 """`edge-stream voice-report`: end-to-end accuracy and latency of the voice-command pipeline.
 
-    python -m edge_stream.cli.voice_report --write docs/voice_commands.md
+    edge-stream voice-report --write docs/voice_commands.md
+    python -m edge_stream.cli.voice_report --write docs/voice_commands.md   (the same)
 
 Utterances: export.speech_data's held-out voices (`load_set("eval", n, seed)`: synthesized by
-espeak-ng on first use, then cached), with its noise/room augmentation seeded per utterance,
-kept when every word is one the parser knows and the rule-based Teacher of
-export.command_data finds a command in the transcript (that command is the reference).
+espeak-ng on first use, then cached; imported only when the report runs, so the command is
+registered on installs without the export scripts), with its noise/room augmentation seeded
+per utterance, kept when every word is one the parser knows and the grammar's rules
+(edge_stream.voice.grammar) find a command in the transcript (that command is the reference).
 
 - Accuracy (all kept utterances): the three node policies chained in-process (VAD gate ->
   recognizer -> parser, exactly the code the nodes run, no sockets), streaming and with
@@ -36,6 +38,13 @@ CHUNK = 512  # samples per published chunk (32 ms), as the demo's replay sends t
 MARK_START, MARK_END = "<!-- voice-report:start -->", "<!-- voice-report:end -->"
 
 
+def add_commands(subparsers) -> None:
+    """Register voice-report (registered by edge_stream.cli.main)."""
+    p = subparsers.add_parser("voice-report", help="accuracy and latency of the voice pipeline, streaming vs batch")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--utterances", type=int, default=400, help="held-out utterances to draw (before filtering)")
     p.add_argument("--seed", type=int, default=0)
@@ -63,12 +72,12 @@ class Case:
 
 def held_out_cases(n: int, seed: int) -> tuple[list[Case], dict]:
     """The kept utterances and counts of the dropped ones (why)."""
-    from edge_stream.cli.voice_demo import expected_command
-    from export import command_data as cd
-    from export import speech_data as sd
+    from edge_stream.cli.voice_pipeline import expected_command
+    from edge_stream.voice.grammar import INPUT_WORDS
+    from export import speech_data as sd  # the held-out voices are synthesized by the export scripts
 
     data = sd.load_set("eval", n, seed)
-    known = set(cd.INPUT_WORDS)
+    known = set(INPUT_WORDS)
     cases, dropped = [], {"words the parser does not know": 0, "no command in the transcript": 0}
     for i in range(len(data)):
         text = data.text(i)
@@ -119,19 +128,21 @@ class PolicyChain:
         return result
 
     def _pass(self, outs, stage: int, sessions, result: "ChainResult") -> None:
+        """Feed each Forward of stage `stage` to the next policy, as a chained node would take it."""
+        from edge_stream.node.policies import Forward
+
         for out in outs:
             if stage == 3:
                 if out.kind == "done":
                     result.commands.append(out.fields["command"])
                 continue
-            if out.kind != "forward":
+            if not isinstance(out, Forward):
                 continue
-            fields = dict(out.fields)
-            kind, text = fields.pop("input_kind"), fields.pop("text", None)
-            if stage == 2 and kind == "chunk":
-                result.words.append(text)
+            if stage == 2 and out.kind == "chunk":
+                result.words.append(out.text)
             policy, session = self.policies[stage], sessions[stage]
-            nxt = policy.chunk(session, out.data, text, fields) if kind == "chunk" else policy.end(session, fields)
+            nxt = (policy.chunk(session, out.data, out.text, out.fields) if out.kind == "chunk"
+                   else policy.end(session, out.fields))
             self._pass(nxt, stage + 1, sessions, result)
 
 
@@ -184,7 +195,7 @@ def accuracy(cases: list[Case], launch: str) -> dict:
 
 def latency(cases: list[Case], launch: str, gap_s: float) -> dict:
     """Play `cases` through the nodes of `launch` in real time; per-utterance command and latencies."""
-    from edge_stream.cli.voice_demo import Playlist, match, run_pipeline
+    from edge_stream.cli.voice_pipeline import Playlist, match, run_pipeline
 
     playlist = Playlist.build([(f"u{c.index}", c.text, c.audio, c.speech_end, c.expected) for c in cases], gap_s)
     records, t0_ns = run_pipeline(launch, playlist)
@@ -201,10 +212,13 @@ def latency(cases: list[Case], launch: str, gap_s: float) -> dict:
 
 
 def _pct(values) -> str:
+    """'p50 / p90 / max' of the values that are not None, '-' when none are."""
+    from edge_stream.stats import percentiles
+
     v = [x for x in values if x is not None]
     if not v:
         return "-"
-    p50, p90 = np.percentile(v, [50, 90])
+    p50, p90 = percentiles(v, (50, 90))
     return f"{p50:.0f} / {p90:.0f} / {max(v):.0f}"
 
 
@@ -235,7 +249,7 @@ def report(args) -> str:
         f"Held-out utterances: {len(cases)} kept of {args.utterances} drawn by `export.speech_data.load_set('eval', "
         f"{args.utterances}, seed={args.seed})` (held-out espeak-ng voices, the recognizer's evaluation noise and "
         f"rooms); dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()) + ". Reference command: "
-        "`export.command_data.Teacher` on the true transcript.",
+        "`edge_stream.voice.grammar.command_of` (the rule-based Teacher) on the true transcript.",
         "",
         "**Accuracy** (in-process: the three node policies chained without sockets, same code and settings "
         f"as the nodes; {acc['seconds']:.0f} s for both modes):",

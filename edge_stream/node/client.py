@@ -16,6 +16,8 @@ import zmq
 
 from edge_stream.errors import EdgeStreamError
 from edge_stream.node import wire
+from edge_stream.node.config import Endpoints
+from edge_stream.node.security import attach, client_curve
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +26,11 @@ def _as_list(x) -> list[str]:
     return [x] if isinstance(x, str) else list(x or [])
 
 
-def _curve_client(sock: zmq.Socket, secret_key: str | None, server_key: str | None) -> None:
-    if secret_key is None and server_key is None:
-        return
-    from edge_stream.node.security import load_public, load_secret
-
-    if secret_key is None or server_key is None:
-        raise EdgeStreamError("CURVE clients need both secret_key (own .key_secret) and server_key (server .key)")
-    sock.curve_publickey, sock.curve_secretkey = load_secret(secret_key)
-    sock.curve_serverkey = load_public(server_key)
-
-
-def _attach(sock, connect, bind):
-    for ep in _as_list(bind):
-        sock.bind(ep)
-    for ep in _as_list(connect):
-        sock.connect(ep)
+def _attach(sock: zmq.Socket, connect, bind, secret_key: str | None, server_key: str | None, where: str) -> None:
+    """Bind/connect `sock` with the node's own code (security.attach): a CURVE client of the
+    server whose public key file is `server_key` when key files are given, plain text otherwise."""
+    curve = client_curve(sock.context, secret_key, server_key, where)
+    attach(sock, Endpoints(bind=tuple(_as_list(bind)), connect=tuple(_as_list(connect))), curve, where)
 
 
 class Publisher:
@@ -61,8 +52,7 @@ class Publisher:
         self.sock.linger = 0
         self.sock.sndhwm = sndhwm
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, also repeated ones
-        _curve_client(self.sock, secret_key, server_key)
-        _attach(self.sock, connect, bind)
+        _attach(self.sock, connect, bind, secret_key, server_key, f"publisher {topic!r}")
         self.subscribed = False
 
     def wait_ready(self, timeout: float = 5.0) -> bool:
@@ -157,10 +147,9 @@ class Subscriber:
         self.ctx = self.ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.linger = 0
-        _curve_client(self.sock, self.secret_key, self.server_key)
         for t in _as_list(self.topics):
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode() if self.prefix else wire.topic_frame(t))
-        _attach(self.sock, self.connect, self.bind)
+        _attach(self.sock, self.connect, self.bind, self.secret_key, self.server_key, "subscriber")
         self.last_seq: dict[tuple, int] = {}
         self.gaps = 0
 
@@ -210,8 +199,7 @@ class Control:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
-        _curve_client(self.sock, secret_key, server_key)
-        _attach(self.sock, connect, ())
+        _attach(self.sock, connect, (), secret_key, server_key, "control")
         self._ids = itertools.count(1)
 
     def request(self, op: str, timeout: float = 5.0, **fields) -> dict:

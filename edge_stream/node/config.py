@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_stream import records
 from edge_stream.errors import ConfigError
 
 GAP_POLICIES = ("event", "reset")
@@ -164,7 +163,7 @@ def launch_from_dict(raw: dict, base: Path = Path("."), where: str = "launch") -
     for i, p in enumerate(proxies):
         if not p.frontend or not p.backend:
             raise ConfigError(f"proxy[{i}].frontend/backend: both need at least one endpoint")
-        _check_security(p.security, f"proxy[{i}].security", base)
+        _check_security(p.security, f"proxy[{i}].security")
     proxies = tuple(dataclasses.replace(p, security=_resolve_security(p.security, base)) for p in proxies)
     return LaunchFile(path=where, nodes=nodes, proxies=proxies)
 
@@ -216,11 +215,11 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
         if m.name in [x.name for x in models]:
             raise ConfigError(f"{mw}.name: model name {m.name!r} used twice")
         models.append(dataclasses.replace(m, dir=str(base / m.dir)))
-    _check_security(cfg.security, f"{where}.security", base)
+    _check_security(cfg.security, f"{where}.security")
     return dataclasses.replace(cfg, models=tuple(models), security=_resolve_security(cfg.security, base))
 
 
-def _check_security(sec: SecurityConfig, where: str, base: Path) -> None:
+def _check_security(sec: SecurityConfig, where: str) -> None:
     if sec.curve and not sec.secret_key:
         raise ConfigError(f"{where}.secret_key: required when curve = true (make one with `edge-stream keys`)")
 
@@ -242,49 +241,5 @@ def _list(raw: dict, key: str, where: str) -> list:
 
 
 def _build(cls, d, where: str):
-    """Build dataclass `cls` from `d`, checking field names and types; ConfigError names the field."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in d:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}.{name}: required field is missing")
-            continue
-        kwargs[name] = _convert(hints[name], d[name], f"{where}.{name}")
-    return cls(**kwargs)
-
-
-def _convert(tp, value, where: str):
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, list):  # [[node.models]] arrays of tables
-            raise ConfigError(f"{where}: expected one table, got an array")
-        return _build(tp, value, where)
-    if origin is tuple:
-        if isinstance(value, str) and args[0] is str:
-            value = [value]  # a single endpoint or topic may be given as a string
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected an array, got {type(value).__name__}")
-        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool, float):
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {tp}")  # internal: a field type we do not map
+    """Dataclass `cls` from a launch-file table; ConfigError names the field and the expected type."""
+    return records.build(cls, d, where, ConfigError)

@@ -7,9 +7,11 @@ below knows nothing about either. Iterators let the worker publish each
 output the moment it exists (a generated token, a speech event) and
 interleave long generations of different streams.
 
-Chaining: an Output of kind "forward" is published by the node in *input*
-format on the model's `forward_topic` (field `input_kind`: chunk or end), so the
-next node takes it like a sensor's chunk. The voice pipeline is three such
+Chaining: a policy yields a `Forward` for what a next node would take as input
+(speech audio, a word, a segment's end). Policies do not know whether their
+route forwards: the node publishes a Forward in *input* format on the route's
+`forward_topic` when it has one, else as an ordinary output (or not at all,
+see `Forward.output_kind`). The voice pipeline is three such
 policies: `VadGatePolicy` (speech audio), `RecognizerPolicy` (words),
 `CommandParserPolicy` (command fields for the controller). `extra` holds the
 header's model-specific fields and, when the message had one, `t_capture_ns`.
@@ -17,6 +19,7 @@ header's model-specific fields and, when the message had one, `t_capture_ns`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -24,8 +27,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from edge_stream.errors import ConfigError, InputError
-from edge_stream.node.config import ModelConfig
 from edge_stream.voice.speech_gate import SpeechGate
+from edge_stream.voice.vad import VadStream
 
 
 @dataclass
@@ -38,16 +41,66 @@ class Output:
     infer_ms: float = 0.0  # model run time spent producing it
 
 
+@dataclass
+class Forward:
+    """Input for a next node (the forwarding contract, said once): an input message of `kind`
+    ("chunk" or "end") with header `fields`, an array or `text`, and the capture time.
+
+    The node publishes it on the route's forward_topic in input format, numbered per stream by the
+    node; on a route without one it becomes an ordinary output of `output_kind` (header: `fields`,
+    plus `text` and `t_capture_ns` when set), or nothing when `output_kind` is None."""
+
+    kind: str  # input kind the next node sees: "chunk" or "end"
+    output_kind: str | None  # kind when the route does not forward; None: only a next node wants it
+    fields: dict = field(default_factory=dict)
+    data: np.ndarray | None = None
+    text: str | None = None
+    t_capture_ns: int | None = None  # None: the node passes on the input message's t_capture_ns
+    infer_ms: float = 0.0
+
+    def as_output(self) -> Output:
+        """The ordinary output a non-forwarding route publishes instead."""
+        fields = dict(self.fields)
+        if self.text is not None:
+            fields["text"] = self.text
+        if self.t_capture_ns is not None:
+            fields["t_capture_ns"] = self.t_capture_ns
+        return Output(self.output_kind, fields, self.data, self.infer_ms)
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """A route's model-level settings that policies read (docs: config.ModelConfig). Deliberately
+    not the ModelConfig itself: topics, forward_topic and the model's location are the node's."""
+
+    stream_options: dict = field(default_factory=dict)  # merged under each stream's open options
+    trigger: str = "end"
+    trigger_suffix: str | None = None
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    publish_logits: str = "none"
+    wait_for_end: bool = False
+
+    @classmethod
+    def of(cls, cfg) -> PolicyOptions:
+        """The policy's part of a config.ModelConfig (already validated by the launch file)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
 def _ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
 class Policy:
-    """Base: streams are opened from the model with the route's options merged with per-stream ones."""
+    """Base: streams are opened from the model with the route's options merged with per-stream ones.
+    Streaming verbs (`chunk`, `end`) return iterators of `Output` and `Forward`."""
 
     batchable = False  # True: `chunks_batched` runs chunks of several streams in one model run
 
-    def __init__(self, model, cfg: ModelConfig):
+    def __init__(self, model, cfg: PolicyOptions):
         self.model = model
         self.cfg = cfg
 
@@ -70,13 +123,6 @@ class Policy:
     def describe(self, session) -> dict:
         return {}
 
-    def emit(self, kind: str, fields: dict, data=None, infer_ms: float = 0.0, input_kind: str = "chunk") -> Output:
-        """A forwarded output (input format, on `forward_topic`) when the route forwards; else an
-        ordinary output of `kind`. `fields` become the forwarded message's header fields."""
-        if self.cfg.forward_topic:
-            return Output("forward", {**fields, "input_kind": input_kind}, data, infer_ms)
-        return Output(kind, fields, data, infer_ms)
-
 
 class LMPolicy(Policy):
     """Causal LMs: append chunks (token ids or text) as they arrive; generate on `end`
@@ -94,9 +140,7 @@ class LMPolicy(Policy):
             if ids.size == 0:
                 raise InputError(f"{self.model.name}: text {text!r} encodes to no tokens")
         else:
-            if data.dtype.kind not in "iu":
-                raise InputError(f"{self.model.name}: token chunks are int64 or int32 ids, got {data.dtype}")
-            ids = data
+            ids = data  # the stream checks dtype and vocabulary
         t0 = time.perf_counter()
         out = session.feed(ids)
         fed = Output("fed", {"position": session.position, "n_tokens": int(len(out.logits))},
@@ -144,7 +188,8 @@ class LMPolicy(Policy):
 
 class BlockPolicy(Policy):
     """Fixed-block audio models (the VAD): one `result` per chunk with the probability of
-    every block completed by it, then one `event` per speech start/end."""
+    every block completed by it, then one `event` per speech start/end. Sessions are
+    voice.vad.VadStreams: the wire checked the transport, the stream checks dtype and `sr`."""
 
     EVENT_NAMES = {"start": "speech_start", "end": "speech_end"}
     batchable = True
@@ -153,26 +198,21 @@ class BlockPolicy(Policy):
         super().__init__(model, cfg)
         self.sample_rate = model.manifest.blocking.sample_rate
 
-    def samples(self, data, text, extra) -> np.ndarray:
-        """The chunk as float32 samples [n], after the boundary checks (InputError otherwise)."""
+    def open(self, stream: str, options: dict):
+        return VadStream(self.model, **{**self.cfg.stream_options, **options})
+
+    def vad_of(self, session) -> VadStream:
+        return session
+
+    def _audio_only(self, text) -> None:
         if text is not None:
             raise InputError(f"{self.model.name}: takes audio samples, not text")
-        sr = extra.get("sr")
-        if sr is not None and self.sample_rate is not None and sr != self.sample_rate:
-            raise InputError(f"{self.model.name}: sr {sr!r} is not supported; this model takes {self.sample_rate} Hz")
-        if data.dtype == np.int16:
-            return data.astype(np.float32) * (1.0 / 32768)  # PCM16 -> [-1, 1): a copy, the only one
-        if data.dtype == np.float16:
-            return data.astype(np.float32)
-        if data.dtype == np.float32:
-            return data
-        raise InputError(f"{self.model.name}: audio samples are float32, int16 or float16, got {data.dtype}")
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
-        samples = self.samples(data, text, extra)
+        self._audio_only(text)
         t0 = time.perf_counter()
-        out = session.feed(samples)
-        yield from self._outputs(session, out, _ms_since(t0))
+        out = self.vad_of(session).feed(data, sr=extra.get("sr"), trusted=True)  # finiteness: checked at the wire
+        yield from self._outputs(session, out, _ms_since(t0), extra)
 
     def chunks_batched(self, sessions: list, msgs: list) -> list[list[Output]]:
         """Chunks of different streams (one each) through one model run per block step.
@@ -181,17 +221,21 @@ class BlockPolicy(Policy):
         the batched run's time (every chunk waited for all of it). Raises InputError if any
         chunk is refused, and then no stream has changed.
         """
-        from edge_stream.runtime.blocks import run_blocks_batched
-
-        samples = [self.samples(m.data, m.text, m.extra) for m in msgs]
+        for m in msgs:
+            self._audio_only(m.text)
         t0 = time.perf_counter()
-        outs = run_blocks_batched(sessions, samples)
+        outs = VadStream.feed_batched([self.vad_of(s) for s in sessions], [m.data for m in msgs],
+                                      srs=[m.extra.get("sr") for m in msgs], trusted=True)
         infer_ms = _ms_since(t0)
-        return [list(self._outputs(s, o, infer_ms)) for s, o in zip(sessions, outs)]
+        return [list(self._outputs(s, o, infer_ms, self._fields(m))) for s, o, m in zip(sessions, outs, msgs)]
 
-    def _outputs(self, session, out, infer_ms: float) -> Iterator[Output]:
+    def _fields(self, msg) -> dict:
+        """What `chunk` gets as `extra`, for a message of a batch."""
+        return msg.extra
+
+    def _outputs(self, session, out, infer_ms: float, extra: dict) -> Iterator[Output]:
         yield Output("result", {"start_sample": int(out.start_sample), "n_blocks": int(len(out.probs)),
-                                "samples": session.samples_fed}, data=out.probs, infer_ms=infer_ms)
+                                "samples": self.vad_of(session).samples_fed}, data=out.probs, infer_ms=infer_ms)
         for ev in out.events:
             for key, sample in ev.items():
                 yield Output("event", {"event": self.EVENT_NAMES.get(key, key), "sample": int(sample)})
@@ -229,7 +273,7 @@ def _capture_time(extra: dict, sr: int, at_sample: int, last_sample: int) -> int
 class GatedStream:
     """A VAD stream and its speech gate (one per input stream)."""
 
-    vad: Any  # BlockStream with events
+    vad: VadStream
     gate: SpeechGate
 
     @property
@@ -251,44 +295,32 @@ class VadGatePolicy(BlockPolicy):
         opts = {**self.cfg.stream_options, **options}
         if opts.get("events") is False:
             raise ConfigError(f"{self.model.name}: speech gating needs VAD events; drop events = false")
-        vad = self.model.open_stream(**opts)
-        spec = self.model.manifest.events
-        pad_ms = opts.get("speech_pad_ms", spec.speech_pad_ms if spec is not None else 30.0)  # BlockStream's default
-        return GatedStream(vad, SpeechGate(int(self.sample_rate * pad_ms / 1000), vad.block))
+        vad = VadStream(self.model, **opts)
+        return GatedStream(vad, SpeechGate(int(vad.speech_pad_samples), vad.block))
 
-    def chunk(self, session, data, text, extra) -> Iterator[Output]:
-        samples = self.samples(data, text, extra)
-        t0 = time.perf_counter()
-        out = session.vad.feed(samples)
-        yield from self._gated(session, samples, out, _ms_since(t0), extra)
+    def vad_of(self, session) -> VadStream:
+        return session.vad
 
-    def chunks_batched(self, sessions: list, msgs: list) -> list[list[Output]]:
-        from edge_stream.runtime.blocks import run_blocks_batched
+    def _fields(self, msg) -> dict:
+        return {**msg.extra, "t_capture_ns": msg.t_capture_ns}  # times the speech end
 
-        samples = [self.samples(m.data, m.text, m.extra) for m in msgs]
-        t0 = time.perf_counter()
-        outs = run_blocks_batched([s.vad for s in sessions], samples)
-        infer_ms = _ms_since(t0)
-        return [list(self._gated(s, x, o, infer_ms, {**m.extra, "t_capture_ns": m.t_capture_ns}))
-                for s, x, o, m in zip(sessions, samples, outs, msgs)]
-
-    def _gated(self, session, samples, out, infer_ms, extra) -> Iterator[Output]:
-        # Forwards first: they are what the next node is waiting for.
+    def _outputs(self, session, out, infer_ms, extra) -> Iterator[Output]:
+        # Forwards first: they are what the next node is waiting for. out.samples: the chunk as float32.
         last = session.vad.samples_fed
-        for piece in session.gate.update(samples, out.events):
+        for piece in session.gate.update(out.samples, out.events):
             yield self._forward(piece, extra, last)
-        yield from self._outputs(session.vad, out, infer_ms)
+        yield from super()._outputs(session, out, infer_ms, extra)
 
-    def _forward(self, piece, extra, last_sample: int) -> Output:
+    def _forward(self, piece, extra, last_sample: int) -> Forward:
         if piece.kind == "audio":
-            return self.emit("speech", {"sr": self.sample_rate, "segment": piece.segment,
-                                        "start_sample": piece.start_sample}, data=piece.audio)
+            return Forward("chunk", "speech", {"sr": self.sample_rate, "segment": piece.segment,
+                                                "start_sample": piece.start_sample}, data=piece.audio)
         fields = {"segment": piece.segment, "end_sample": piece.end_sample,
                   "speech_end_sample": piece.speech_end_sample}
         t_end = _capture_time(extra, self.sample_rate, piece.speech_end_sample, last_sample)
         if t_end is not None:
             fields["t_speech_end_ns"] = t_end
-        return self.emit("speech_end", fields, input_kind="end")
+        return Forward("end", "speech_end", fields)
 
     def end(self, session, extra) -> Iterator[Output]:
         piece = session.gate.finish()
@@ -304,7 +336,7 @@ class VadGatePolicy(BlockPolicy):
 class RecognizerStream:
     """One stream of the CTC recognizer: its block stream, its decoder, and the segment so far."""
 
-    blocks: Any  # BlockStream of the recognizer
+    blocks: Any  # runtime BlockStream of the recognizer
     decoder: Any  # CtcDecoder
     held: list = field(default_factory=list)  # wait_for_end: the segment's audio chunks
     words: int = 0  # words sent in this segment
@@ -323,7 +355,7 @@ class RecognizerPolicy(BlockPolicy):
     the input end's `segment`, `t_speech_end_ns`, ...) when the segment had words, and the stream
     starts afresh (the model was trained on utterances from zero state)."""
 
-    batchable = False  # sessions are RecognizerStreams, not bare BlockStreams
+    batchable = False  # each chunk feeds one stream's decoder; not batched
     PASS_ON = ("segment", "speech_end_sample", "t_speech_end_ns", "end_sample")  # end fields handed on
 
     def __init__(self, model, cfg):
@@ -336,21 +368,21 @@ class RecognizerPolicy(BlockPolicy):
         from edge_stream.voice.ctc import CtcDecoder
 
         d = self._decoder
-        decoder = CtcDecoder(d.symbols, blank=d.blank, space=d.space, lexicon=d.lexicon,
-                             frame_samples=d.frame_samples)
-        opts = {"events": False, **self.cfg.stream_options, **options}
+        decoder = CtcDecoder(d.symbols, blank=d.blank, frame_samples=d.frame_samples)
+        opts = {**self.cfg.stream_options, **options}
         return RecognizerStream(self.model.open_stream(**opts), decoder)
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
-        samples = self.samples(data, text, extra)
+        self._audio_only(text)
         if self.cfg.wait_for_end:
-            session.held.append(np.array(samples, dtype=np.float32))  # a copy: the frame is not ours to keep
+            x = session.blocks.check_chunk(data, sr=extra.get("sr"), trusted=True)  # float32 [n]
+            session.held.append(x.copy() if np.may_share_memory(x, data) else x)  # the frame is not ours to keep
             return
-        yield from self._decode(session, samples, extra)
+        yield from self._decode(session, data, extra)
 
     def _decode(self, session, samples, extra, flush: bool = False) -> Iterator[Output]:
         t0 = time.perf_counter()
-        out = session.blocks.feed(samples) if len(samples) else None
+        out = session.blocks.feed(samples, sr=extra.get("sr"), trusted=True) if len(samples) else None
         pending = session.blocks.pending_samples
         blocks = [out] if out is not None else []
         if flush and pending:  # the last partial block, zero-padded, so its frames are decoded
@@ -366,7 +398,7 @@ class RecognizerPolicy(BlockPolicy):
             fields = {"word_index": session.words, "end_sample": session.decoder.frame_end_sample(w.end_frame)}
             if "segment" in extra:
                 fields["segment"] = extra["segment"]
-            yield self.emit("word", {"text": w.word, **fields}, infer_ms=infer_ms)
+            yield Forward("chunk", "word", fields, text=w.word, infer_ms=infer_ms)
             session.words += 1
             infer_ms = 0.0
 
@@ -381,8 +413,8 @@ class RecognizerPolicy(BlockPolicy):
             yield from self._decode(session, piece, extra, flush=k == len(pieces) - 1)
         n_words = session.words
         passed = {k: extra[k] for k in self.PASS_ON if k in extra}
-        if n_words and self.cfg.forward_topic:
-            yield self.emit("end", passed, input_kind="end")
+        if n_words:  # for the next node only: a route that does not forward publishes `done` alone
+            yield Forward("end", None, passed)
         session.reset()
         yield Output("done", {"n_words": n_words, **passed})
 
@@ -458,9 +490,10 @@ POLICY_CLASSES = {"lm": LMPolicy, "vad": BlockPolicy, "sequence": SequencePolicy
                   "command_parser": CommandParserPolicy}
 
 
-def policy_for(model, cfg: ModelConfig) -> Policy:
-    """The policy for a loaded model: the route's `policy`, or ("auto") chosen from its manifest.
-    A VAD with a `forward_topic` gates speech (VadGatePolicy)."""
+def policy_for(model, cfg) -> Policy:
+    """The policy for a loaded model and its route (a config.ModelConfig): the route's `policy`, or
+    ("auto") chosen from its manifest. A VAD whose route forwards gates speech (VadGatePolicy):
+    the one place the route's forward_topic picks behaviour; the policy gets PolicyOptions only."""
     m = model.manifest
     name = cfg.policy
     if name == "auto":
@@ -468,12 +501,9 @@ def policy_for(model, cfg: ModelConfig) -> Policy:
             name = "recognizer" if m.output_for("logits") is not None else "vad"
         else:
             name = "lm" if m.input.kind == "tokens" else "sequence"
+    options = PolicyOptions.of(cfg)
     if name == "vad" and cfg.forward_topic:
-        return VadGatePolicy(model, cfg)
+        return VadGatePolicy(model, options)
     if name in ("vad", "recognizer") and m.blocking is None:
         raise ConfigError(f"{m.name}: policy {name!r} needs a block model (manifest 'blocking' section)")
-    return POLICY_CLASSES[name](model, cfg)
-
-
-def session_info(policy: Policy, session: Any) -> dict:
-    return policy.describe(session) if session is not None else {}
+    return POLICY_CLASSES[name](model, options)

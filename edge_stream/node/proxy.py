@@ -31,7 +31,7 @@ class Proxy:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, timeout: float = 5.0) -> "Proxy":
+    def start(self, timeout: float = 5.0) -> Proxy:
         self._thread = threading.Thread(target=self._run, name=f"edge-stream-proxy-{self.cfg.name}", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):

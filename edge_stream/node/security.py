@@ -112,8 +112,15 @@ class Curve:
             self.auth = None
 
 
+def client_curve(ctx: zmq.Context, secret_key: str | None, server_key: str | None, where: str) -> Curve:
+    """The Curve of a Python client (Publisher, Subscriber, Control): CURVE on when either key file
+    is given, and then both are required; no allow-list, so it only ever connects as a client."""
+    on = secret_key is not None or server_key is not None
+    return Curve(ctx, SecurityConfig(curve=on, secret_key=secret_key, server_key=server_key), where)
+
+
 def attach(sock: zmq.Socket, endpoints, curve: Curve, where: str) -> None:
-    """Bind and connect `sock` to `endpoints` (launch.Endpoints), CURVE role set per direction first."""
+    """Bind and connect `sock` to `endpoints` (config.Endpoints), CURVE role set per direction first."""
     if endpoints.bind:
         curve.server(sock, where)
         for ep in endpoints.bind:

@@ -242,6 +242,11 @@ def encode_input(topic: str, stream: str, pub_id: str, seq: int, kind: str, data
     return frames
 
 
+def encode_control_reply(request: dict, fields: dict) -> bytes:
+    """The body frame of a control reply: the request's `id` and `op` echoed, then `fields`."""
+    return pack({"v": VERSION, "id": request.get("id"), "op": request.get("op"), **fields})
+
+
 def as_wire_array(data) -> tuple[np.ndarray, str]:
     """(C-contiguous little-endian array, dtype name); ProtocolError for dtypes outside the whitelist."""
     arr = np.asarray(data)

@@ -11,7 +11,6 @@ recurrent models (`state` <-> `stateN` as in silero, `h`/`c` <-> `hn`/`cn`,
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,8 +19,6 @@ import onnxruntime as ort
 from edge_stream.errors import ManifestError
 from edge_stream.runtime.manifest import MANIFEST_FILE, AuxSpec, InputSpec, Limits, Manifest, OutputSpec, StateSpec
 from edge_stream.runtime.runner import ORT_TYPES
-
-log = logging.getLogger(__name__)
 
 # Model families by how they encode positions (config.json `model_type`).
 LEARNED_POSITIONS = {"gpt2", "gpt_neo", "opt", "gpt_bigcode", "biogpt", "xglm"}
@@ -345,14 +342,5 @@ def _vocab_size(info: ModelInfo, outputs, side: _SideInfo) -> int:
                         f"and no config.json vocab_size")
 
 
-def write_draft(model_path: str | Path) -> Path:
-    """Derive the draft manifest and save it as manifest.json beside the model."""
-    manifest = draft_manifest(model_path)
-    target = resolve_model_file(model_path).parent
-    path = manifest.save(target)
-    log.info("wrote %s", path)
-    return path
-
-
-__all__ = ["describe", "draft_manifest", "write_draft", "resolve_model_file", "ModelInfo", "TensorInfo",
+__all__ = ["describe", "draft_manifest", "resolve_model_file", "ModelInfo", "TensorInfo",
            "MANIFEST_FILE"]

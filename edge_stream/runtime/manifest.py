@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_stream import records
 from edge_stream.errors import ManifestError
 
 SCHEMA = "edge-stream/manifest@1"
@@ -186,17 +187,8 @@ def _choice(value, allowed, where: str):
 
 
 def _build(cls, d: Any, where: str):
-    """Build a dataclass from a dict, rejecting unknown fields by name."""
-    if not isinstance(d, dict):
-        raise ManifestError(f"{where}: expected an object, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ManifestError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    try:
-        return cls(**d)
-    except TypeError as exc:
-        raise ManifestError(f"{where}: {exc}") from None
+    """Dataclass `cls` from a manifest object; ManifestError names the field and the expected type."""
+    return records.build(cls, d, where, ManifestError, table="object")
 
 
 def manifest_from_dict(d: dict) -> Manifest:
@@ -217,8 +209,6 @@ def manifest_from_dict(d: dict) -> Manifest:
     states = []
     for i, raw in enumerate(d.get("states", [])):
         where = f"manifest.states[{i}]"
-        if isinstance(raw, dict) and "shape" in raw:
-            raw = {**raw, "shape": tuple(int(x) for x in raw["shape"])}
         st = _build(StateSpec, raw, where)
         _choice(st.kind, STATE_KINDS, f"{where}.kind")
         _choice(st.dtype, DTYPES, f"{where}.dtype")

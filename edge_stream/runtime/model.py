@@ -16,13 +16,10 @@ class Model:
     with one copy of the weights.
     """
 
-    def __init__(self, model_dir: str | Path, providers=None, intra_op_threads: int | None = None):
+    def __init__(self, model_dir: str | Path, providers=None, intra_op_threads: int | None = None,
+                 manifest: Manifest | None = None):
         self.dir = Path(model_dir)
-        if self.dir.is_file() and self.dir.suffix == ".onnx":
-            raise ManifestError(
-                f"{self.dir}: load() takes a model directory with manifest.json; "
-                f"run `edge-stream inspect {self.dir} --write` to derive one")
-        self.manifest: Manifest = load_manifest(self.dir)
+        self.manifest: Manifest = manifest or read_manifest(self.dir)
         self.runner = ModelRunner(self.dir / self.manifest.model_file, self.manifest,
                                   providers=providers, intra_op_threads=intra_op_threads)
         self.tokenizer = None
@@ -48,8 +45,8 @@ class Model:
 
     def open_stream(self, **options):
         """A new stream with its own state. Options override the manifest's defaults:
-        LMs take `kv_window`, `sink_tokens`, `max_chunk`; block models take event
-        parameters (`threshold`, `min_silence_ms`, `speech_pad_ms`)."""
+        LMs take `kv_window`, `sink_tokens`, `max_chunk`; block models `max_chunk_samples`.
+        (VAD event parameters: `edge_stream.load` gives a voice.vad.VadModel for those.)"""
         if self.manifest.blocking is not None:
             from edge_stream.runtime.blocks import BlockStream
 
@@ -59,6 +56,17 @@ class Model:
         return StreamSession(self, **options)
 
 
+def read_manifest(model_dir: str | Path) -> Manifest:
+    """The manifest of a model directory, with a hint when given a bare .onnx file."""
+    path = Path(model_dir)
+    if path.is_file() and path.suffix == ".onnx":
+        raise ManifestError(
+            f"{path}: load() takes a model directory with manifest.json; "
+            f"run `edge-stream inspect {path} --write` to derive one")
+    return load_manifest(path)
+
+
 def load(model_dir: str | Path, providers=None, intra_op_threads: int | None = None) -> Model:
-    """Load a model directory (model.onnx + manifest.json [+ tokenizer.json])."""
+    """Load a model directory (model.onnx + manifest.json [+ tokenizer.json]) as the runtime sees it:
+    block models give bare BlockStreams. `edge_stream.load` adds the voice policy for VAD models."""
     return Model(model_dir, providers=providers, intra_op_threads=intra_op_threads)

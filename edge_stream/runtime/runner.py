@@ -99,7 +99,7 @@ class ModelRunner:
         self.returned_outputs = [o.name for o in manifest.outputs]
         self.state_outputs = [s.output for s in manifest.states]
         self.fetch = self.returned_outputs + self.state_outputs
-        # With shared KV buffers the kv states are bound, not fetched.
+        # With shared KV buffers (kvbuffer.KVBuffer) the kv states are bound, not fetched.
         self.unbound_fetch = self.returned_outputs + [s.output for s in manifest.states if s.kind != "kv"]
 
     def _check_manifest(self) -> None:
@@ -137,24 +137,3 @@ class ModelRunner:
     def run(self, feeds: dict) -> list:
         """One ORT run; returns arrays in `self.fetch` order."""
         return self.session.run(self.fetch, feeds)
-
-    def run_shared(self, feeds: dict, kv) -> list:
-        """One ORT run with every kv state bound to `kv` (a KVBuffer) as both past and present;
-        ORT writes the new entries in place. Returns arrays in `self.unbound_fetch` order.
-
-        The buffer's IOBinding is made once and kept with it: the kv bindings stay, only
-        the chunk's inputs and the fetched outputs are bound per run.
-        """
-        io = kv.binding
-        if io is None:
-            io = self.session.io_binding()
-            for spec, value in zip(kv.specs, kv.ortvalues):  # bound first: outputs [0, n_kv)
-                io.bind_ortvalue_input(spec.input, value)
-                io.bind_ortvalue_output(spec.output, value)
-            kv.binding = io
-        for name, value in feeds.items():
-            io.bind_cpu_input(name, value)
-        for name in self.unbound_fetch:  # rebinding a name keeps its place among the outputs
-            io.bind_output(name)
-        self.session.run_with_iobinding(io)
-        return [v.numpy() for v in io.get_outputs()[len(kv.specs):]]

@@ -9,21 +9,23 @@ itself lives in `ModelRunner`, shared by every stream of a model.
 State is immutable: every run returns new arrays from ONNX Runtime and the
 stream swaps one `StreamState` reference only after all runs of a feed
 succeeded. So a rejected or failed chunk leaves the stream exactly as it was,
-and a snapshot is the state object itself (O(1), no copy).
+and a snapshot is the state object itself (O(1), no copy). The state is built
+field by field in `_initial_state` only; every later state is a `dataclasses.replace`
+of an earlier one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
 from edge_stream.errors import ConfigError, InputError, StreamStateError
 from edge_stream.runtime.generate import TextDeltas, check_sampling, next_token
-from edge_stream.runtime.kvbuffer import KVBuffer, capacity_for
+from edge_stream.runtime.kvbuffer import KVBuffer, KVCache, capacity_for
 from edge_stream.runtime.runner import NUMPY_DTYPES
 
 log = logging.getLogger(__name__)
@@ -53,16 +55,11 @@ class StreamState:
     evicted: int = 0
     pending: np.ndarray = dataclasses.field(default_factory=lambda: _NO_TOKENS)
     last_logits: np.ndarray | None = None
-    kv_buffer: KVBuffer | None = None  # shared_buffer models: kv states are views into it
-
-    def __post_init__(self):
-        if self.kv_buffer is not None:  # claim [0, cache_len) while this state lives
-            self.kv_buffer.register(self, self.cache_len)
+    kv: KVCache | None = None  # shared_buffer models: the claimed entries the kv states are views of
 
     @property
     def cache_len(self) -> int:
         return int(self.cache_positions.size)
-
 
 
 @dataclass
@@ -134,7 +131,6 @@ class StreamSession:
                         for a in m.aux if a.fill == "constant"}
         self._kv_index = [i for i, s in enumerate(m.states) if s.kind == "kv"]
         self._kv_specs = [m.states[i] for i in self._kv_index]
-        self._kv_dtypes = [NUMPY_DTYPES[s.dtype] for s in self._kv_specs]
         self._shared = self.kv_io == "shared_buffer"
         self._has_recurrent = any(s.kind == "recurrent" for s in m.states)
         self._logits_name = m.output_for("logits")
@@ -199,14 +195,15 @@ class StreamSession:
     def state(self) -> StreamState:
         return self._state
 
-    def feed(self, chunk) -> ChunkOutput:
+    def feed(self, chunk, *, trusted: bool = False) -> ChunkOutput:
         """Append `chunk` (>= 1 token ids, or frames [n, feature_dim]) to the stream.
 
         Returns per-position outputs for the chunk's inputs (`.logits` [n, vocab]).
         Never recomputes earlier input; splits only chunks longer than `max_chunk`.
-        Raises InputError for bad chunks; the stream is then unchanged.
+        Raises InputError for bad chunks; the stream is then unchanged. `trusted=True`:
+        the caller (the node, after wire.decode_input) checked finiteness; it is not scanned again.
         """
-        rows = self._validate(chunk)
+        rows = self._validate(chunk, trusted)
         st = self._state
         start = self.position
         pending = st.pending
@@ -295,17 +292,16 @@ class StreamSession:
             raise StreamStateError(
                 f"rewind: only {st.cache_len - self.sink_tokens - 1} inputs can be rewound; "
                 f"the sliding window evicted older ones")
-        self._state = StreamState(
-            owner=st.owner,
+        self._state = dataclasses.replace(
+            st,
             states=self._slice_kv(st.states, 0, keep),
             cache_inputs=st.cache_inputs[:keep],
             cache_positions=st.cache_positions[:keep],
             next_model_position=int(st.cache_positions[keep]),
             fed=st.fed - cut - 1,
-            evicted=st.evicted,
             pending=st.cache_inputs[keep:keep + 1].copy(),
             last_logits=None,
-            kv_buffer=st.kv_buffer,
+            kv=st.kv.truncated(keep) if self._shared and st.kv is not None else None,
         )
 
     def snapshot(self) -> StreamState:
@@ -337,63 +333,49 @@ class StreamSession:
         return st, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # copy: joins pieces
 
     def _run_piece(self, st: StreamState, rows: np.ndarray):
-        if self._shared:
-            return self._run_piece_shared(st, rows)
+        """One ORT run over `rows` (<= max_chunk inputs); returns the new state and the chunk's outputs."""
         s = len(rows)
         if self.kv_window is not None:
             st = self._make_room(st, s)
-        first = st.next_model_position
         feeds, positions = self._input_feeds(st, rows)
-        for spec, value in zip(self.manifest.states, st.states):
-            # A state from a shared buffer holds strided views; ORT wants contiguous input.
-            feeds[spec.input] = value if st.kv_buffer is None else np.ascontiguousarray(value)
-        results = self.runner.run(feeds)
-        outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, results)}  # drop batch axis
-        new_states = tuple(results[self._n_returned:])
-        last_logits = outputs[self._logits_name][-1] if self._logits_name else None
+        returned, states, kv = self._run_states(st, feeds, s)
+        outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, returned)}  # drop batch axis
         if self._kv_index:
             cache_inputs = np.concatenate([st.cache_inputs, rows])  # copy: small, ids or frames
             cache_positions = np.concatenate([st.cache_positions, positions])
         else:
             cache_inputs, cache_positions = st.cache_inputs, st.cache_positions
-        return StreamState(owner=st.owner, states=new_states, cache_inputs=cache_inputs,
-                           cache_positions=cache_positions, next_model_position=first + s,
-                           fed=st.fed + s, evicted=st.evicted,
-                           pending=st.pending, last_logits=last_logits), outputs
+        return dataclasses.replace(
+            st, states=states, cache_inputs=cache_inputs, cache_positions=cache_positions,
+            next_model_position=st.next_model_position + s, fed=st.fed + s,
+            last_logits=outputs[self._logits_name][-1] if self._logits_name else None, kv=kv), outputs
 
-    def _run_piece_shared(self, st: StreamState, rows: np.ndarray):
-        """`_run_piece` for shared_buffer graphs: the chunk's KV entries are written into the
-        stream's buffer in place (copy-on-write where another live state claims them)."""
-        s = len(rows)
-        if self.kv_window is not None:
-            st = self._make_room(st, s)
-        cache_len = st.cache_len
-        first = st.next_model_position
-        buf = st.kv_buffer
-        if buf is None or not buf.begin_write(cache_len, s):
-            buf = KVBuffer.copied(self._kv_specs, [st.states[i] for i in self._kv_index], cache_len,
-                                  self._kv_capacity(cache_len + s), self._kv_dtypes)
-            buf.begin_write(cache_len, s)
-        try:
-            feeds, positions = self._input_feeds(st, rows)
+    def _run_states(self, st: StreamState, feeds: dict, s: int) -> tuple[list, tuple, KVCache | None]:
+        """One ORT run from `st`'s states; returns (returned outputs, new states, kv handle).
+
+        The one place the KV layouts differ. concat: every state goes in and comes back as a
+        new array. shared_buffer: kv states stay bound to the stream's buffer, where ORT
+        appends the chunk's `s` entries in place (`KVCache.append`); only recurrent states
+        are fed and fetched.
+        """
+        n_ret = self._n_returned
+        if not self._shared:
             for spec, value in zip(self.manifest.states, st.states):
-                if spec.kind != "kv":
-                    feeds[spec.input] = value
-            results = self.runner.run_shared(feeds, buf)
-            outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, results)}
-            others = iter(results[self._n_returned:])
-            kv_views = iter(buf.views(cache_len + s))
-            new_states = tuple(next(kv_views) if spec.kind == "kv" else next(others) for spec in self.manifest.states)
-            new = StreamState(owner=st.owner, states=new_states,
-                              cache_inputs=np.concatenate([st.cache_inputs, rows]),
-                              cache_positions=np.concatenate([st.cache_positions, positions]),
-                              next_model_position=first + s, fed=st.fed + s, evicted=st.evicted,
-                              pending=st.pending,
-                              last_logits=outputs[self._logits_name][-1] if self._logits_name else None,
-                              kv_buffer=buf)
-        finally:
-            buf.end_write()
-        return new, outputs
+                # A state from a shared buffer (a restored snapshot) holds strided views; ORT wants contiguous input.
+                feeds[spec.input] = value if st.kv is None else np.ascontiguousarray(value)
+            results = self.runner.run(feeds)
+            return results[:n_ret], tuple(results[n_ret:]), None
+        for spec, value in zip(self.manifest.states, st.states):
+            if spec.kind != "kv":
+                feeds[spec.input] = value
+        capacity = self._kv_capacity(st.cache_len + s)
+        kv = st.kv
+        if kv is None:  # the first run, or a state from the concat path: its entries into a buffer
+            kv = KVBuffer.copy(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len, capacity)
+        results, kv = kv.append(self.runner, feeds, s, capacity)
+        others, views = iter(results[n_ret:]), iter(kv.views())
+        states = tuple(next(views) if spec.kind == "kv" else next(others) for spec in self.manifest.states)
+        return results[:n_ret], states, kv
 
     def _input_feeds(self, st: StreamState, rows: np.ndarray) -> tuple[dict, np.ndarray]:
         """The chunk and what the runtime fills beside it (mask, positions, constants); states aside."""
@@ -437,19 +419,19 @@ class StreamSession:
             return st
         if self._shared:  # one copy into a fresh buffer (the old one may back snapshots)
             keep = st.cache_len - (hi - lo)
-            buf = KVBuffer.copied(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len,
-                                  self._kv_capacity(keep + s), self._kv_dtypes, drop=(lo, hi))
-            views = iter(buf.views(keep))
+            kv = KVBuffer.copy(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len,
+                               self._kv_capacity(keep + s), drop=(lo, hi))
+            views = iter(kv.views())
             states = tuple(next(views) if spec.kind == "kv" else v for spec, v in zip(self.manifest.states, st.states))
         else:
-            states, buf = self._drop_kv(st.states, lo, hi), None  # the kept entries are new contiguous arrays
+            states, kv = self._drop_kv(st.states, lo, hi), None  # the kept entries are new contiguous arrays
         return dataclasses.replace(
             st,
             states=states,
             cache_inputs=np.concatenate([st.cache_inputs[:lo], st.cache_inputs[hi:]]),
             cache_positions=np.concatenate([st.cache_positions[:lo], st.cache_positions[hi:]]),
             evicted=st.evicted + (hi - lo),
-            kv_buffer=buf,
+            kv=kv,
         )
 
     def _reencode(self, st: StreamState, s: int) -> StreamState:
@@ -495,8 +477,9 @@ class StreamSession:
 
     # ----- boundary validation -------------------------------------------------------------
 
-    def _validate(self, chunk) -> np.ndarray:
-        """Check a chunk once at the boundary; returns [n] int64 ids or [n, feature_dim] frames."""
+    def _validate(self, chunk, trusted: bool = False) -> np.ndarray:
+        """Check a chunk's model meaning (dtype, shape, vocabulary, limits) and, unless `trusted`,
+        its finiteness; returns [n] int64 ids or [n, feature_dim] frames."""
         name = self.manifest.name
         spec = self.manifest.input
         if isinstance(chunk, (list, tuple)):
@@ -528,7 +511,7 @@ class StreamSession:
                 bad = lo if lo < 0 else hi
                 raise InputError(f"{name}: token id {bad} is outside the vocabulary [0, {spec.vocab_size})")
             return np.ascontiguousarray(chunk, dtype=np.int64)
-        if not np.isfinite(chunk).all():
+        if not trusted and not np.isfinite(chunk).all():
             raise InputError(f"{name}: chunk contains NaN or Inf")
         return np.ascontiguousarray(chunk)
 

@@ -53,11 +53,10 @@ class CtcState:
 class CtcDecoder:
     """Greedy CTC over word labels (`symbols[i]` is the word of id i; `blank` decodes to nothing).
 
-    `space` and `lexicon` are accepted for callers that copy a decoder's settings; with word
-    labels there is no separator to wait for and the label set is the lexicon."""
+    With word labels there is no separator to wait for and the label set is the lexicon, so
+    the symbols, the blank and the frame length are the whole configuration."""
 
-    def __init__(self, symbols: Iterable[str], blank: int = 0, space: str = " ",
-                 lexicon: Iterable[str] | None = None, frame_samples: int | None = None):
+    def __init__(self, symbols: Iterable[str], blank: int = 0, frame_samples: int | None = None):
         self.symbols = list(symbols)
         if not 0 <= blank < len(self.symbols):
             raise ConfigError(f"ctc: blank id {blank} is outside the {len(self.symbols)} symbols")
@@ -65,8 +64,6 @@ class CtcDecoder:
         if bad:
             raise ConfigError(f"ctc: symbols must be words (non-empty, no whitespace); got {bad[:5]}")
         self.blank = blank
-        self.space = space
-        self.lexicon = None if lexicon is None else frozenset(lexicon)
         self.frame_samples = frame_samples
         self.state = CtcState(last_symbol=blank)
 

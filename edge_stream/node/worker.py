@@ -1,0 +1,405 @@
+"""The node's inference threads and what they share with the socket loop.
+
+A `Worker` runs the policies of its streams. It is built with everything it
+touches (no back-reference to the Node): the `OutputPort` it publishes on,
+the `Stats` it bumps, the node's stop event and the `ReplyChannel` its
+control replies go back on. Which thread owns which state is written down
+once, in edge_stream/node/node.py's module docstring.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from edge_stream.errors import EdgeStreamError, InputError, ProtocolError
+from edge_stream.node import wire
+from edge_stream.node.policies import Forward, Output
+from edge_stream.stats import percentiles
+
+log = logging.getLogger(__name__)
+
+DRAIN = 256  # messages taken from one socket per turn, so no socket starves the others
+STOP = object()  # tells a worker to finish
+MAX_BATCH = 64  # chunks of different streams run together at most (block models)
+
+
+class Stats:
+    """Counters the loop and workers bump (plain ints: a lost increment under a race only blurs stats)."""
+
+    def __init__(self):
+        self.chunks_in = self.outputs_out = self.errors = self.dropped = 0
+        self.gaps = self.duplicates = self.evicted = self.refused = 0
+        self.batched = 0  # chunks that ran in a batch with chunks of other streams
+        self.samples = {"queue_ms": collections.deque(maxlen=4096), "infer_ms": collections.deque(maxlen=4096),
+                        "node_ms": collections.deque(maxlen=4096)}
+
+    def latency(self) -> dict:
+        """p50/p99/n of each latency sample set since the last call (ms); empties the sets."""
+        out = {}
+        for name, dq in self.samples.items():
+            vals = np.fromiter(list(dq), dtype=np.float64)
+            dq.clear()
+            if not vals.size:
+                out[name] = {"p50": None, "p99": None, "n": 0}
+                continue
+            p50, p99 = percentiles(vals, (50, 99))
+            out[name] = {"p50": round(p50, 4), "p99": round(p99, 4), "n": int(vals.size)}
+        return out
+
+
+class OutputPort:
+    """The node's output XPUB as the loop and the workers use it, stamped with the node's identity.
+
+    ZeroMQ lets a socket move between threads given a full memory barrier, and the lock is that
+    barrier; nothing polls this socket, so no two threads ever touch it at once. Publishing from
+    the worker saves a thread hop per output (about half the node's overhead on a busy 2-core
+    machine). The subscriptions read off it are kept, so `wait_subscribed` can tell when a next
+    node or a controller is listening."""
+
+    def __init__(self, sock: zmq.Socket, stats: Stats, node: str, pub_id: str, errors_topic: str):
+        self.sock = sock
+        self.stats = stats
+        self.node, self.pub_id = node, pub_id
+        self.errors_topic = errors_topic
+        self.lock = threading.Lock()
+        self._error_seq = itertools.count()
+        self._subscribed: set[bytes] = set()  # topic prefixes subscribed to (under `_changed`)
+        self._changed = threading.Condition()
+
+    def send(self, frames) -> None:
+        with self.lock:
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                self.stats.outputs_out += 1
+            except zmq.Again:  # some subscriber of this topic is at its HWM (XPUB_NODROP)
+                self.stats.dropped += 1
+
+    def error(self, reason: str, code: str, stream=None, in_seq=None, in_pub_id=None) -> None:
+        """Publish an error event on the errors topic (numbered under the lock: in seq order)."""
+        with self.lock:
+            self.stats.errors += 1
+            header = {"v": wire.VERSION, "kind": "error", "node": self.node, "pub_id": self.pub_id,
+                      "seq": next(self._error_seq), "stream": stream, "in_seq": in_seq, "in_pub_id": in_pub_id,
+                      "code": code, "reason": reason, "t_pub_ns": wire.now_ns()}
+            try:
+                self.sock.send_multipart(wire.encode_output(self.errors_topic, header), zmq.NOBLOCK)
+                self.stats.outputs_out += 1
+            except zmq.Again:
+                self.stats.dropped += 1
+
+    def drain_subscriptions(self) -> None:
+        """Read subscription messages (b"\\x01" + prefix, b"\\x00" + prefix to leave) so they do not
+        pile up in the XPUB; remember which prefixes are subscribed."""
+        with self.lock:
+            msgs = []
+            for _ in range(DRAIN):
+                try:
+                    msgs.append(self.sock.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+        if not msgs:
+            return
+        with self._changed:
+            for m in msgs:
+                if m[:1] == b"\x01":
+                    self._subscribed.add(m[1:])
+                elif m[:1] == b"\x00":
+                    self._subscribed.discard(m[1:])
+            self._changed.notify_all()
+
+    def wait_subscribed(self, topic: str, timeout: float) -> bool:
+        """True once some subscriber's prefix matches `topic` (seen at the loop's next stats tick)."""
+        frame = wire.topic_frame(topic)
+        with self._changed:
+            return self._changed.wait_for(lambda: any(frame.startswith(p) for p in self._subscribed), timeout)
+
+    def close(self) -> None:
+        with self.lock:
+            self.sock.close(linger=0)
+
+
+@dataclass(frozen=True)
+class ReplyChannel:
+    """Where workers send control replies: an inproc PUSH to the loop's PULL, which the loop
+    relays on the ROUTER (only the loop may touch it). One PUSH per worker: sockets stay in a thread."""
+
+    ctx: zmq.Context
+    addr: str
+
+    def connect(self) -> zmq.Socket:
+        push = self.ctx.socket(zmq.PUSH)
+        push.linger = 0
+        push.sndtimeo = 100
+        push.connect(self.addr)
+        return push
+
+
+@dataclass(eq=False)
+class StreamEntry:
+    """One stream of the node (owners of each field: node.py's module docstring)."""
+
+    name: str
+    route: Any  # node.Route
+    worker: Worker
+    options: dict
+    opened_s: float
+    last_seen_s: float  # monotonic time of the last input
+    seqs: dict = field(default_factory=dict)  # pub_id -> last seq seen
+    chunks: int = 0
+    session: Any = None  # the runtime stream (opened by the loop, then the worker's alone)
+    out_seq: int = 0  # seq of this stream's next output
+
+
+@dataclass
+class Job:
+    """Work for a worker: `op` is an input kind (chunk/end/reset/close), a control op, or 'event'."""
+
+    entry: StreamEntry
+    op: str
+    msg: wire.InMessage | None = None
+    fields: dict | None = None  # 'event' payload, control request
+    reply_to: list | None = None  # control envelope, when a reply is due
+    n_out: int = 0  # outputs published so far
+
+
+class Worker(threading.Thread):
+    """Runs policies for its streams. Outputs of one stream stay in order; long generations of
+    different streams interleave one output at a time."""
+
+    def __init__(self, index: int, port: OutputPort, stats: Stats, stop: threading.Event,
+                 replies: ReplyChannel, output_topic: str):
+        super().__init__(name=f"edge-stream-{port.node}-worker{index}", daemon=True)
+        self.port, self.stats, self.stop, self.replies = port, stats, stop, replies
+        self.output_topic = output_topic  # e.g. "out/{stream}"
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.active: dict[StreamEntry, tuple[Job, Iterator]] = {}  # streams mid-iteration
+        self.backlog: dict[StreamEntry, collections.deque] = {}  # their later jobs, in order
+        # Next seq of forwarded messages per stream. Here, not in StreamEntry, so it survives a stream's
+        # eviction (a restart at 0 would look like duplicates downstream); a stream never changes worker.
+        self.forward_seqs: dict[str, int] = {}
+
+    def submit(self, job: Job) -> None:
+        self.jobs.put(job)
+
+    def run(self):
+        self.push = self.replies.connect()
+        try:
+            while True:
+                job = self.jobs.get() if not self.active else self._get_nowait()
+                batch: list[Job] = []  # pending chunks of block models, one per stream, in arrival order
+                while job is not None:
+                    if job is STOP or self.stop.is_set():  # stopping: queued work is abandoned
+                        return
+                    if not self._batchable(job, batch):
+                        # Jobs taken earlier run first, so every stream keeps its order.
+                        self._run_batch(batch)
+                        batch = []
+                    if self._batchable(job, batch):
+                        batch.append(job)
+                    else:
+                        self._accept(job)
+                    job = self._get_nowait()
+                self._run_batch(batch)
+                for entry in list(self.active):
+                    self._step(entry)
+        finally:
+            try:
+                for entry in list(self.active):
+                    outputs = self.active.pop(entry)[1]
+                    if hasattr(outputs, "close"):  # a generator (LM generation); batched outputs are lists
+                        outputs.close()
+            finally:  # an open socket would block the context's term() at shutdown
+                self.push.close(linger=0)
+
+    def _get_nowait(self):
+        try:
+            return self.jobs.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _batchable(self, job: Job, batch: list) -> bool:
+        """A chunk that may join `batch`: block model, stream idle, not in the batch yet."""
+        entry = job.entry
+        return (job.op == "chunk" and entry.route.policy.batchable and entry.session is not None
+                and entry not in self.active and entry not in self.backlog and len(batch) < MAX_BATCH
+                and all(j.entry is not entry for j in batch))
+
+    def _run_batch(self, batch: list) -> None:
+        """Run pending chunks of different streams: one batched model run per model
+        (the policy's chunks_batched), or the ordinary path for a chunk alone."""
+        by_route: dict[int, list[Job]] = {}
+        for job in batch:
+            by_route.setdefault(id(job.entry.route), []).append(job)
+        for jobs in by_route.values():
+            if len(jobs) == 1:
+                self._accept(jobs[0])
+                continue
+            t_start = time.time_ns()
+            try:
+                outputs = jobs[0].entry.route.policy.chunks_batched([j.entry.session for j in jobs],
+                                                                     [j.msg for j in jobs])
+            except Exception:  # a refused chunk or a failed run; nothing was committed, so
+                for job in jobs:  # each job runs alone and reports its own error
+                    self._accept(job)
+                continue
+            self.stats.batched += len(jobs)
+            for job, outs in zip(jobs, outputs):
+                self.stats.samples["queue_ms"].append((t_start - job.msg.t_recv_ns) / 1e6)
+                self.active[job.entry] = (job, iter(outs))
+                self._step(job.entry)
+
+    def _accept(self, job: Job):
+        """Start `job` now, or queue it behind the stream's running job (ordering)."""
+        entry = job.entry
+        if entry in self.active:
+            if job.op in ("reset", "close") and self.active[entry][0].op == "end":
+                self._cancel(entry)  # barge-in: a reset or close stops the generation in progress
+            else:
+                self.backlog.setdefault(entry, collections.deque()).append(job)
+                return
+        self._begin(job)
+
+    def _cancel(self, entry: StreamEntry):
+        job, it = self.active.pop(entry)
+        it.close()
+        self._publish(entry, job, Output("done", {"reason": "cancelled"}))
+
+    def _begin(self, job: Job):
+        self.active[job.entry] = (job, self._outputs(job))
+        self._step(job.entry)
+
+    def _step(self, entry: StreamEntry):
+        """Publish the next output of the stream's running job; start its next job when done."""
+        job, it = self.active[entry]
+        msg = job.msg
+        try:
+            out = next(it)
+        except StopIteration:
+            out = None
+        except EdgeStreamError as exc:  # the runtime left the stream unchanged
+            out = None
+            code = "input" if isinstance(exc, (InputError, ProtocolError)) else "state"
+            self.port.error(str(exc), code, entry.name, msg.seq if msg else None, msg.pub_id if msg else None)
+            if job.reply_to is not None:
+                self._reply(job, {"ok": False, "error": str(exc)})
+        except Exception as exc:  # a model failure must not kill the worker and its other streams
+            log.exception("node %s: stream %r: %s failed", self.port.node, entry.name, job.op)
+            out = None
+            self.port.error(f"internal error: {exc}", "internal", entry.name, msg.seq if msg else None)
+        if out is not None:
+            self._publish(entry, job, out)
+            return
+        del self.active[entry]
+        pending = self.backlog.get(entry)
+        if pending:
+            nxt = pending.popleft()
+            if not pending:
+                del self.backlog[entry]
+            self._begin(nxt)
+
+    def _outputs(self, job: Job) -> Iterator:
+        """The outputs of one job, lazily: nothing runs until the worker steps it."""
+        entry, policy = job.entry, job.entry.route.policy
+        op = job.op
+        if op == "event":
+            yield Output("event", dict(job.fields))
+            return
+        if op == "open":
+            self._reply(job, {"ok": True, "stream": entry.name, "model": entry.route.name})
+            yield Output("event", {"event": "opened"})
+        elif op == "chunk":
+            msg = job.msg
+            self.stats.samples["queue_ms"].append((time.time_ns() - msg.t_recv_ns) / 1e6)
+            yield from policy.chunk(entry.session, msg.data, msg.text, _extra(msg))
+        elif op == "end":
+            yield from policy.end(entry.session, _extra(job.msg))
+        elif op == "reset":
+            out = policy.reset(entry.session)
+            if job.reply_to is not None:
+                self._reply(job, {"ok": True, "stream": entry.name})
+            yield out
+        elif op == "rewind":
+            info = policy.rewind(entry.session, job.fields["n"])
+            self._reply(job, {"ok": True, "stream": entry.name, **info})
+            yield Output("event", {"event": "rewound", "n": job.fields["n"], **info})
+        elif op == "close":
+            entry.session = None
+            reason = (job.fields or {}).get("reason", "close")
+            if job.reply_to is not None:
+                self._reply(job, {"ok": True, "stream": entry.name})
+            yield Output("event", {"event": "closed", "reason": reason})
+
+    def _publish(self, entry: StreamEntry, job: Job, out: Output | Forward):
+        """Encode and send one output. A Forward goes out in input format on the route's
+        forward_topic (node chaining); on a route without one it is an ordinary output, or dropped."""
+        forward_topic = entry.route.forward_topic
+        if isinstance(out, Forward) and not forward_topic:
+            if out.output_kind is None:
+                return
+            out = out.as_output()
+        t_pub = wire.now_ns()
+        if isinstance(out, Forward):
+            frames = self._forward_frames(entry, job, out, forward_topic)
+        else:
+            frames = self._output_frames(entry, job, out, t_pub)
+        msg = job.msg
+        if msg is not None and job.n_out == 0 and job.op == "chunk":  # first output of a chunk: the latency that counts
+            self.stats.samples["infer_ms"].append(out.infer_ms)
+            self.stats.samples["node_ms"].append((t_pub - msg.t_recv_ns) / 1e6 - out.infer_ms)
+        job.n_out += 1
+        self.port.send(frames)
+
+    def _output_frames(self, entry: StreamEntry, job: Job, out: Output, t_pub: int) -> list:
+        """An output message on the stream's output topic (docs/protocol.md, "Outputs")."""
+        msg = job.msg
+        header = {"v": wire.VERSION, "stream": entry.name, "pub_id": self.port.pub_id, "seq": entry.out_seq,
+                  "kind": out.kind, "model": entry.route.name, "node": self.port.node,
+                  "infer_ms": round(out.infer_ms, 4)}
+        if msg is not None:
+            header.update(in_seq=msg.seq, in_pub_id=msg.pub_id, t_recv_ns=msg.t_recv_ns)
+            if msg.t_capture_ns is not None:
+                header["t_capture_ns"] = msg.t_capture_ns
+        header.update(out.fields)
+        header["t_pub_ns"] = t_pub
+        entry.out_seq += 1
+        return wire.encode_output(self.output_topic.format(stream=entry.name), header, out.data)
+
+    def _forward_frames(self, entry: StreamEntry, job: Job, fwd: Forward, topic: str) -> list:
+        """An *input* message for the next node, from this node's pub_id with its own seq per stream,
+        carrying the input's t_capture_ns (docs/protocol.md, "Chaining nodes")."""
+        msg = job.msg
+        t_capture = fwd.t_capture_ns if fwd.t_capture_ns is not None else (msg.t_capture_ns if msg else None)
+        seq = self.forward_seqs.get(entry.name, 0)
+        self.forward_seqs[entry.name] = seq + 1
+        return wire.encode_input(topic, entry.name, self.port.pub_id, seq, fwd.kind, data=fwd.data,
+                                 text=fwd.text, t_capture_ns=t_capture, **fwd.fields)
+
+    def _reply(self, job: Job, fields: dict):
+        if job.reply_to is not None:
+            self._push(list(job.reply_to) + [wire.encode_control_reply(job.fields or {}, fields)])
+            job.reply_to = None
+
+    def _push(self, frames):
+        while True:
+            try:
+                self.push.send_multipart(frames)
+                return
+            except zmq.Again:  # the loop is behind; give up only when shutting down
+                if self.stop.is_set():
+                    return
+
+
+def _extra(msg: wire.InMessage) -> dict:
+    """The fields a policy gets: the header's model-specific ones, plus t_capture_ns when present."""
+    return msg.extra if msg.t_capture_ns is None else {**msg.extra, "t_capture_ns": msg.t_capture_ns}
