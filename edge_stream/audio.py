@@ -11,12 +11,17 @@ from edge_stream.errors import InputError
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Mono 16-bit PCM samples (int16) and the sample rate of a WAV file."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise InputError(f"{path}: expected mono 16-bit PCM, got {w.getnchannels()} channel(s) of "
-                             f"{8 * w.getsampwidth()} bit")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
+    """Mono 16-bit PCM samples (int16) and the sample rate of a WAV file. InputError: missing, not a WAV."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                raise InputError(f"{path}: expected mono 16-bit PCM, got {w.getnchannels()} channel(s) of "
+                                 f"{8 * w.getsampwidth()} bit")
+            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
+    except FileNotFoundError:
+        raise InputError(f"{path}: WAV file not found") from None
+    except (wave.Error, EOFError, IsADirectoryError) as exc:
+        raise InputError(f"{path}: not a readable WAV file ({str(exc) or type(exc).__name__})") from None
 
 
 def read_wav_float32(path: str | Path) -> tuple[np.ndarray, int]:

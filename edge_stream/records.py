@@ -74,3 +74,15 @@ def _convert(tp, value, where: str, error, table: str):
             raise error(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
         return value
     raise error(f"{where}: unsupported field type {tp}")  # internal: a field type we do not map
+
+
+def check_args(func, values: dict, where: str, error: type[EdgeStreamError]) -> None:
+    """Type-check keyword options against `func`'s annotations before it uses them, so an option
+    from the wire (`threshold: "high"`) gets `error` naming it instead of a TypeError deep inside.
+    Values still at their parameter's default, unannotated parameters and **kwargs are skipped."""
+    import inspect
+
+    hints = typing.get_type_hints(func)
+    for name, p in inspect.signature(func).parameters.items():
+        if name in values and name in hints and p.kind is not p.VAR_KEYWORD and values[name] is not p.default:
+            _convert(hints[name], values[name], f"{where} {name}", error, "map")

@@ -40,6 +40,9 @@ INT8_BLOCK = 32
 ACCURACY_LEVEL_INT8 = 4
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # any one: the builder loads a tokenizer
+
+
 def builder_missing() -> str | None:
     """Why the builder cannot run here (None when it can)."""
     if importlib.util.find_spec("onnxruntime_genai") is None:
@@ -56,6 +59,10 @@ def build(src: str, out: Path, precision: str, device: str = "cpu") -> None:
         raise ConfigError(f"--graph gqa needs onnxruntime-genai's model builder: {missing}")
     if not Path(src).is_dir():
         raise ConfigError(f"--graph gqa: SRC must be a local Hugging Face folder, got {src!r}")
+    if not any((Path(src) / name).is_file() for name in TOKENIZER_FILES):
+        # The builder loads the tokenizer itself and fails deep inside transformers without one.
+        raise ConfigError(f"--graph gqa: {src} has no tokenizer ({', '.join(TOKENIZER_FILES)}); the model "
+                          "builder needs one (--graph optimum exports a folder without)")
     provider = "cuda" if precision == "fp16" else "cpu"
     if device != provider:
         log.warning("%s gqa graphs are built for the %s provider", precision, provider)

@@ -156,8 +156,8 @@ def test_reset_cancels_a_generation_in_progress(node):
 
 
 def test_a_subscriber_that_stops_reading_costs_drops_not_a_stall(lm_dir):
-    """XPUB_NODROP at a small HWM: outputs to a full subscriber are dropped and counted,
-    and the node keeps serving a controller that reads."""
+    """At a small HWM, outputs to a full subscriber are dropped for it alone (no XPUB_NODROP), its
+    client counts them from the jump in seq, and the node keeps serving a controller that reads."""
     # The HWM is per subscriber pipe: small enough that the stuck reader's 16 MB overflow it at
     # once, large enough that the reading controller's burst (fed, deltas, done) fits while its
     # thread waits for a core on a loaded machine (at 2 the burst itself was dropped now and then).
@@ -165,9 +165,10 @@ def test_a_subscriber_that_stops_reading_costs_drops_not_a_stall(lm_dir):
                       sndhwm=32, stats_interval_s=0.2)
     try:
         pub, sub, _ = clients(node, "chat", ["out/fast"])
-        stuck = Subscriber(["out/slow"], connect=node.endpoints["output"])
+        stuck = Subscriber(["out/slow", "stats"])  # queue options apply to connections made after they are set
         stuck.sock.rcvhwm = 1
         stuck.sock.setsockopt(__import__("zmq").RCVBUF, 4096)
+        stuck.sock.connect(node.endpoints["output"][0])
         wait_subscribed(node, stuck)  # its subscription to out/slow has reached the node
         chunk = np.arange(1, 200, dtype=np.int64)
         for _ in range(40):  # 40 x 200 x 512 x 4 bytes = 16 MB of logits for a reader that never reads
@@ -178,9 +179,16 @@ def test_a_subscriber_that_stops_reading_costs_drops_not_a_stall(lm_dir):
         pub.end(stream="fast", max_new_tokens=2)
         recs = collect(sub, done_for("fast"), timeout=20)
         assert recs and recs[-1].kind == "done"
-        stats = Subscriber(["stats"], connect=node.endpoints["output"])
-        assert next_stats(stats, until=lambda h: h["dropped"] > 0)
+        # The fast stream is served while the slow one still runs: wait (not reading `stuck`) until all
+        # 120 went out. Then the stuck reader reads at last: its queue, up to a heartbeat sent after
+        # that; a later output (seq 120) then shows it the loss before it.
+        watcher = Subscriber(["stats"], connect=node.endpoints["output"])
+        assert next_stats(watcher, timeout=30, until=lambda h: h["outputs_out"] >= 124)
+        watcher.close()
+        assert next_stats(stuck, timeout=30, until=lambda h: h["outputs_out"] >= 124)
+        pub.send(chunk[:10], stream="slow")
+        late = collect(stuck, lambda r: r.header.get("seq") == 120, timeout=20)
+        assert late and late[-1].header["seq"] == 120 and stuck.gaps > 0
         stuck.close()
-        stats.close()
     finally:
         node.stop()

@@ -24,8 +24,16 @@ COMMAND_MODULES = (
 )
 
 
+class CliParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (`edge-stream run: error: ...`), exit status 2;
+    subcommand parsers are of this class too (argparse makes them with the parent's class)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-stream", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="edge-stream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -46,10 +54,19 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except EdgeStreamError as exc:
-        print(f"edge-stream: {exc}", file=sys.stderr)
+        print(f"edge-stream: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder named on the command line is missing or unreadable
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edge-stream {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: Exception) -> str:
+    """An error message on one line (a model builder's or a TOML parser's may span several)."""
+    return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

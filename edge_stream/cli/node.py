@@ -14,6 +14,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0002
+EXIT_THREAD_DIED = 3  # `run`: a node's loop or worker thread died; a supervisor should restart the process
 
 
 def add_commands(subparsers) -> None:
@@ -57,12 +58,26 @@ def _curve_args(p):
     p.add_argument("--server-key", help="the node's/proxy's public CURVE .key file")
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(parts=()) -> int:
+    """Block until SIGINT/SIGTERM (0), or until a thread of one of `parts` died (EXIT_THREAD_DIED)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):  # a timed wait keeps signal delivery prompt on every platform
-        pass
+    return supervise(parts, stop)
+
+
+def supervise(parts, stop: threading.Event, interval_s: float = 0.5) -> int:
+    """Watch started nodes until `stop` is set (0) or a node's loop or worker thread has died
+    (EXIT_THREAD_DIED, after a log line naming it): a process that is alive but serves nothing
+    must exit, so that its supervisor (systemd, a container runtime) restarts it."""
+    while not stop.wait(interval_s):  # a timed wait keeps signal delivery prompt on every platform
+        for part in parts:
+            dead = part.dead_threads() if hasattr(part, "dead_threads") else []
+            if dead:
+                log.error("node %s: thread(s) %s died; exiting with status %d so a supervisor restarts it",
+                          part.cfg.name, ", ".join(dead), EXIT_THREAD_DIED)
+                return EXIT_THREAD_DIED
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -88,12 +103,12 @@ def cmd_run(args) -> int:
         if not started:
             print(f"{args.launch}: nothing matches --only {', '.join(sorted(only))}", file=sys.stderr)
             return 2
-        _wait_for_signal()
+        status = _wait_for_signal(started)
     finally:
         for part in reversed(started):
             part.stop()
     print("stopped", flush=True)
-    return 0
+    return status
 
 
 def cmd_keys(args) -> int:

@@ -6,6 +6,7 @@ Node.js client written from the document is their equal.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import time
@@ -39,6 +40,12 @@ class Publisher:
     Uses an XPUB socket so `wait_ready()` can see the node's subscription arrive:
     chunks sent before it would be dropped by PUB/SUB (the slow-joiner problem).
     `pub_id` is new on every start, so a node sees a restart as a new publisher.
+
+    Readiness follows the subscribers: with ZMQ_IMMEDIATE a connection that breaks (the node
+    stopped or is restarting) takes its subscription with it, so `ready` turns False when the
+    last subscriber of the topic leaves, nothing queues for the dead node meanwhile (no stale
+    burst on its restart), and the restarted node's subscription makes it True again
+    (`resubscribed` counts those returns). Call `wait_ready()` again after `ready` went False.
     """
 
     def __init__(self, topic: str, connect=(), bind=(), ctx: zmq.Context | None = None,
@@ -52,21 +59,61 @@ class Publisher:
         self.sock.linger = 0
         self.sock.sndhwm = sndhwm
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, also repeated ones
+        # No pipe to a peer that is not connected: a broken connection drops its subscription
+        # (libzmq then hands us b"\x00" + prefix once the topic's last subscriber is gone).
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # a node that vanished without closing is seen
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         _attach(self.sock, connect, bind, secret_key, server_key, f"publisher {topic!r}")
-        self.subscribed = False
+        self._prefixes: set[bytes] = set()  # subscribed prefixes of our topic frame
+        self._was_ready = False
+        self.resubscribed = 0  # times a subscriber came back after all had left (a node restart)
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether some subscriber (a node, a proxy) has our topic, as last read from the socket."""
+        return bool(self._prefixes)
+
+    @property
+    def ready(self) -> bool:
+        """Read the (un)subscriptions waiting on the socket, without blocking; True while subscribed."""
+        while self.sock.poll(0):
+            self._take(self.sock.recv())
+        return self.subscribed
+
+    def _take(self, msg: bytes) -> None:
+        """One (un)subscription message: b"\\x01" + prefix subscribes, b"\\x00" + prefix leaves."""
+        prefix = msg[1:]
+        if not self._topic_frame.startswith(prefix):  # another topic's
+            return
+        if msg[:1] == b"\x01":
+            if not self._prefixes and self._was_ready:
+                self.resubscribed += 1
+                log.info("publisher %r: subscribed again (node restarted or reconnected)", self.topic)
+            self._prefixes.add(prefix)
+            self._was_ready = True
+        elif msg[:1] == b"\x00" and prefix in self._prefixes:
+            self._prefixes.discard(prefix)
+            if not self._prefixes:
+                log.warning("publisher %r: no subscriber left (node stopped or restarting); "
+                            "chunks are dropped until wait_ready() succeeds again", self.topic)
+
+    def _wait(self, want: bool, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.ready != want:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                return self.ready == want
+        return True
 
     def wait_ready(self, timeout: float = 5.0) -> bool:
         """Wait until a subscriber (a node or a proxy) subscribed to this topic; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while not self.subscribed:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000)):
-                return self.subscribed
-            msg = self.sock.recv()
-            # Subscription messages: b"\x01" + prefix. A prefix of our topic frame matches us.
-            if msg[:1] == b"\x01" and self._topic_frame.startswith(msg[1:]):
-                self.subscribed = True
-        return True
+        return self._wait(True, timeout)
+
+    def wait_unsubscribed(self, timeout: float = 5.0) -> bool:
+        """Wait until no subscriber of this topic is left (its node stopped or is restarting);
+        False on timeout."""
+        return self._wait(False, timeout)
 
     def _next_seq(self, stream: str) -> int:
         counter = self.seqs.get(stream)
@@ -107,8 +154,9 @@ class Received:
 
     msg: wire.OutMessage
     t_recv_ns: int
-    gap: int = 0  # outputs of this (pub_id, stream) missed just before this one
-    new_publisher: bool = False  # first output from this node start (pub_id)
+    gap: int = 0  # messages of this (pub_id, topic, stream) missed just before this one
+    new_publisher: bool = False  # first message of its (pub_id, topic, stream) seen here
+    synthesized: bool = False  # made by this client (a `state_lost` event), not sent by a node
     stale: bool = False  # older than max_age_ms (from t_capture_ns, or t_pub_ns)
 
     @property
@@ -132,7 +180,14 @@ class Received:
 
 @dataclass
 class Subscriber:
-    """Receives node outputs on exact topics (name + NUL) and checks their sequence and age."""
+    """Receives node outputs on exact topics (name + NUL) and checks their sequence and age.
+
+    Losses: every node message carries a `seq` per (node pub_id, topic, stream); a jump is
+    messages this subscriber lost (its queue was full: the node drops per subscriber, and cannot
+    see it). They are counted in `lost` (per key), `gaps` (total), on `Received.gap`, and logged.
+    Restarts: a node (by `node` name) seen with a new pub_id (its boot id) has lost every
+    stream's state; before that node's first new message, `recv` returns one synthesized
+    `state_lost` event per stream this subscriber saw outputs of (and not `closed`)."""
 
     topics: list
     connect: list = field(default_factory=list)
@@ -150,31 +205,90 @@ class Subscriber:
         for t in _as_list(self.topics):
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode() if self.prefix else wire.topic_frame(t))
         _attach(self.sock, self.connect, self.bind, self.secret_key, self.server_key, "subscriber")
-        self.last_seq: dict[tuple, int] = {}
-        self.gaps = 0
+        self.last_seq: dict[tuple, int] = {}  # (node pub_id, topic, stream or None) -> last seq
+        self.lost: dict[tuple, int] = {}  # same key -> messages missed (seq gaps)
+        self.gaps = 0  # all of them
+        self.boots: dict[str, str] = {}  # node name -> its boot id (pub_id) last seen
+        self.restarts = 0  # new boot ids seen for a known node
+        self._stateful: dict[str, dict[str, str]] = {}  # node -> {stream: output topic} with state
+        self._rebooted: set[str] = set()  # pub_ids that replaced an earlier boot of their node
+        self._pending: collections.deque[Received] = collections.deque()  # synthesized, returned first
 
     def recv(self, timeout: float | None = 1.0) -> Received | None:
-        """The next output, or None after `timeout` seconds (None: wait forever)."""
+        """The next output (or a synthesized `state_lost`), or None after `timeout` seconds
+        (None: wait forever)."""
+        if self._pending:
+            return self._pending.popleft()
         if timeout is not None and not self.sock.poll(int(timeout * 1000)):
             return None
         frames = self.sock.recv_multipart()
         t_recv = wire.now_ns()
         msg = wire.decode_output(frames)
         rec = Received(msg, t_recv)
-        h = msg.header
-        key = (h.get("pub_id"), msg.topic)  # stats/errors have one seq per topic; outputs per stream topic
-        seq = h.get("seq")
-        if isinstance(seq, int):
-            last = self.last_seq.get(key)
-            if last is None:
-                rec.new_publisher = True
-            elif seq > last + 1:
-                rec.gap = seq - last - 1
-                self.gaps += rec.gap
-            self.last_seq[key] = seq
+        lost_state = self._check_boot(rec)
+        self._check_seq(rec)
         if self.max_age_ms is not None and rec.age_ms > self.max_age_ms:
             rec.stale = True
+        if lost_state:
+            self._pending.extend(lost_state[1:] + [rec])
+            return lost_state[0]
         return rec
+
+    def _check_seq(self, rec: Received) -> None:
+        """Count the messages missed before `rec` on its (pub_id, topic, stream)."""
+        h, msg = rec.header, rec.msg
+        # Errors are numbered per node (their `stream` names the offender); stats per node;
+        # outputs and forwarded messages per stream.
+        stream = None if msg.kind == "error" else h.get("stream")
+        key = (h.get("pub_id"), msg.topic, stream)
+        seq = h.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            return
+        last = self.last_seq.get(key)
+        if last is None:
+            rec.new_publisher = True
+            # After a restart this subscriber was there all along: outputs numbered before the
+            # first one it got were published while it was reconnecting, and are lost to it.
+            missed = seq if stream is not None and key[0] in self._rebooted else 0
+        else:
+            missed = max(0, seq - last - 1)
+        if missed:
+            rec.gap = missed
+            self.gaps += missed
+            self.lost[key] = self.lost.get(key, 0) + missed
+            log.warning("subscriber: lost %d message(s) on topic %r (stream %r, node pub_id %s) before "
+                        "seq %d: this subscriber's queue was full or it was reconnecting", missed, msg.topic,
+                        stream, key[0], seq)
+        self.last_seq[key] = seq
+
+    def _check_boot(self, rec: Received) -> list[Received]:
+        """Track each node's boot id (its pub_id); on a new one, `state_lost` for its stateful streams."""
+        h = rec.header
+        node, boot = h.get("node"), h.get("pub_id")
+        if not isinstance(node, str) or not isinstance(boot, str):
+            return []  # forwarded input-format messages name no node
+        stateful = self._stateful.setdefault(node, {})
+        old = self.boots.get(node)
+        lost: list[Received] = []
+        if old is not None and old != boot:
+            self.restarts += 1
+            self._rebooted.add(boot)
+            log.warning("node %r restarted (boot %s -> %s): state of stream(s) %s is lost", node, old, boot,
+                        ", ".join(sorted(stateful)) or "none")
+            for stream, topic in sorted(stateful.items()):
+                header = {"v": wire.VERSION, "kind": "event", "event": "state_lost", "stream": stream,
+                          "node": node, "pub_id": boot, "boot_id": boot, "old_boot_id": old,
+                          "t_pub_ns": rec.t_recv_ns}
+                lost.append(Received(wire.OutMessage(topic, header), rec.t_recv_ns, synthesized=True))
+            stateful.clear()
+        self.boots[node] = boot
+        stream = h.get("stream")
+        if rec.kind not in ("error", "stats", "boot") and isinstance(stream, str):
+            if rec.kind == "event" and h.get("event") == "closed":
+                stateful.pop(stream, None)
+            else:
+                stateful[stream] = rec.msg.topic
+        return lost
 
     def recv_until(self, predicate, timeout: float = 5.0) -> list[Received]:
         """Collect outputs until one satisfies `predicate` (it is included) or `timeout` passes."""

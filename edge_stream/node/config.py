@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_stream import records
-from edge_stream.errors import ConfigError
+from edge_stream.errors import ConfigError, ProtocolError
+from edge_stream.node.wire import MAX_NAME_LEN, check_name
 
 GAP_POLICIES = ("event", "reset")
 TRIGGERS = ("end", "suffix")
@@ -81,7 +82,10 @@ class ModelConfig:
     stream_options: dict = field(default_factory=dict)  # passed to open_stream (kv_window, threshold, ...)
     trigger: str = "end"
     trigger_suffix: str | None = None
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # default of an `end` that names none
+    # Ceiling of an `end`'s `max_new_tokens` (over it: an input error). The default above is not the
+    # ceiling, so a controller may ask for a longer answer; this bounds what any request may cost.
+    max_new_tokens_cap: int = 4096
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -90,6 +94,9 @@ class ModelConfig:
     policy: str = "auto"  # one of POLICIES
     forward_topic: str | None = None  # topic of forwarded outputs (input format), e.g. "speech", "words"
     wait_for_end: bool = False  # recognizer/parser: run on the whole segment at `end` (batch baseline)
+    # Freshness (docs/protocol.md, "Stale input and deadlines"), both off when unset:
+    max_age_ms: float | None = None  # a chunk older than this (from t_capture_ns, else t_pub_ns) is dropped
+    deadline_ms: float | None = None  # an open stream with no input for this long gets `deadline_missed`
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,13 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
         raise ConfigError(f"{where}.gap_policy: {cfg.gap_policy!r} is not one of {', '.join(GAP_POLICIES)}")
     if "{stream}" not in cfg.output_topic:
         raise ConfigError(f"{where}.output_topic: must contain '{{stream}}', got {cfg.output_topic!r}")
+    try:
+        _check_topic(cfg.output_topic.format(stream="s"), f"{where}.output_topic")
+    except (KeyError, IndexError, ValueError):  # str.format: another {field}, or a stray brace
+        raise ConfigError(f"{where}.output_topic: only '{{stream}}' may appear in braces, got "
+                          f"{cfg.output_topic!r}") from None
+    _check_topic(cfg.errors_topic, f"{where}.errors_topic")
+    _check_topic(cfg.stats_topic, f"{where}.stats_topic")
     seen: dict[str, str] = {}
     models = []
     for i, m in enumerate(cfg.models):
@@ -197,26 +211,47 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
             raise ConfigError(f"{mw}.trigger_suffix: required when trigger = 'suffix'")
         if m.publish_logits not in PUBLISH_LOGITS:
             raise ConfigError(f"{mw}.publish_logits: {m.publish_logits!r} is not one of {', '.join(PUBLISH_LOGITS)}")
-        if m.max_new_tokens < 0 or m.temperature < 0 or not 0 < m.top_p <= 1 or m.top_k < 0:
+        if m.max_new_tokens < 0 or not m.temperature >= 0 or not 0 < m.top_p <= 1 or m.top_k < 0:
             raise ConfigError(f"{mw}: need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if not m.max_new_tokens <= m.max_new_tokens_cap:
+            raise ConfigError(f"{mw}.max_new_tokens_cap: must be >= max_new_tokens ({m.max_new_tokens}), "
+                              f"got {m.max_new_tokens_cap}")
+        if m.seed is not None and not 0 <= m.seed < 2**64:
+            raise ConfigError(f"{mw}.seed: expected 0 <= seed < 2**64, got {m.seed}")
+        for name in ("max_age_ms", "deadline_ms"):
+            value = getattr(m, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{mw}.{name}: must be > 0 ms (leave it out to turn it off), got {value}")
         if not m.topics:
             raise ConfigError(f"{mw}.topics: at least one input topic is required")
         if m.policy not in POLICIES:
             raise ConfigError(f"{mw}.policy: {m.policy!r} is not one of {', '.join(POLICIES)}")
-        if m.forward_topic is not None and (not m.forward_topic or not m.forward_topic.isprintable()
-                                            or len(m.forward_topic) > 128):
-            raise ConfigError(f"{mw}.forward_topic: {m.forward_topic!r} is not a valid topic name")
+        if m.forward_topic is not None:
+            _check_topic(m.forward_topic, f"{mw}.forward_topic")
         for t in m.topics:
             if t in seen:
                 raise ConfigError(f"{mw}.topics: topic {t!r} already feeds model {seen[t]!r}")
-            if not t or "\x00" in t:
-                raise ConfigError(f"{mw}.topics: {t!r} is not a valid topic name")
+            _check_topic(t, f"{mw}.topics")
             seen[t] = m.name
         if m.name in [x.name for x in models]:
             raise ConfigError(f"{mw}.name: model name {m.name!r} used twice")
         models.append(dataclasses.replace(m, dir=str(base / m.dir)))
     _check_security(cfg.security, f"{where}.security")
     return dataclasses.replace(cfg, models=tuple(models), security=_resolve_security(cfg.security, base))
+
+
+def _check_topic(topic: str, where: str) -> None:
+    """Every topic (input, output, forward, errors, stats) obeys the wire's name rule: 1-128 printable characters."""
+    try:
+        check_name(topic, "topic")
+    except ProtocolError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def max_stream_chars(output_topic: str) -> int:
+    """The longest stream name whose output topic (`output_topic` with the name for '{stream}') is
+    still a valid topic of at most 128 characters: 124 for the default "out/{stream}"."""
+    return MAX_NAME_LEN - len(output_topic.format(stream=""))
 
 
 def _check_security(sec: SecurityConfig, where: str) -> None:

@@ -14,16 +14,17 @@ Who owns what (the one place this is written down):
 - loop thread: the SUB, the ROUTER (control) and the PULL (control replies from workers)
   sockets; the stream table `Node.streams` and each StreamEntry's `last_seen_s`, `seqs`,
   `chunks`; the stats seq. It opens each stream's session (so bad options fail the request).
-- a stream's worker, from then on: StreamEntry `session` and `out_seq`, the stream's forwarded
-  seq (`Worker.forward_seqs`), its jobs; each worker's own PUSH socket to the loop.
+- a stream's worker, from then on: StreamEntry `session`, `out_seq` and `forward_seq`, the closed
+  streams' numbering (`Worker.closed_seqs`), its jobs; each worker's own PUSH socket to the loop.
 - shared under `OutputPort.lock`: the output XPUB (workers publish directly: no thread hop),
   the errors seq, the subscriptions read off the XPUB.
 - shared without a lock: `Stats` counters (a lost increment only blurs stats), the stop
   event, the workers' job queues (queue.SimpleQueue is thread-safe).
 
-Outputs go out on an XPUB with XPUB_NODROP: a full subscriber queue makes the
-send fail with EAGAIN instead of dropping silently, so drops are counted
-(stats `dropped`) and the node never blocks on a slow or dead controller.
+Outputs go out on an XPUB without XPUB_NODROP: libzmq drops a message only for a subscriber
+whose queue is full, so a stalled controller loses its own outputs and delays nobody (with
+NODROP one full pipe made every send fail). The node cannot see those per-subscriber drops;
+each subscriber sees them as jumps of `seq` (docs/protocol.md, "Delivery").
 Forwarded outputs (node chaining: a VAD gate's speech, a recognizer's words) go out
 on the same XPUB in *input* format on the route's `forward_topic`, so the next
 node's SUB takes them like a sensor's chunks (docs/protocol.md, "Chaining nodes").
@@ -41,6 +42,7 @@ from typing import Any
 
 import zmq
 
+from edge_stream import heap
 from edge_stream.errors import (
     ConfigError,
     EdgeStreamError,
@@ -49,7 +51,7 @@ from edge_stream.errors import (
     StreamStateError,
 )
 from edge_stream.node import wire
-from edge_stream.node.config import NodeConfig
+from edge_stream.node.config import NodeConfig, max_stream_chars
 from edge_stream.node.policies import Policy, policy_for
 from edge_stream.node.security import Curve, attach
 from edge_stream.node.worker import (
@@ -68,6 +70,7 @@ log = logging.getLogger(__name__)
 _POLL_MS = 100  # longest the loop sleeps: bounds shutdown time and stats jitter
 _SEEN_PUBLISHERS = 8  # pub_ids remembered per stream (restarted sensors leave old ones behind)
 _CONTROL_OPS = ("status", "open", "close", "reset", "rewind")
+STATUS_MAX_STREAMS = 64  # streams in one `status` reply (a page: `offset`, `limit`); keeps it far below 64 KiB
 
 
 @dataclass
@@ -99,12 +102,21 @@ class Node:
         self.stats = Stats()
         self.endpoints: dict[str, list[str]] = {}
         self.ready = threading.Event()
-        self.limits = wire.Limits(max_payload_bytes=cfg.max_payload_bytes)
+        # Stream names are capped so that the output topic built from them is a valid topic too.
+        self.limits = wire.Limits(max_payload_bytes=cfg.max_payload_bytes,
+                                  max_stream_chars=max_stream_chars(cfg.output_topic))
         self.workers: list[Worker] = []  # started with the sockets (they publish on the output port)
         self.port: OutputPort | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._stats_seq = itertools.count()
+        self._stats_seq = itertools.count()  # stats and the boot message: one numbering on the stats topic
+        self.boot_id = self.pub_id  # one random id per start: a new one tells clients every stream's state is gone
+        self._t_boot_ns = wire.now_ns()
+        self._boot_sent = False
+        # How often the loop looks for missed deadlines: a tenth of the shortest deadline (5-100 ms).
+        deadlines = [r.cfg.deadline_ms for r in self.routes if getattr(r.cfg, "deadline_ms", None)]
+        self._deadline_step_s = min(0.1, max(0.005, min(deadlines) / 1e4)) if deadlines else None
+        self._closed_last_tick = 0  # streams the last tick closed: the heap is trimmed at the next one
         self._thread: threading.Thread | None = None
         self._started_s = time.monotonic()
         self.ctx = zmq.Context()
@@ -142,6 +154,14 @@ class Node:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def dead_threads(self) -> list[str]:
+        """Names of the loop and worker threads that ended although the node was not stopped. Not
+        empty: the node serves nothing (or some streams nothing) and its process should exit so a
+        supervisor restarts it (`edge-stream run` does)."""
+        if self._thread is None or self._stop.is_set() or not self.ready.is_set():
+            return []
+        return [t.name for t in (self._thread, *self.workers) if not t.is_alive()]
+
     def wait_output_subscribed(self, topic: str, timeout: float = 5.0) -> bool:
         """Wait until something (a next node, a controller) subscribed to output `topic`; False on
         timeout. The node's side of `Publisher.wait_ready`: subscriptions are read at each stats
@@ -172,7 +192,7 @@ class Node:
         attach(self.sub, cfg.input, self.curve, f"node {cfg.name!r}.input")
         self.pub = self._socket(zmq.XPUB)
         self.pub.sndhwm = cfg.sndhwm
-        self.pub.setsockopt(zmq.XPUB_NODROP, 1)  # EAGAIN at the HWM instead of a silent drop: we count it
+        # No XPUB_NODROP: at a subscriber's HWM libzmq drops for that subscriber alone (its `seq` jumps).
         attach(self.pub, cfg.output, self.curve, f"node {cfg.name!r}.output")
         self.port = OutputPort(self.pub, self.stats, cfg.name, self.pub_id, cfg.errors_topic)
         self.ctl = None
@@ -214,12 +234,17 @@ class Node:
             if s is not None:
                 poller.register(s, zmq.POLLIN)
         next_tick = time.monotonic()  # first stats message right away: it tells clients we are up
+        next_deadlines = next_tick
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_tick:
-                self._tick(now)
                 next_tick = now + self.cfg.stats_interval_s
-            timeout = min(_POLL_MS, max(0.0, (next_tick - now) * 1e3))
+                self._guarded(self._tick, now)
+            if self._deadline_step_s is not None and now >= next_deadlines:
+                next_deadlines = now + self._deadline_step_s
+                self._guarded(self._check_deadlines, now)
+            wake = next_tick if self._deadline_step_s is None else min(next_tick, next_deadlines)
+            timeout = min(_POLL_MS, max(0.0, (wake - now) * 1e3))
             events = dict(poller.poll(timeout))
             if self.replies in events:
                 self._drain(self.replies, self._send_control_reply)
@@ -234,7 +259,19 @@ class Node:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 return
-            handle(frames)
+            self._guarded(handle, frames)
+
+    def _guarded(self, handle, arg) -> None:
+        """Run one loop step; an exception (a bug of ours: input is validated before use) becomes an
+        `internal` error event and the loop carries on serving every other message."""
+        try:
+            handle(arg)
+        except Exception as exc:
+            log.exception("node %s: %s failed", self.cfg.name, getattr(handle, "__name__", handle))
+            try:
+                self._error_event(f"internal error: {type(exc).__name__}: {exc}", "internal")
+            except Exception:  # the output socket itself failed: logged above, nothing more to do
+                pass
 
     def _teardown(self):
         for w in self.workers:
@@ -272,11 +309,18 @@ class Node:
     def _tick(self, now: float):
         """Once per stats interval: evict idle streams, publish the stats/heartbeat message."""
         self.port.drain_subscriptions()
+        if not self._boot_sent and self.port.has_subscriber(self.cfg.stats_topic):
+            self._send_boot()
         ttl = self.cfg.stream_ttl_s
-        for name in [n for n, e in self.streams.items() if now - e.last_seen_s > ttl]:
+        if self._closed_last_tick:
+            # Their workers dropped them since: the heap pages they freed go back to the OS (issue 13 §7).
+            heap.trim()
+        expired = [n for n, e in self.streams.items() if now - e.last_seen_s > ttl]
+        for name in expired:
             entry = self.streams.pop(name)
             self.stats.evicted += 1
             entry.worker.submit(Job(entry, "close", fields={"reason": "ttl"}))
+        self._closed_last_tick = len(expired)
         st = self.stats
         header = {"v": wire.VERSION, "kind": "stats", "node": self.cfg.name, "pub_id": self.pub_id,
                   "seq": next(self._stats_seq), "t_pub_ns": wire.now_ns(), "ready": True,
@@ -285,7 +329,10 @@ class Node:
                   "chunks_in": st.chunks_in, "outputs_out": st.outputs_out, "errors": st.errors,
                   "dropped": st.dropped, "gaps": st.gaps, "duplicates": st.duplicates,
                   "evicted": st.evicted, "refused": st.refused, "batched": st.batched,
-                  "queue_depths": [w.jobs.qsize() for w in self.workers], "latency_ms": st.latency()}
+                  "boot_id": self.boot_id, "stale": st.stale, "deadline_missed": st.deadline_missed,
+                  "queue_depths": [w.jobs.qsize() for w in self.workers], "latency_ms": st.latency(),
+                  "workers": [{"alive": w.is_alive(), "queue_depth": w.jobs.qsize(),
+                               "last_beat_s": round(max(0.0, now - w.beat_s), 3)} for w in self.workers]}
         self.port.send(wire.encode_output(self.cfg.stats_topic, header))
 
     # ----- input (loop thread) -----------------------------------------------------------------
@@ -296,15 +343,12 @@ class Node:
         except (ProtocolError, InputError) as exc:
             code = "input" if isinstance(exc, InputError) else "protocol"
             self._error_event(exc.reason, code, exc.stream, exc.seq, exc.pub_id)
-            # A rejected message whose numbering was readable still counts, so the next one is no "gap".
-            entry = self.streams.get(exc.stream)
-            if entry is not None and exc.pub_id is not None and exc.seq is not None \
-                    and exc.seq > entry.seqs.get(exc.pub_id, -1):
-                entry.seqs[exc.pub_id] = exc.seq
+            self._count_rejected(exc.stream, exc.pub_id, exc.seq)
             return
         route = self.by_topic.get(msg.topic)
-        if route is None:  # cannot happen with exact subscriptions; kept as a boundary check
+        if route is None:  # a topic frame that only starts with ours, e.g. "mic\0x\0"
             self._error_event(f"topic {msg.topic!r} feeds no model", "unknown_topic", msg.stream, msg.seq, msg.pub_id)
+            self._count_rejected(msg.stream, msg.pub_id, msg.seq)
             return
         entry = self.streams.get(msg.stream)
         if entry is None:
@@ -324,9 +368,15 @@ class Node:
             except EdgeStreamError as exc:  # the route's stream_options are wrong: a config error
                 self._error_event(str(exc), "config", msg.stream, msg.seq, msg.pub_id)
                 return
+            except Exception as exc:  # a bug of ours opening it: say which message it cost
+                log.exception("node %s: opening stream %r failed", self.cfg.name, msg.stream)
+                self._error_event(f"internal error opening the stream: {type(exc).__name__}: {exc}", "internal",
+                                  msg.stream, msg.seq, msg.pub_id)
+                return
         elif entry.route is not route:
             self._error_event(f"stream belongs to model {entry.route.name!r}; topic {msg.topic!r} feeds "
                               f"{route.name!r}", "wrong_model", msg.stream, msg.seq, msg.pub_id)
+            self._count_rejected(msg.stream, msg.pub_id, msg.seq)
             return
         if not self._check_seq(entry, msg):
             return
@@ -334,9 +384,21 @@ class Node:
         if msg.kind == "chunk":
             entry.chunks += 1
             self.stats.chunks_in += 1
+            if self._stale(entry, msg):
+                return
+        self._arm_deadline(entry, None if msg.kind == "end" else entry.last_seen_s)
         if msg.kind == "close":
             self.streams.pop(entry.name, None)
         entry.worker.submit(Job(entry, msg.kind, msg))
+
+    def _count_rejected(self, stream, pub_id, seq) -> None:
+        """A rejected message whose numbering was readable still counts towards its publisher's seq on
+        an open stream, so the next valid one is no "gap" (nor, under gap_policy reset, a reset)."""
+        entry = self.streams.get(stream) if stream is not None else None
+        if entry is not None and pub_id is not None and seq is not None and seq > entry.seqs.get(pub_id, -1):
+            if pub_id not in entry.seqs and len(entry.seqs) >= _SEEN_PUBLISHERS:
+                entry.seqs.pop(next(iter(entry.seqs)))
+            entry.seqs[pub_id] = seq
 
     def _check_seq(self, entry: StreamEntry, msg: wire.InMessage) -> bool:
         """Gap/duplicate/out-of-order detection per (pub_id, stream). False: drop the message."""
@@ -376,7 +438,52 @@ class Node:
         # from now on only the worker touches the session.
         entry.session = route.policy.open(name, entry.options)
         self.streams[name] = entry
+        self._arm_deadline(entry, now)
         return entry
+
+    # ----- freshness: stale input, deadlines (loop thread) -------------------------------------
+
+    def _stale(self, entry: StreamEntry, msg: wire.InMessage) -> bool:
+        """True: the chunk is older than its model's `max_age_ms` (from t_capture_ns, else t_pub_ns,
+        to its receipt; wall clocks) and is dropped with a `stale` event on the stream's output."""
+        max_age_ms = entry.route.cfg.max_age_ms
+        if max_age_ms is None:
+            return False
+        clock = "t_capture_ns" if msg.t_capture_ns is not None else "t_pub_ns"
+        age_ms = (msg.t_recv_ns - getattr(msg, clock)) / 1e6
+        if age_ms <= max_age_ms:
+            return False
+        self.stats.stale += 1
+        entry.worker.submit(Job(entry, "event", msg, fields={
+            "event": "stale", "age_ms": round(age_ms, 3), "max_age_ms": max_age_ms, "clock": clock}))
+        return True
+
+    def _arm_deadline(self, entry: StreamEntry, last_input_s: float | None) -> None:
+        """Due time of the stream's next `deadline_missed`: `deadline_ms` after its last input;
+        None disarms (after an `end`: silence is expected)."""
+        deadline_ms = entry.route.cfg.deadline_ms
+        if deadline_ms is not None:
+            entry.deadline_s = None if last_input_s is None else last_input_s + deadline_ms / 1e3
+
+    def _check_deadlines(self, now: float) -> None:
+        """One `deadline_missed` per silence: it disarms the stream's deadline; the next input re-arms it."""
+        for entry in self.streams.values():
+            if entry.deadline_s is not None and now >= entry.deadline_s:
+                deadline_ms = entry.route.cfg.deadline_ms
+                silent_ms = (now - entry.deadline_s) * 1e3 + deadline_ms
+                entry.deadline_s = None
+                self.stats.deadline_missed += 1
+                entry.worker.submit(Job(entry, "event", fields={
+                    "event": "deadline_missed", "deadline_ms": deadline_ms, "silent_ms": round(silent_ms, 1)}))
+
+    def _send_boot(self) -> None:
+        """The `boot` message on the stats topic, once per start, at the first stats tick that has a
+        subscriber for it (published earlier it would reach nobody: subscribers reconnect after us)."""
+        self._boot_sent = True
+        header = {"v": wire.VERSION, "kind": "boot", "node": self.cfg.name, "pub_id": self.pub_id,
+                  "boot_id": self.boot_id, "seq": next(self._stats_seq), "t_pub_ns": wire.now_ns(),
+                  "t_boot_ns": self._t_boot_ns, "models": sorted(self.by_name), "topics": sorted(self.by_topic)}
+        self.port.send(wire.encode_output(self.cfg.stats_topic, header))
 
     # ----- control (loop thread) ---------------------------------------------------------------
 
@@ -391,21 +498,35 @@ class Node:
             reply = self._control(op, req, envelope)
         except EdgeStreamError as exc:
             reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug of ours: answer and report it; the loop carries on
+            log.exception("node %s: control request failed", self.cfg.name)
+            reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+            stream = req.get("stream") if isinstance(req, dict) else None
+            self._error_event(reply["error"], "internal", stream if isinstance(stream, str) else None)
         if reply is not None:  # None: a worker replies when done
             self.ctl.send_multipart(envelope + [wire.encode_control_reply(req, reply)], zmq.NOBLOCK)
 
     def _control(self, op: str, req: dict, envelope: list) -> dict | None:
         if op == "status":
-            return {"ok": True, **self.status()}
+            offset, limit = req.get("offset", 0), req.get("limit", STATUS_MAX_STREAMS)
+            for name, value, top in (("offset", offset, None), ("limit", limit, STATUS_MAX_STREAMS)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (top and value > top):
+                    raise ProtocolError(f"status: field {name!r} must be an int >= 0"
+                                        + (f" and <= {top}" if top else "") + f", got {value!r}")
+            return {"ok": True, **self.status(offset, limit)}
         stream = req.get("stream")
         if not isinstance(stream, str):
             raise ProtocolError(f"{op}: field 'stream' (string) is required")
+        wire.check_name(stream, f"{op}: field 'stream'", self.limits.max_stream_chars)
         if op == "open":
             if stream in self.streams:
                 raise StreamStateError(f"stream {stream!r} is already open")
-            route = self.by_name.get(req.get("model")) if len(self.routes) > 1 else self.routes[0]
+            model = req.get("model")
+            if model is not None and not isinstance(model, str):
+                raise ProtocolError(f"open: field 'model' must be a string, got {type(model).__name__}")
+            route = self.by_name.get(model) if len(self.routes) > 1 or model is not None else self.routes[0]
             if route is None:
-                raise ConfigError(f"open: field 'model' must be one of {', '.join(self.by_name)}, got {req.get('model')!r}")
+                raise ConfigError(f"open: field 'model' must be one of {', '.join(self.by_name)}, got {model!r}")
             options = req.get("options", {})
             if not isinstance(options, dict):
                 raise ProtocolError("open: field 'options' must be a map")
@@ -423,12 +544,16 @@ class Node:
         entry.worker.submit(Job(entry, op, fields=req, reply_to=envelope))
         return None
 
-    def status(self) -> dict:
+    def status(self, offset: int = 0, limit: int = STATUS_MAX_STREAMS) -> dict:
+        """The node's status with one page of its streams: names sorted, `limit` from `offset`
+        (`streams_open` says how many there are), so the reply stays small with any max_streams."""
         now = time.monotonic()
+        page = sorted(self.streams)[offset:offset + limit]
         return {"node": self.cfg.name, "pub_id": self.pub_id, "ready": self.ready.is_set(),
                 "models": {r.name: {"topics": list(r.cfg.topics), "dir": r.cfg.dir} for r in self.routes},
-                "streams": {n: {"model": e.route.name, "chunks": e.chunks, "idle_s": round(now - e.last_seen_s, 3)}
-                            for n, e in self.streams.items()},
+                "streams_open": len(self.streams), "offset": offset, "limit": limit,
+                "streams": {n: {"model": (e := self.streams[n]).route.name, "chunks": e.chunks,
+                                "idle_s": round(now - e.last_seen_s, 3)} for n in page},
                 "max_streams": self.cfg.max_streams, "endpoints": self.endpoints}
 
 

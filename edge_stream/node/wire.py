@@ -37,6 +37,9 @@ MAX_NAME_LEN = 128
 MAX_HEADER_BYTES = 64 * 1024
 # Header fields every input message carries, with the Python types msgpack gives them.
 REQUIRED = {"v": int, "stream": str, "pub_id": str, "seq": int, "kind": str, "t_pub_ns": int}
+# Timestamps are wall-clock ns (about 1.7e18, over 2**53): a float cannot carry them exactly, so only
+# msgpack integers are accepted, and the error says how a JavaScript client sends one.
+_NS_HINT = "; send a msgpack integer of ns since the Unix epoch (JavaScript: a BigInt, packed as int64)"
 RESERVED = {"v", "stream", "pub_id", "seq", "kind", "t_capture_ns", "t_pub_ns", "dtype", "shape", "text"}
 
 
@@ -46,10 +49,11 @@ def topic_frame(topic: str) -> bytes:
     return topic.encode() + TOPIC_END
 
 
-def check_name(name: Any, field_name: str) -> str:
-    """Topic and stream names: 1-128 characters, no NUL, no control characters."""
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN or not name.isprintable():
-        raise ProtocolError(f"{field_name}: expected a printable string of 1-{MAX_NAME_LEN} characters, got {name!r}")
+def check_name(name: Any, field_name: str, max_len: int = MAX_NAME_LEN) -> str:
+    """Topic and stream names: 1-`max_len` (at most 128) characters, no NUL, no control characters."""
+    if not isinstance(name, str) or not 0 < len(name) <= max_len or not name.isprintable():
+        got = f"{name[:40]!r}... ({len(name)} characters)" if isinstance(name, str) and len(name) > 40 else repr(name)
+        raise ProtocolError(f"{field_name}: expected a printable string of 1-{max_len} characters, got {got}")
     return name
 
 
@@ -78,6 +82,9 @@ class Limits:
     max_payload_bytes: int = 4 * 1024 * 1024
     max_header_bytes: int = MAX_HEADER_BYTES
     max_text_chars: int = 64 * 1024
+    # Longest stream name: a node lowers it so that its output topic (e.g. "out/{stream}") stays
+    # within MAX_NAME_LEN characters (config.max_stream_chars).
+    max_stream_chars: int = MAX_NAME_LEN
 
 
 @dataclass
@@ -112,7 +119,22 @@ def unpack_header(raw: bytes, limits: Limits = Limits(), max_array_len: int = MA
         raise reject(ProtocolError, f"header is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict):
         raise reject(ProtocolError, f"header must be a msgpack map, got {type(header).__name__}")
+    _no_bin(header)
     return header
+
+
+def _no_bin(header: dict) -> None:
+    """msgpack `bin` values are not part of protocol v1, even empty ones (max_bin_len=0 still lets
+    b"" through). Iterative, since msgpack allows nesting deeper than Python's recursion limit."""
+    todo: list = [header]
+    while todo:
+        x = todo.pop()
+        items = list(x.items()) if isinstance(x, dict) else [(None, v) for v in x]
+        for k, v in items:
+            if isinstance(k, bytes) or isinstance(v, bytes):
+                raise reject(ProtocolError, f"msgpack bin values are not allowed in headers (field {k!r})")
+            if isinstance(v, (dict, list)):
+                todo.append(v)
 
 
 def _no_ext(code, data):
@@ -150,9 +172,10 @@ def decode_input(frames: list[bytes] | list, limits: Limits = Limits()) -> InMes
         if name not in h:
             raise fail(f"header field '{name}' is missing")
         if not isinstance(h[name], typ) or isinstance(h[name], bool):
-            raise fail(f"header field '{name}' must be {typ.__name__}, got {type(h[name]).__name__}")
+            hint = _NS_HINT if name.endswith("_ns") else ""
+            raise fail(f"header field '{name}' must be {typ.__name__}, got {type(h[name]).__name__}{hint}")
     try:
-        check_name(h["stream"], "stream")
+        check_name(h["stream"], "stream", limits.max_stream_chars)
     except ProtocolError as exc:
         raise fail(str(exc)) from None
     if not 0 <= h["seq"] < 2**64:
@@ -162,7 +185,7 @@ def decode_input(frames: list[bytes] | list, limits: Limits = Limits()) -> InMes
         raise fail(f"kind {kind!r} is not one of {', '.join(INPUT_KINDS)}")
     t_capture = h.get("t_capture_ns")
     if t_capture is not None and (not isinstance(t_capture, int) or isinstance(t_capture, bool)):
-        raise fail(f"header field 't_capture_ns' must be int, got {type(t_capture).__name__}")
+        raise fail(f"header field 't_capture_ns' must be int, got {type(t_capture).__name__}{_NS_HINT}")
 
     msg = InMessage(topic=topic, stream=stream, pub_id=pub_id, seq=seq, kind=kind, t_pub_ns=h["t_pub_ns"],
                     t_capture_ns=t_capture, extra={k: v for k, v in h.items() if k not in RESERVED},
@@ -191,7 +214,7 @@ def _decode_array(h: dict, payload: list, limits: Limits, fail, strict: bool = T
     dtype_name, shape = h.get("dtype"), h.get("shape")
     if dtype_name is None or shape is None:
         raise fail("a chunk needs 'dtype' and 'shape' (or 'text')")
-    if dtype_name not in DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise fail(f"dtype {dtype_name!r} is not allowed; allowed: {', '.join(DTYPES)}")
     if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):

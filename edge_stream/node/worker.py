@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 DRAIN = 256  # messages taken from one socket per turn, so no socket starves the others
 STOP = object()  # tells a worker to finish
 MAX_BATCH = 64  # chunks of different streams run together at most (block models)
+BEAT_S = 1.0  # an idle worker still goes round its loop this often, so its heartbeat stays fresh
+# Output and forward numbering of this many recently closed streams is kept per worker, so a stream
+# closed (or evicted) and reopened continues its seq instead of restarting at 0 (about 200 bytes each).
+CLOSED_SEQS_KEPT = 4096
 
 
 class Stats:
@@ -41,6 +45,8 @@ class Stats:
         self.chunks_in = self.outputs_out = self.errors = self.dropped = 0
         self.gaps = self.duplicates = self.evicted = self.refused = 0
         self.batched = 0  # chunks that ran in a batch with chunks of other streams
+        self.stale = 0  # chunks dropped as older than their model's max_age_ms
+        self.deadline_missed = 0  # deadline_missed events (an open stream silent past deadline_ms)
         self.samples = {"queue_ms": collections.deque(maxlen=4096), "infer_ms": collections.deque(maxlen=4096),
                         "node_ms": collections.deque(maxlen=4096)}
 
@@ -82,8 +88,8 @@ class OutputPort:
             try:
                 self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
                 self.stats.outputs_out += 1
-            except zmq.Again:  # some subscriber of this topic is at its HWM (XPUB_NODROP)
-                self.stats.dropped += 1
+            except zmq.Again:  # not at a subscriber's HWM (the XPUB drops per pipe there, unseen): a
+                self.stats.dropped += 1  # message the socket refused outright
 
     def error(self, reason: str, code: str, stream=None, in_seq=None, in_pub_id=None) -> None:
         """Publish an error event on the errors topic (numbered under the lock: in seq order)."""
@@ -117,6 +123,12 @@ class OutputPort:
                 elif m[:1] == b"\x00":
                     self._subscribed.discard(m[1:])
             self._changed.notify_all()
+
+    def has_subscriber(self, topic: str) -> bool:
+        """Whether some subscriber's prefix matches `topic`, as of the last `drain_subscriptions`."""
+        frame = wire.topic_frame(topic)
+        with self._changed:
+            return any(frame.startswith(p) for p in self._subscribed)
 
     def wait_subscribed(self, topic: str, timeout: float) -> bool:
         """True once some subscriber's prefix matches `topic` (seen at the loop's next stats tick)."""
@@ -158,7 +170,9 @@ class StreamEntry:
     seqs: dict = field(default_factory=dict)  # pub_id -> last seq seen
     chunks: int = 0
     session: Any = None  # the runtime stream (opened by the loop, then the worker's alone)
-    out_seq: int = 0  # seq of this stream's next output
+    out_seq: int | None = None  # seq of this stream's next output (None: not yet taken from the worker)
+    forward_seq: int | None = None  # seq of its next forwarded message (node chaining)
+    deadline_s: float | None = None  # monotonic time its `deadline_missed` is due (None: not armed)
 
 
 @dataclass
@@ -171,6 +185,7 @@ class Job:
     fields: dict | None = None  # 'event' payload, control request
     reply_to: list | None = None  # control envelope, when a reply is due
     n_out: int = 0  # outputs published so far
+    deltas: list | None = None  # `text` of the `delta` outputs published so far (a cancelled `done` joins them)
 
 
 class Worker(threading.Thread):
@@ -183,11 +198,15 @@ class Worker(threading.Thread):
         self.port, self.stats, self.stop, self.replies = port, stats, stop, replies
         self.output_topic = output_topic  # e.g. "out/{stream}"
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.active: dict[StreamEntry, tuple[Job, Iterator]] = {}  # streams mid-iteration
-        self.backlog: dict[StreamEntry, collections.deque] = {}  # their later jobs, in order
-        # Next seq of forwarded messages per stream. Here, not in StreamEntry, so it survives a stream's
-        # eviction (a restart at 0 would look like duplicates downstream); a stream never changes worker.
-        self.forward_seqs: dict[str, int] = {}
+        # Keyed by stream *name*, not entry: after a close (or TTL eviction) and a reopen, the new
+        # entry's jobs wait behind the old entry's `closed`, so a stream's outputs stay in input order.
+        self.active: dict[str, tuple[Job, Iterator]] = {}  # streams mid-iteration
+        self.backlog: dict[str, collections.deque] = {}  # their later jobs, in order
+        # (next output seq, next forward seq) of recently closed streams, oldest first (bounded LRU).
+        # Here, not in StreamEntry, so numbering survives a close or eviction (a restart at 0 would read
+        # as duplicates downstream); a stream never changes worker.
+        self.closed_seqs: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
+        self.beat_s = time.monotonic()  # last time round the loop (stats: `last_beat_s`)
 
     def submit(self, job: Job) -> None:
         self.jobs.put(job)
@@ -196,31 +215,45 @@ class Worker(threading.Thread):
         self.push = self.replies.connect()
         try:
             while True:
-                job = self.jobs.get() if not self.active else self._get_nowait()
-                batch: list[Job] = []  # pending chunks of block models, one per stream, in arrival order
-                while job is not None:
-                    if job is STOP or self.stop.is_set():  # stopping: queued work is abandoned
+                self.beat_s = time.monotonic()
+                try:
+                    if self._turn():
                         return
-                    if not self._batchable(job, batch):
-                        # Jobs taken earlier run first, so every stream keeps its order.
-                        self._run_batch(batch)
-                        batch = []
-                    if self._batchable(job, batch):
-                        batch.append(job)
-                    else:
-                        self._accept(job)
-                    job = self._get_nowait()
-                self._run_batch(batch)
-                for entry in list(self.active):
-                    self._step(entry)
+                except Exception as exc:  # a bug of ours: report it, keep serving the other streams
+                    log.exception("node %s: worker %s failed", self.port.node, self.name)
+                    self.port.error(f"internal error in {self.name}: {type(exc).__name__}: {exc}", "internal")
         finally:
             try:
-                for entry in list(self.active):
-                    outputs = self.active.pop(entry)[1]
+                for name in list(self.active):
+                    outputs = self.active.pop(name)[1]
                     if hasattr(outputs, "close"):  # a generator (LM generation); batched outputs are lists
                         outputs.close()
             finally:  # an open socket would block the context's term() at shutdown
                 self.push.close(linger=0)
+
+    def _turn(self) -> bool:
+        """Take the queued jobs, run them, step every running job once. True: stop now."""
+        try:
+            job = self.jobs.get(timeout=BEAT_S) if not self.active else self._get_nowait()
+        except queue.Empty:
+            return self.stop.is_set()
+        batch: list[Job] = []  # pending chunks of block models, one per stream, in arrival order
+        while job is not None:
+            if job is STOP or self.stop.is_set():  # stopping: queued work is abandoned
+                return True
+            if not self._batchable(job, batch):
+                # Jobs taken earlier run first, so every stream keeps its order.
+                self._run_batch(batch)
+                batch = []
+            if self._batchable(job, batch):
+                batch.append(job)
+            else:
+                self._accept(job)
+            job = self._get_nowait()
+        self._run_batch(batch)
+        for name in list(self.active):
+            self._step(name)
+        return False
 
     def _get_nowait(self):
         try:
@@ -232,8 +265,8 @@ class Worker(threading.Thread):
         """A chunk that may join `batch`: block model, stream idle, not in the batch yet."""
         entry = job.entry
         return (job.op == "chunk" and entry.route.policy.batchable and entry.session is not None
-                and entry not in self.active and entry not in self.backlog and len(batch) < MAX_BATCH
-                and all(j.entry is not entry for j in batch))
+                and entry.name not in self.active and entry.name not in self.backlog and len(batch) < MAX_BATCH
+                and all(j.entry.name != entry.name for j in batch))
 
     def _run_batch(self, batch: list) -> None:
         """Run pending chunks of different streams: one batched model run per model
@@ -256,33 +289,39 @@ class Worker(threading.Thread):
             self.stats.batched += len(jobs)
             for job, outs in zip(jobs, outputs):
                 self.stats.samples["queue_ms"].append((t_start - job.msg.t_recv_ns) / 1e6)
-                self.active[job.entry] = (job, iter(outs))
-                self._step(job.entry)
+                self.active[job.entry.name] = (job, iter(outs))
+                self._step(job.entry.name)
 
     def _accept(self, job: Job):
         """Start `job` now, or queue it behind the stream's running job (ordering)."""
-        entry = job.entry
-        if entry in self.active:
-            if job.op in ("reset", "close") and self.active[entry][0].op == "end":
-                self._cancel(entry)  # barge-in: a reset or close stops the generation in progress
+        name = job.entry.name
+        if name in self.active:
+            running = self.active[name][0]
+            if job.op in ("reset", "close") and running.op == "end" and running.entry is job.entry:
+                self._cancel(name)  # barge-in: a reset or close stops the generation in progress
             else:
-                self.backlog.setdefault(entry, collections.deque()).append(job)
+                self.backlog.setdefault(name, collections.deque()).append(job)
                 return
         self._begin(job)
 
-    def _cancel(self, entry: StreamEntry):
-        job, it = self.active.pop(entry)
+    def _cancel(self, name: str):
+        job, it = self.active.pop(name)
         it.close()
-        self._publish(entry, job, Output("done", {"reason": "cancelled"}))
+        # The same fields as a generation's own `done`: what was said before the barge-in, and where
+        # the stream stands (every yielded token is part of it).
+        said = job.deltas or []
+        fields = {"n_tokens": len(said), "text": "".join(said), "reason": "cancelled",
+                  **job.entry.route.policy.describe(job.entry.session)}
+        self._publish_guarded(job.entry, job, Output("done", fields))
 
     def _begin(self, job: Job):
-        self.active[job.entry] = (job, self._outputs(job))
-        self._step(job.entry)
+        self.active[job.entry.name] = (job, self._outputs(job))
+        self._step(job.entry.name)
 
-    def _step(self, entry: StreamEntry):
+    def _step(self, name: str):
         """Publish the next output of the stream's running job; start its next job when done."""
-        job, it = self.active[entry]
-        msg = job.msg
+        job, it = self.active[name]
+        entry, msg = job.entry, job.msg
         try:
             out = next(it)
         except StopIteration:
@@ -297,16 +336,30 @@ class Worker(threading.Thread):
             log.exception("node %s: stream %r: %s failed", self.port.node, entry.name, job.op)
             out = None
             self.port.error(f"internal error: {exc}", "internal", entry.name, msg.seq if msg else None)
+            if job.reply_to is not None:
+                self._reply(job, {"ok": False, "error": f"internal error: {exc}"})
         if out is not None:
-            self._publish(entry, job, out)
+            self._publish_guarded(entry, job, out)
             return
-        del self.active[entry]
-        pending = self.backlog.get(entry)
+        del self.active[name]
+        pending = self.backlog.get(name)
         if pending:
             nxt = pending.popleft()
             if not pending:
-                del self.backlog[entry]
+                del self.backlog[name]
             self._begin(nxt)
+
+    def _publish_guarded(self, entry: StreamEntry, job: Job, out) -> None:
+        """`_publish`, with a failure (an output that cannot be encoded) reported as an `internal`
+        error: that output is lost, the stream's later outputs and other streams are not."""
+        try:
+            self._publish(entry, job, out)
+        except Exception as exc:
+            log.exception("node %s: stream %r: publishing a %s output failed", self.port.node, entry.name,
+                          getattr(out, "kind", "?"))
+            msg = job.msg
+            self.port.error(f"internal error: could not publish a {getattr(out, 'kind', '?')} output: {exc}",
+                            "internal", entry.name, msg.seq if msg else None, msg.pub_id if msg else None)
 
     def _outputs(self, job: Job) -> Iterator:
         """The outputs of one job, lazily: nothing runs until the worker steps it."""
@@ -339,6 +392,20 @@ class Worker(threading.Thread):
             if job.reply_to is not None:
                 self._reply(job, {"ok": True, "stream": entry.name})
             yield Output("event", {"event": "closed", "reason": reason})
+            self._keep_seqs(entry)
+
+    def _restore_seqs(self, entry: StreamEntry) -> None:
+        """A (re)opened stream's numbering continues where its last incarnation's ended."""
+        if entry.out_seq is None:
+            entry.out_seq, entry.forward_seq = self.closed_seqs.pop(entry.name, (0, 0))
+
+    def _keep_seqs(self, entry: StreamEntry) -> None:
+        """Remember a closed stream's next seqs, forgetting the oldest beyond CLOSED_SEQS_KEPT."""
+        self._restore_seqs(entry)
+        self.closed_seqs[entry.name] = (entry.out_seq, entry.forward_seq)
+        self.closed_seqs.move_to_end(entry.name)
+        while len(self.closed_seqs) > CLOSED_SEQS_KEPT:
+            self.closed_seqs.popitem(last=False)
 
     def _publish(self, entry: StreamEntry, job: Job, out: Output | Forward):
         """Encode and send one output. A Forward goes out in input format on the route's
@@ -358,11 +425,16 @@ class Worker(threading.Thread):
             self.stats.samples["infer_ms"].append(out.infer_ms)
             self.stats.samples["node_ms"].append((t_pub - msg.t_recv_ns) / 1e6 - out.infer_ms)
         job.n_out += 1
+        if out.kind == "delta":
+            if job.deltas is None:
+                job.deltas = []
+            job.deltas.append(out.fields.get("text", ""))
         self.port.send(frames)
 
     def _output_frames(self, entry: StreamEntry, job: Job, out: Output, t_pub: int) -> list:
         """An output message on the stream's output topic (docs/protocol.md, "Outputs")."""
         msg = job.msg
+        self._restore_seqs(entry)
         header = {"v": wire.VERSION, "stream": entry.name, "pub_id": self.port.pub_id, "seq": entry.out_seq,
                   "kind": out.kind, "model": entry.route.name, "node": self.port.node,
                   "infer_ms": round(out.infer_ms, 4)}
@@ -380,8 +452,9 @@ class Worker(threading.Thread):
         carrying the input's t_capture_ns (docs/protocol.md, "Chaining nodes")."""
         msg = job.msg
         t_capture = fwd.t_capture_ns if fwd.t_capture_ns is not None else (msg.t_capture_ns if msg else None)
-        seq = self.forward_seqs.get(entry.name, 0)
-        self.forward_seqs[entry.name] = seq + 1
+        self._restore_seqs(entry)
+        seq = entry.forward_seq
+        entry.forward_seq += 1
         return wire.encode_input(topic, entry.name, self.port.pub_id, seq, fwd.kind, data=fwd.data,
                                  text=fwd.text, t_capture_ns=t_capture, **fwd.fields)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_stream import records
 from edge_stream.errors import ConfigError, InputError, ManifestError, StreamStateError
 from edge_stream.runtime.runner import NUMPY_DTYPES, ORT_TYPES
 
@@ -81,6 +82,7 @@ class BlockStream:
 
     def __init__(self, model, *, max_chunk_samples: int | None = None, name: str | None = None, **unknown):
         m = model.manifest
+        records.check_args(BlockStream.__init__, locals(), f"{m.name}: stream option", ConfigError)
         self.name = name or f"{m.name} stream"
         if unknown:
             raise ConfigError(

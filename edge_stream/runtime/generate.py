@@ -15,9 +15,16 @@ from tokenizers.decoders import DecodeStream
 from edge_stream.errors import ConfigError
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    if not temperature >= 0.0:
-        raise ConfigError(f"temperature: expected >= 0 (0 = greedy), got {temperature}")
+# Below this a temperature only overflows logits / temperature (1e-310 gives inf - inf = NaN
+# probabilities); it already picks the argmax, so ask for 0 (greedy) instead.
+MIN_TEMPERATURE = 1e-3
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float, seed: int | None = None) -> None:
+    if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature < float("inf")):
+        raise ConfigError(f"temperature: expected 0 (greedy) or a finite value >= {MIN_TEMPERATURE}, got {temperature}")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ConfigError(f"seed: expected 0 <= seed < 2**64 (or none), got {seed}")
     if top_k < 0:
         raise ConfigError(f"top_k: expected >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_stream.errors import ManifestError
+from edge_stream.runtime.kvbuffer import KVPool
 from edge_stream.runtime.manifest import Manifest, load_manifest
 from edge_stream.runtime.runner import ModelRunner
 
@@ -22,6 +23,7 @@ class Model:
         self.manifest: Manifest = manifest or read_manifest(self.dir)
         self.runner = ModelRunner(self.dir / self.manifest.model_file, self.manifest,
                                   providers=providers, intra_op_threads=intra_op_threads)
+        self.kv_pool = KVPool()  # KV memory recycled across this model's streams (runtime/kvbuffer.py)
         self.tokenizer = None
         if self.manifest.tokenizer:
             from tokenizers import Tokenizer  # text models only

@@ -137,3 +137,23 @@ class ModelRunner:
     def run(self, feeds: dict) -> list:
         """One ORT run; returns arrays in `self.fetch` order."""
         return self.session.run(self.fetch, feeds)
+
+    def run_into(self, feeds: dict, into: dict) -> list:
+        """One ORT run writing the outputs named in `into` to those (C-contiguous, exactly shaped)
+        arrays; returns arrays in `self.fetch` order, `into`'s own among them.
+
+        Why: `run`'s outputs live in ORT's arena, which keeps its high-water mark for the
+        session's life; outputs that outlive the run (a stream's KV states) go to memory the
+        caller owns. The others are views holding ORT's values, freed with them."""
+        io = self.session.io_binding()
+        for name, value in feeds.items():
+            io.bind_cpu_input(name, value)
+        for name in self.fetch:
+            arr = into.get(name)
+            if arr is None:
+                io.bind_output(name)
+            else:
+                io.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        self.session.run_with_iobinding(io)
+        return [into[name] if name in into else value.numpy()
+                for name, value in zip(self.fetch, io.get_outputs())]

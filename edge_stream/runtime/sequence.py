@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_stream import records
 from edge_stream.errors import ConfigError, InputError, StreamStateError
 from edge_stream.runtime.generate import TextDeltas, check_sampling, next_token
 from edge_stream.runtime.kvbuffer import KVBuffer, KVCache, capacity_for
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FEED = 1 << 16  # tokens or frames accepted by one feed() call
 _NO_TOKENS = np.zeros(0, dtype=np.int64)
+_TOKEN_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class StreamSession:
                  max_feed: int = DEFAULT_MAX_FEED, kv_io: str | None = None,
                  kv_capacity: int | None = None, **unknown):
         m = model.manifest
+        records.check_args(StreamSession.__init__, locals(), f"{m.name}: stream option", ConfigError)
         if unknown:
             raise ConfigError(f"{m.name}: unknown stream option(s) {', '.join(sorted(unknown))}; sequence "
                               "streams take kv_window, sink_tokens, evict_block, max_chunk, max_feed, kv_io, "
@@ -117,6 +120,7 @@ class StreamSession:
         self.model = model
         self.manifest = m
         self.runner = model.runner
+        self.pool = model.kv_pool  # KV memory shared by the model's streams, recycled (kvbuffer.KVPool)
         limits = m.limits
         self.kv_window = limits.kv_window if kv_window is ... else kv_window
         self.sink_tokens = limits.sink_tokens if sink_tokens is None else sink_tokens
@@ -231,17 +235,20 @@ class StreamSession:
         yielded). Every yielded or stop token is part of the stream when the
         generator pauses or ends: the next feed continues after it. A paused
         generator whose stream was changed meanwhile raises StreamStateError.
-        `finish_reason` is then 'stop' or 'length'.
+        `finish_reason` is then 'stop' or 'length'. Bad arguments raise at the call, before the first token.
         """
         if not self.tokens or self._logits_name is None:
             raise StreamStateError(f"{self.manifest.name}: generate needs a token-input model with logits")
-        check_sampling(temperature, top_k, top_p)
+        check_sampling(temperature, top_k, top_p, seed)
         if max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
         if self._state.last_logits is None and not self._state.pending.size:
             raise StreamStateError(f"{self.manifest.name}: feed a prompt before generate")
         stops = set(self.manifest.stop_token_ids if stop_token_ids is None else stop_token_ids)
-        rng = np.random.default_rng(seed)
+        # Checked above, eagerly (a generator body would run only at the first next()).
+        return self._generate(max_new_tokens, temperature, top_k, top_p, np.random.default_rng(seed), stops)
+
+    def _generate(self, max_new_tokens, temperature, top_k, top_p, rng, stops) -> Iterator[Piece]:
         deltas = TextDeltas(self.model.tokenizer, self._text_context()) if self.model.tokenizer else None
         self.finish_reason = None
         for _ in range(max_new_tokens):
@@ -348,13 +355,15 @@ class StreamSession:
         return dataclasses.replace(
             st, states=states, cache_inputs=cache_inputs, cache_positions=cache_positions,
             next_model_position=st.next_model_position + s, fed=st.fed + s,
-            last_logits=outputs[self._logits_name][-1] if self._logits_name else None, kv=kv), outputs
+            # copy: one row, so the state does not hold the chunk's whole [n, vocab] ORT output
+            last_logits=outputs[self._logits_name][-1].copy() if self._logits_name else None, kv=kv), outputs
 
     def _run_states(self, st: StreamState, feeds: dict, s: int) -> tuple[list, tuple, KVCache | None]:
         """One ORT run from `st`'s states; returns (returned outputs, new states, kv handle).
 
         The one place the KV layouts differ. concat: every state goes in and comes back as a
-        new array. shared_buffer: kv states stay bound to the stream's buffer, where ORT
+        new array, the kv ones written into one slab of the model's pool (not ORT's arena: they
+        outlive the run). shared_buffer: kv states stay bound to the stream's buffer, where ORT
         appends the chunk's `s` entries in place (`KVCache.append`); only recurrent states
         are fed and fetched.
         """
@@ -363,7 +372,9 @@ class StreamSession:
             for spec, value in zip(self.manifest.states, st.states):
                 # A state from a shared buffer (a restored snapshot) holds strided views; ORT wants contiguous input.
                 feeds[spec.input] = value if st.kv is None else np.ascontiguousarray(value)
-            results = self.runner.run(feeds)
+            shapes = [_with_seq(spec, st.cache_len + s) for spec in self._kv_specs]  # [1, kv_heads, past + s, head_dim]
+            into = self.pool.arrays(shapes, [NUMPY_DTYPES[spec.dtype] for spec in self._kv_specs])
+            results = self.runner.run_into(feeds, {spec.output: a for spec, a in zip(self._kv_specs, into)})
             return results[:n_ret], tuple(results[n_ret:]), None
         for spec, value in zip(self.manifest.states, st.states):
             if spec.kind != "kv":
@@ -371,7 +382,8 @@ class StreamSession:
         capacity = self._kv_capacity(st.cache_len + s)
         kv = st.kv
         if kv is None:  # the first run, or a state from the concat path: its entries into a buffer
-            kv = KVBuffer.copy(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len, capacity)
+            kv = KVBuffer.copy(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len, capacity,
+                               pool=self.pool)
         results, kv = kv.append(self.runner, feeds, s, capacity)
         others, views = iter(results[n_ret:]), iter(kv.views())
         states = tuple(next(views) if spec.kind == "kv" else next(others) for spec in self.manifest.states)
@@ -420,7 +432,7 @@ class StreamSession:
         if self._shared:  # one copy into a fresh buffer (the old one may back snapshots)
             keep = st.cache_len - (hi - lo)
             kv = KVBuffer.copy(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len,
-                               self._kv_capacity(keep + s), drop=(lo, hi))
+                               self._kv_capacity(keep + s), drop=(lo, hi), pool=self.pool)
             views = iter(kv.views())
             states = tuple(next(views) if spec.kind == "kv" else v for spec, v in zip(self.manifest.states, st.states))
         else:
@@ -455,24 +467,34 @@ class StreamSession:
                                    pending=st.pending, last_logits=st.last_logits)
 
     def _drop_kv(self, states: tuple, lo: int, hi: int) -> tuple:
-        out = list(states)
-        for i in self._kv_index:
-            spec = self.manifest.states[i]
-            a = states[i]
-            index = [slice(None)] * a.ndim
-            index[spec.seq_axis] = np.r_[0:lo, hi:a.shape[spec.seq_axis]]
-            out[i] = a[tuple(index)]  # copy: fancy indexing gathers the kept entries
-        return tuple(out)
+        """Concat states without entries [lo, hi): the kept ones copied into one pool slab."""
+        return self._pooled_kv(states, (0, lo), (hi, self._state_len(states)))
 
     def _slice_kv(self, states: tuple, lo: int, hi: int) -> tuple:
+        if self._shared:  # shared buffers keep views (the entries stay claimed)
+            out = list(states)
+            for i in self._kv_index:
+                out[i] = states[i][_seq_index(self.manifest.states[i], states[i].ndim, lo, hi)]
+            return tuple(out)
+        return self._pooled_kv(states, (lo, hi))  # concat inputs must be contiguous
+
+    def _state_len(self, states: tuple) -> int:
+        i = self._kv_index[0]
+        return states[i].shape[self.manifest.states[i].seq_axis]
+
+    def _pooled_kv(self, states: tuple, *ranges) -> tuple:
+        """The kv states' entries in `ranges` ((lo, hi) along the seq axis), joined, in one slab of
+        the model's pool; other states as they are."""
+        n = sum(hi - lo for lo, hi in ranges)
+        specs = self._kv_specs
+        into = self.pool.arrays([_with_seq(spec, n) for spec in specs], [NUMPY_DTYPES[spec.dtype] for spec in specs])
         out = list(states)
-        for i in self._kv_index:
-            spec = self.manifest.states[i]
-            index = [slice(None)] * states[i].ndim
-            index[spec.seq_axis] = slice(lo, hi)
-            view = states[i][tuple(index)]
-            # Shared buffers keep views (the entries stay claimed); concat inputs must be contiguous.
-            out[i] = view if self._shared else np.ascontiguousarray(view)  # copy: concat only
+        for i, spec, dst in zip(self._kv_index, specs, into):
+            at = 0
+            for lo, hi in ranges:  # copy: the kept entries, once
+                dst[_seq_index(spec, dst.ndim, at, at + hi - lo)] = states[i][_seq_index(spec, dst.ndim, lo, hi)]
+                at += hi - lo
+            out[i] = dst
         return tuple(out)
 
     # ----- boundary validation -------------------------------------------------------------
@@ -487,7 +509,7 @@ class StreamSession:
         if not isinstance(chunk, np.ndarray):
             raise InputError(f"{name}: chunk must be a numpy array or list, got {type(chunk).__name__}")
         if self.tokens:
-            if chunk.dtype.kind not in "iu":
+            if chunk.dtype not in _TOKEN_DTYPES:  # the protocol's two; uint8 ids would wrap at 256
                 raise InputError(f"{name}: token chunk must be integer ids (int64 or int32), got dtype {chunk.dtype}")
             if chunk.ndim == 2 and chunk.shape[0] == 1:
                 chunk = chunk[0]
@@ -518,3 +540,17 @@ class StreamSession:
     def _text_context(self, n: int = 4) -> np.ndarray:
         st = self._state
         return np.concatenate([st.cache_inputs[-n:], st.pending])[-n:] if self.tokens else _NO_TOKENS
+
+
+def _with_seq(spec, n: int) -> list:
+    """A kv state's shape for one stream holding `n` entries."""
+    shape = list(spec.shape)
+    shape[spec.batch_axis] = 1
+    shape[spec.seq_axis] = n
+    return shape
+
+
+def _seq_index(spec, ndim: int, lo: int, hi: int) -> tuple:
+    index = [slice(None)] * ndim
+    index[spec.seq_axis] = slice(lo, hi)
+    return tuple(index)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_stream import records
 from edge_stream.errors import ConfigError, StreamStateError
 from edge_stream.runtime.blocks import BlockOutput, BlockSnapshot, BlockStream
 from edge_stream.runtime.model import Model
@@ -123,6 +124,7 @@ class VadStream:
 
     def __init__(self, model, *, threshold: float | None = None, min_silence_ms: float | None = None,
                  speech_pad_ms: float | None = None, events: bool = True, **block_options):
+        records.check_args(VadStream.__init__, locals(), f"{model.manifest.name}: stream option", ConfigError)
         unknown = set(block_options) - set(BlockStream.OPTIONS)
         if unknown:
             raise ConfigError(
