@@ -6,8 +6,10 @@ randomness from an explicit np.random.Generator, so a (seed, utterance) pair alw
 audio. `random_chain` applies a random mix the way a training recipe would and says how the clean
 speech's sample positions moved, so word spans can follow the audio.
 
-Relation to speech_data.augment: that one (padding, one room, white/pink noise, peak level) stays
-the recipe of the current recognizer; this module is the wider set issue 10 asks for.
+Relation to speech_data.augment: that one (padding, one room, white/pink noise, peak level) was
+the recognizer's recipe before issue 10 and remains voice_report's espeak-ng condition; the
+recognizer now trains through `random_chain` (export.train_recognizer) and is scored with two
+fixed chains, clean and 10 dB SNR (export.eval_recognizer).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
     python -m export.speech_data --train 6000 --eval 300      # builds .cache/speech/ (about 2 min)
     python -m export.speech_data --wavs tests/data/commands   # a few held-out WAVs for the tests
 
-Phrases come from a small command grammar (`make_phrase`) over `VOCABULARY`. Speech is
+Phrases and the vocabulary come from the one command grammar, edge_stream.voice.grammar
+(`make_phrase`, `other_sentence`, `VOCABULARY` with its `<unk>` label); export.synth builds the
+multi-synthesizer sets the recognizer trains on from the same phrases and this module's espeak-ng
+engine. Speech is
 synthesized through libespeak-ng (ctypes, synchronous mode) rather than the CLI because the
 library reports where each word starts; a word's end is the last loud sample before the next
 word starts. Voices are an espeak-ng accent plus a variant (`en-us+f3`); some accents and some
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -30,107 +34,51 @@ from pathlib import Path
 import numpy as np
 
 from edge_stream.audio import write_wav
+from edge_stream.voice import grammar
 
 SAMPLE_RATE = 16000
 ESPEAK_RATE = 22050  # libespeak-ng's fixed output rate
 CACHE_DIR = Path(".cache/speech")
-DATA_VERSION = 1  # bump when the grammar, voices or synthesis change: it is part of the cache key
+DATA_VERSION = 2  # bump when the grammar, voices or synthesis change: it is part of the cache key
 
 ALPHABET = "' abcdefghijklmnopqrstuvwxyz"  # the characters a transcript keeps
 
-# -- the command vocabulary and grammar ---------------------------------------------------------
+# -- the command vocabulary and phrases: edge_stream.voice.grammar --------------------------------
 
-UNITS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen twenty").split()
-TENS = "thirty forty fifty sixty seventy eighty ninety".split()
-MOTION_VERBS = ("move", "go", "drive")
-DIRECTIONS = ("forward", "backward", "back", "ahead", "backwards", "forwards")
-SIDES = ("left", "right")
-FILLERS = ("uh", "um", "okay", "so", "well", "now", "please", "robot", "hey robot", "and", "then", "er")
-CORRECTIONS = ("no", "sorry", "i mean", "no wait", "actually", "oops")
-
-VOCABULARY = tuple(sorted(set(
-    UNITS + TENS + "zero hundred a and half point meter meters degree degrees second seconds".split()
-    + list(MOTION_VERBS) + list(DIRECTIONS) + list(SIDES)
-    + "stop halt turn around faster slower speed up slow down wait go please now robot hey okay uh um er "
-      "so well then no sorry i mean actually oops don't let's by the to bit".split())))
-# Every word `make_phrase` can say is in VOCABULARY: the recognizer has one CTC label per word.
-
-
-def number_words(rng: np.random.Generator, kind: str) -> str:
-    """A spoken number: small counts for meters/seconds, angles for degrees."""
-    if kind == "degrees":
-        r = rng.random()
-        if r < 0.5:
-            return str(rng.choice(["ninety", "forty five", "thirty", "sixty", "one hundred eighty",
-                                   "a hundred and eighty", "twenty", "fifteen", "ten", "one hundred twenty",
-                                   "seventy five", "one hundred", "two hundred seventy"]))
-        if r < 0.8:
-            return f"{rng.choice(TENS + ['twenty'])} {rng.choice(UNITS[:9])}"
-        return str(rng.choice(UNITS + TENS))
-    r = rng.random()
-    if r < 0.55:
-        return str(rng.choice(UNITS))
-    if r < 0.7:
-        return f"{rng.choice(UNITS[:9] + ['zero'])} point {rng.choice(UNITS[:9] + ['zero'])}"
-    if r < 0.8:
-        return str(rng.choice(["half a", "a half", "one and a half", "two and a half", "zero point five"]))
-    if r < 0.9:
-        return str(rng.choice(TENS))
-    return f"{rng.choice(['twenty'] + TENS)} {rng.choice(UNITS[:9])}"
-
-
-def _unit(singular: str, plural: str, number: str) -> str:
-    return singular if number in ("one", "half a") else plural
-
-
-def _core(rng: np.random.Generator) -> str:
-    """One command without fillers or corrections."""
-    r = rng.random()
-    if r < 0.32:
-        verb, direction = rng.choice(MOTION_VERBS), rng.choice(DIRECTIONS)
-        if rng.random() < 0.75:
-            n = number_words(rng, "meters")
-            return f"{verb} {direction} {n} {_unit('meter', 'meters', n)}"
-        return f"{verb} {direction}"
-    if r < 0.62:
-        side = rng.choice(SIDES)
-        if rng.random() < 0.7:
-            n = number_words(rng, "degrees")
-            return f"turn {side} {n} {_unit('degree', 'degrees', n)}"
-        return str(rng.choice([f"turn {side}", f"turn to the {side}", f"go {side}"]))
-    if r < 0.75:
-        return str(rng.choice(["stop", "stop", "stop now", "please stop", "stop stop", "halt", "stop the robot",
-                               "don't move", "stop please"]))
-    if r < 0.87:
-        return str(rng.choice(["faster", "slower", "go faster", "go slower", "speed up", "slow down",
-                               "a bit faster", "move slower", "let's go"]))
-    if r < 0.93:
-        return str(rng.choice(["turn around", "wait", "go", "go now"]))
-    n = number_words(rng, "seconds")
-    return f"wait {n} {_unit('second', 'seconds', n)}"
+# The one grammar (issue 10) says which words the recognizer has labels for and generates the
+# phrases both models train on, so the recognizer and the parser cannot disagree on words.
+VOCABULARY = tuple(grammar.recognizer_vocabulary())  # every word the grammar can say, then "<unk>"
+UNK_WORD = "<unk>"  # the label of any word outside the grammar
+if VOCABULARY[-1] != UNK_WORD:
+    raise RuntimeError(f"grammar.recognizer_vocabulary() should end with {UNK_WORD!r}, ends with {VOCABULARY[-1]!r}")
 
 
 def make_phrase(rng: np.random.Generator) -> str:
-    """A spoken command: a core command, sometimes with fillers, a correction or a second command.
-    Commas make espeak pause; they are dropped from the transcript (`transcript`)."""
-    text = _core(rng)
-    r = rng.random()
-    if r < 0.12:  # correction of the direction or number: "turn left, no, right"
-        words = text.split()
-        swaps = {"left": "right", "right": "left", "forward": "back", "back": "forward", "backward": "forward"}
-        idx = [i for i, w in enumerate(words) if w in swaps]
-        if idx:
-            i = idx[0]
-            fixed = " ".join([swaps[words[i]]] + words[i + 1:])
-            text = f"{' '.join(words[:i + 1])}, {rng.choice(CORRECTIONS)}, {fixed}"
-    elif r < 0.2:
-        text = f"{text}, then {_core(rng)}"
-    if rng.random() < 0.3:
-        text = f"{rng.choice(FILLERS)}, {text}" if rng.random() < 0.5 else f"{rng.choice(FILLERS)} {text}"
-    if rng.random() < 0.12:
-        text = f"{text} {rng.choice(['please', 'now'])}"
-    return text
+    """A spoken phrase of the grammar (commands, two commands, negations, cancels, questions), drawn
+    from `rng`; commas where a speaker pauses (dropped from the transcript by `transcript`)."""
+    return grammar.Generator(int(rng.integers(2**31)), "train").sample().spoken
+
+
+@functools.cache
+def _sentences(split: str) -> tuple[str, ...]:
+    # Only plain lower-case words are spoken: a sentence that is not its own transcript (a stray
+    # template such as "... in the {place}") would be said one way and labelled another.
+    return tuple(s for s in grammar.non_command_sentences(split) if transcript(s) == s)
+
+
+def other_sentence(rng: np.random.Generator, split: str = "train") -> str:
+    """A sentence that is not a command (read aloud, conversation near the robot) of the grammar's
+    `split` ("train" or "heldout"); its words outside the vocabulary are the `<unk>` label."""
+    pool = _sentences(split)
+    return pool[int(rng.integers(len(pool)))]
+
+
+def phrase_source_key() -> str:
+    """What the phrases are drawn from, for cache keys: the vocabulary (the labels) and the sentence
+    lists. Not the generator's templates: a cached set of the same words stays valid acoustics while
+    the grammar's phrasings evolve, and re-synthesizing 12000 utterances takes ten minutes."""
+    return hashlib.sha256(json.dumps([DATA_VERSION, list(VOCABULARY), _sentences("train"),
+                                      _sentences("heldout")]).encode()).hexdigest()[:12]
 
 
 def transcript(text: str) -> str:
@@ -329,7 +277,8 @@ def build_set(split: str, n: int, seed: int, workers: int = 2) -> SpeechSet:
 
 
 def cache_path(split: str, n: int, seed: int) -> Path:
-    key = hashlib.sha256(json.dumps([DATA_VERSION, split, n, seed, TRAIN_VOICES, HELDOUT_VOICES]).encode())
+    key = hashlib.sha256(json.dumps([DATA_VERSION, split, n, seed, TRAIN_VOICES, HELDOUT_VOICES,
+                                     phrase_source_key()]).encode())
     return CACHE_DIR / f"{split}-{n}-{seed}-{key.hexdigest()[:10]}.npz"
 
 

@@ -52,7 +52,7 @@ log = logging.getLogger("export.synth")
 APT_INSTALL = ("apt-get install -y --no-install-recommends espeak-ng flite festival festvox-kallpc16k "
                "festvox-kdlpc16k festvox-us-slt-hts festlex-cmu festlex-poslex")
 CACHE_DIR = Path(".cache/synth")
-DATA_VERSION = 1  # part of the cache key: bump when engines, voices or the split change
+DATA_VERSION = 2  # part of the cache key: bump when engines, voices or the split change
 PAD_S = 0.05  # silence kept either side of the trimmed speech, in seconds
 
 
@@ -396,6 +396,7 @@ class SynthSpec:
     voice: str
     rate: float  # speaking-rate factor, 1 = the voice's default
     pitch_st: float  # F0 shift in semitones
+    kind: str = "command"  # "command" (speech_data.make_phrase) | "other" (speech_data.other_sentence)
 
     @property
     def voice_id(self) -> str:
@@ -403,13 +404,18 @@ class SynthSpec:
 
 
 TRAIN_ENGINE_WEIGHTS = {"espeak-ng": 0.5, "flite": 0.5}  # by utterance, before any pitch/rate spread
+KINDS = ("command", "other")
 
 
-def random_spec(rng: np.random.Generator, split: str) -> SynthSpec:
-    """A phrase (speech_data.make_phrase) for a random voice of `split`, rate 0.8-1.25, pitch +-4 st."""
-    pool = voices(split)
+def random_spec(rng: np.random.Generator, split: str, engine: str | None = None, other_p: float = 0.0) -> SynthSpec:
+    """A phrase for a random voice of `split` (of `engine` only, if given), rate 0.8-1.25, pitch +-4 st:
+    a non-command sentence (speech_data.other_sentence) with probability `other_p`, else a command
+    (speech_data.make_phrase)."""
+    pool = voices(split, engine)
+    if not pool:
+        raise SynthError(f"no {engine or 'any'} voice in split {split!r}")
     engines = sorted({v.engine for v in pool})
-    if split == "train":
+    if split == "train" and len(engines) > 1:
         w = np.array([TRAIN_ENGINE_WEIGHTS.get(e, 0.0) for e in engines])
         engine = engines[int(rng.choice(len(engines), p=w / w.sum()))]
     else:
@@ -418,7 +424,9 @@ def random_spec(rng: np.random.Generator, split: str) -> SynthSpec:
     voice = of_engine[int(rng.integers(len(of_engine)))]
     rate = float(np.round(np.exp(rng.uniform(np.log(0.8), np.log(1.25))), 3))
     pitch = float(np.round(rng.uniform(-4, 4), 1)) if voice.pitch_control else 0.0
-    return SynthSpec(sd.make_phrase(rng), voice.engine, voice.name, rate, pitch)
+    kind = "other" if other_p and rng.random() < other_p else "command"
+    text = sd.other_sentence(rng, "train" if split == "train" else "heldout") if kind == "other" else sd.make_phrase(rng)
+    return SynthSpec(text, voice.engine, voice.name, rate, pitch, kind)
 
 
 def _synth_chunk(specs: list[SynthSpec]) -> list[tuple[SynthSpec, Synthesis] | None]:
@@ -435,37 +443,41 @@ def _synth_chunk(specs: list[SynthSpec]) -> list[tuple[SynthSpec, Synthesis] | N
     return out
 
 
-def build_set(split: str, n: int, seed: int, workers: int = 2, chunk: int = 50) -> SpeechSet:
-    """`n` utterances of `split` ('train', 'eval', 'heldout-engine') from `seed`; same seed, same set.
+def build_set(split: str, n: int, seed: int, workers: int = 2, chunk: int = 50, engine: str | None = None,
+              other_p: float = 0.0) -> SpeechSet:
+    """`n` utterances of `split` ('train', 'eval', 'heldout-engine') from `seed`, of one `engine` or all
+    of the split's, a share `other_p` of them non-command sentences; same arguments, same set.
     Utterances an engine fails on, or without word spans, are dropped (the same ones every run)."""
     rng = np.random.default_rng([seed, ("train", "eval", "heldout-engine").index(split)])
-    specs = [random_spec(rng, split) for _ in range(n)]
+    specs = [random_spec(rng, split, engine, other_p) for _ in range(n)]
     chunks = [specs[i:i + chunk] for i in range(0, n, chunk)]
     t0 = time.time()
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         done = [u for part in pool.imap(_synth_chunk, chunks) for u in part if u is not None]
-    log.info("%s: synthesized %d of %d utterances in %.0f s (%.2f h of speech)", split, len(done), n,
-             time.time() - t0, sum(len(s.audio) for _, s in done) / SAMPLE_RATE / 3600)
+    log.info("%s%s: synthesized %d of %d utterances in %.0f s (%.2f h of speech)", split,
+             f" ({engine})" if engine else "", len(done), n, time.time() - t0,
+             sum(len(s.audio) for _, s in done) / SAMPLE_RATE / 3600)
     offsets = np.concatenate([[0], np.cumsum([len(s.audio) for _, s in done])]).astype(np.int64)
     return SpeechSet([sp for sp, _ in done], np.concatenate([s.audio for _, s in done]), offsets,
                      [s.word_spans for _, s in done])
 
 
-def cache_path(split: str, n: int, seed: int) -> Path:
+def cache_path(split: str, n: int, seed: int, engine: str | None = None, other_p: float = 0.0) -> Path:
     key = hashlib.sha256(json.dumps([DATA_VERSION, split, n, seed, [str(v) + v.split for v in VOICES],
-                                     sd.DATA_VERSION]).encode())
-    return CACHE_DIR / f"{split}-{n}-{seed}-{key.hexdigest()[:10]}.npz"
+                                     sd.DATA_VERSION, engine, other_p, sd.phrase_source_key()]).encode())
+    tag = f"{split}-{engine}" if engine else split
+    return CACHE_DIR / f"{tag}-{n}-{seed}-{key.hexdigest()[:10]}.npz"
 
 
-def load_set(split: str, n: int, seed: int = 0) -> SpeechSet:
+def load_set(split: str, n: int, seed: int = 0, engine: str | None = None, other_p: float = 0.0) -> SpeechSet:
     """The cached set (clean 16 kHz int16, speech_data's layout), synthesized on first use."""
-    path = cache_path(split, n, seed)
+    path = cache_path(split, n, seed, engine, other_p)
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         meta = json.loads(str(z["meta"]))
         return SpeechSet([SynthSpec(**s) for s in meta["specs"]], z["audio"], z["offsets"],
                          [[tuple(w) for w in ws] for ws in meta["word_spans"]])
-    data = build_set(split, n, seed)
+    data = build_set(split, n, seed, engine=engine, other_p=other_p)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"specs": [s.__dict__ for s in data.specs], "word_spans": data.word_spans}
     np.savez(path, audio=data.audio, offsets=data.offsets, meta=json.dumps(meta))

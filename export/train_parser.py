@@ -3,17 +3,23 @@
     python -m export.train_parser [--out models/command-parser] [--steps 900] [--seed 0]
     python -m export.train_parser --smoke            # CI: a few steps, into a temporary folder
 
+Training checkpoints to --checkpoint (default .cache/train_parser/<seed>.pt) every --save-every
+steps; the same command resumes from it (an interrupted run loses at most that many steps;
+a finished one goes straight to export and evaluation). --fresh ignores a checkpoint.
+
 One training sequence interleaves heard words and the fields they determine
 (export.command_data: <bos> w1 [fields] <wait> w2 [fields] <wait> ... <eou> [fields] <end>);
 the loss covers only the model's own tokens (fields, <wait>, <end>), so the model
 learns to say what each prefix determines and then wait. Steps:
-  1. train a Llama from a config (2 CPU threads, fixed seeds, fresh samples every step)
+  1. train a Llama from a config (2 CPU threads, fixed seeds, fresh samples every step:
+     grammar commands plus 15% non-command sentences, export.command_data.TrainingMix)
   2. save the Hugging Face folder (weights, config, WordLevel tokenizer.json)
   3. export with export.hf (optimum-onnx) and its streamed-vs-PyTorch parity check
   4. evaluate through the runtime path the parser node uses (edge_stream.load +
      CommandParser: feed one word, generate to <wait>) on held-out templates,
-     in-distribution draws and held-out values: exact final command, exact
-     stream, lag in words per field
+     in-distribution draws, held-out values, safety phrasings (negations, cancels,
+     questions: no motion allowed) and held-out non-command sentences (silence rate):
+     exact final command, exact stream, lag in words per field
   5. write MODEL_CARD.md and metrics.json, then move the folder into --out.
 Exits 1 when parity fails, when a `stop` is not emitted on its word, or (full runs)
 when held-out exact-match accuracy is below --min-accuracy; --out is then untouched.
@@ -34,6 +40,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from edge_stream.voice.grammar import KIND_WEIGHTS
 from export.command_data import (
     END,
     HELD_OUT_RULES,
@@ -41,8 +48,11 @@ from export.command_data import (
     PAD,
     Generator,
     Teacher,
+    TrainingMix,
     build_tokenizer,
     held_out_rule,
+    non_command_sample,
+    non_command_sentences,
     sequence,
     vocabulary,
 )
@@ -56,6 +66,8 @@ CONFIG = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hi
 SLOTS = ("action", "direction", "amount")
 MISSES_SHOWN = 4
 CONTENT_TAGS = {"direction": ("dir",), "amount": ("num", "unit"), "stop": ("stop",)}
+MOTION = {"move", "turn", "speed up"}
+MIX_SHARE = 0.15  # share of non-command sentences in a training batch  # final actions that set the robot moving (or faster)
 
 
 # ----- training ---------------------------------------------------------------------------
@@ -91,8 +103,10 @@ def teacher_forced_exact(model, samples, vocab) -> float:
 
 
 def train(args, vocab):
-    """A fresh Llama trained for args.steps steps; returns (model, seconds, history)."""
+    """A Llama trained for args.steps steps, resumed from args.checkpoint when it holds a run of
+    the same recipe; returns (model, seconds, history, parameters). Seconds include earlier runs."""
     import torch
+    from tqdm import tqdm
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
@@ -104,7 +118,7 @@ def train(args, vocab):
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: llama %d layers, hidden %d, vocab %d: %d parameters",
              CONFIG["num_hidden_layers"], CONFIG["hidden_size"], len(vocab), n_params)
-    gen = Generator(args.seed, "train")
+    gen = TrainingMix(args.seed, MIX_SHARE)
     probe = Generator(args.seed + 1000, "heldout").samples(256)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, min(100, args.steps // 10))
@@ -115,10 +129,39 @@ def train(args, vocab):
         return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    history = []
+    history, start, earlier_s = [], 1, 0.0
+    recipe = {"config": CONFIG, "vocab": len(vocab), "steps": args.steps, "batch": args.batch, "lr": args.lr,
+              "seed": args.seed}
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_file() and not args.fresh:
+        state = torch.load(ckpt, weights_only=False)
+        if state["recipe"] == recipe:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            random.setstate(state["py_random"])
+            gen.gen.rng.setstate(state["gen_rng"])
+            gen.rng.setstate(state["mix_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            history, start, earlier_s = state["history"], state["step"] + 1, state["seconds"]
+            log.info("resumed from %s at step %d (%.0f s trained before)", ckpt, state["step"], earlier_s)
+        else:
+            log.info("checkpoint %s is of another recipe: starting afresh", ckpt)
+
+    def save(step):
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"recipe": recipe, "model": model.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "py_random": random.getstate(), "gen_rng": gen.gen.rng.getstate(),
+                    "mix_rng": gen.rng.getstate(), "torch_rng": torch.get_rng_state(), "history": history,
+                    "step": step, "seconds": earlier_s + time.perf_counter() - t0}, tmp)
+        tmp.replace(ckpt)  # atomic: an interrupted save leaves the previous checkpoint
+
     t0 = time.perf_counter()
     losses = []
-    for step in range(1, args.steps + 1):
+    bar = tqdm(range(start, args.steps + 1), initial=start - 1, total=args.steps, desc="train", unit="step",
+               disable=args.smoke)
+    for step in bar:
         model.train()
         ids, labels, attn = collate(gen.samples(args.batch), vocab)
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
@@ -128,17 +171,20 @@ def train(args, vocab):
         opt.step()
         sched.step()
         losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % args.log_every == 0 or step == args.steps:
             model.eval()
             exact = teacher_forced_exact(model, probe, vocab)
             row = {"step": step, "loss": statistics.mean(losses), "heldout_tf_exact": exact,
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": earlier_s + time.perf_counter() - t0}
             history.append(row)
             log.info("step %5d  loss %.4f  held-out teacher-forced exact %.3f  %.0f s",
                      step, row["loss"], exact, row["seconds"])
             losses = []
+        if not args.smoke and (step % args.save_every == 0 or step == args.steps):
+            save(step)
     model.eval()
-    return model, time.perf_counter() - t0, history, n_params
+    return model, earlier_s + time.perf_counter() - t0, history, n_params
 
 
 def save_hf(model, hf_dir: Path) -> None:
@@ -192,7 +238,7 @@ def evaluate(model, samples, name: str) -> dict:
     from edge_stream.voice.command_parser import CommandParser
 
     parser = CommandParser(model)
-    exact = stream_exact = 0
+    exact = stream_exact = moved = said = streamed = 0
     lag_rule = {s: [] for s in SLOTS}
     lag_words = {s: [] for s in ("direction", "amount", "stop")}
     by_rule: dict[str, list[int]] = {}
@@ -202,6 +248,12 @@ def evaluate(model, samples, name: str) -> dict:
         word_ms += ms
         ok = final == s.command
         exact += ok
+        actions = {c.action for c in parser.result.commands}
+        meant = set(s.command.replace(" then ", "|").split("|")) if s.command else set()
+        meant_motion = any(m.split(" ")[0] in ("move", "turn") or m.startswith("speed up") for m in meant)
+        moved += bool(actions & MOTION) and not meant_motion  # motion the words did not ask for
+        said += bool(final)
+        streamed += any(f and f != ["void"] for f in emitted)  # any field published, however retracted
         stream_exact += emitted == t_emitted
         rule = held_out_rule(s.template) or "(training templates)"
         by_rule.setdefault(rule, []).append(int(ok))
@@ -232,6 +284,7 @@ def evaluate(model, samples, name: str) -> dict:
     word_ms.sort()
     return {
         "split": name, "n": n, "exact": exact / n, "stream_exact": stream_exact / n,
+        "unasked_motion": moved / n, "any_command": said / n, "any_field_streamed": streamed / n,
         "by_rule": {k: {"n": len(v), "exact": sum(v) / len(v)} for k, v in sorted(by_rule.items())},
         "lag_vs_rule": {k: summary(v) for k, v in lag_rule.items()},
         "lag_words": {k: summary(v) for k, v in lag_words.items()},
@@ -239,6 +292,32 @@ def evaluate(model, samples, name: str) -> dict:
                          "p95": round(word_ms[int(len(word_ms) * 0.95)], 3)},
         "failures": failures[:20],
     }
+
+
+WORDS_PER_MINUTE = 150  # speaking rate used to turn words of non-command speech into hours
+
+
+def wake_false_accepts(model, sentences, wake_word: str = "robot") -> dict:
+    """Non-command sentences through the parser with the wake-word rule of CommandParserPolicy
+    (only fields after the wake word count, stop always): how many still give a command."""
+    from edge_stream.voice.command_parser import CommandParser, fold
+
+    parser = CommandParser(model)
+    accepted, words = 0, 0
+    for text in sentences:
+        woke_at = None
+        for w in text.split():
+            parser.push_word(w)
+            if w == wake_word and woke_at is None:
+                woke_at = len(parser.tokens)
+        parser.end()
+        tokens = parser.last_tokens
+        counted = tokens[woke_at:] if woke_at is not None else (["stop"] if "stop" in tokens else [])
+        accepted += bool(fold(counted).commands)
+        words += len(text.split())
+    hours = words / WORDS_PER_MINUTE / 60
+    return {"sentences": len(sentences), "accepted": accepted, "hours": round(hours, 3),
+            "per_hour": round(accepted / hours, 2) if hours else None}
 
 
 def stop_probe(model) -> list[str]:
@@ -291,30 +370,38 @@ the fields of a structured command as soon as the words so far determine them
 
 ## Output
 
-`move forward 2.0 m`, `move back 3.0 m`, `turn left 90 deg`, `turn right`, `stop`, `speed up`, `slow down`.
-Token stream: action, direction, amount (`2 ##. ##0 m` decodes to `2.0 m`), and `<fix>`: the fields after it
-overwrite fields already emitted ("turn left, no, right ninety degrees" emits `turn`, `left`,
-`<fix> right`, `90 deg`). A different action after a correction starts a new command. `<wait>` ends the
-model's turn after each word; `<eou>` is fed at the end of the utterance, `<end>` answers it.
+`move forward 2.0 m`, `move back 3.0 m`, `turn left 90 deg`, `turn right`, `turn 180 deg` ("turn around"),
+`move forward 2.0 s` (a duration), `move forward slowly`, `wait 2.0 s`, `stop`, `speed up`, `slow down`;
+two commands in order (`turn left then move forward 2.0 m`); none (not a command), cancelled.
+Token stream: action, direction, amount (`2 ##. ##0 m` decodes to `2.0 m`; units m, deg, s), speed
+(`slowly`, `fast`), `<fix>` (the fields after it overwrite fields already emitted), `<then>` (the fields
+after it start the next command), `cancel` (the speaker cancelled: "don't move", "never mind"), `void`
+(the words were not a command after all). `<wait>` ends the model's turn after each word; `<eou>` is fed
+at the end of the utterance, `<end>` answers it. At run time the decoding is constrained by the output
+grammar (`edge_stream.voice.grammar.output_grammar`, llguidance): a field only takes a value the
+grammar allows.
 
-Emission rules (export/command_data.py, `Teacher`): an action or direction on its word (`stop` included,
-lag 0); "go" waits for the next word (go forward / go faster); an amount as soon as its number is settled:
-on its last word when nothing can continue it ("forty five", "two and a half"), else on the first later
-word that cannot continue it (the unit, a filler, a marker) or at the end of the utterance ("twenty" may
-become "twenty five", "two" may become "two point five").
+Emission rules (edge_stream/voice/grammar.py, `Teacher`): an action or direction on its word; a stop
+word always emits `stop` on its word (lag 0), whatever came before; "go" waits for the next word; an
+amount when its number and unit are settled (on the unit word, else at the first word that cannot
+continue it, or at the end); a negation or cancel word emits `cancel`; a question word at the start
+silences the utterance; the second word the grammar has no place for makes it `void`.
 
 ## Data
 
-Synthetic, seeded (export/command_data.py): openers and closers ("okay robot", "please", "thanks"),
-hesitations (uh, um, er, hmm, also inside numbers), unknown words, numbers as words (one..twenty,
-twenty..ninety, "a hundred and twenty", "one point five", "two and a half"), units (meter/meters/metre/
-metres, degree/degrees, or none), corrections (markers no, sorry, no wait, i mean, actually, oops; of
-direction, amount, or action), stop interrupting a command. Every sample's targets come from the
-rule-based `Teacher`, checked against the command the generator meant.
-Training draws fresh samples each step from the training templates only. Held-out templates
-(never trained on; each word and part occurs in training, the combination does not):
+Synthetic, seeded, from the one grammar file edge_stream/voice/grammar.py (`Generator`; the recognizer's
+phrases and vocabulary come from the same file): single commands with openers and closers, hesitations,
+unknown words, numbers as words (1-360, "one eighty", "half a", "one point five", up to 100 m), units
+(metres, degrees, seconds), speeds, "turn around", "let's go", "wait two seconds", corrections (markers
+no, sorry, no wait, i mean, actually, oops), stop interrupting a command; two commands joined by "then";
+negations ("don't", "do not", "never"), cancels ("never mind", "cancel (that)", "forget it") and
+questions. Kinds per draw: {KIND_WEIGHTS}. Plus {int(MIX_SHARE * 100)}% non-command sentences per batch
+(`export.command_data.TrainingMix`: Debian fortunes-min texts and generated conversation, training
+split; the held-out 20% is never trained on), all targets from the rule-based `Teacher`.
+Held-out templates (never trained on; each word and part occurs in training, the combination does not):
 {chr(10).join('- ' + k for k in HELD_OUT_RULES)}
-Held-out values (never drawn in training): degrees {HELD_OUT_VALUES['deg']}, metres {HELD_OUT_VALUES['m']}.
+Held-out values (never drawn in training): degrees {HELD_OUT_VALUES['deg']}, metres {HELD_OUT_VALUES['m']},
+seconds {HELD_OUT_VALUES['s']}.
 
 ## Training
 
@@ -341,6 +428,18 @@ Lag in words, held-out templates (fields of correctly parsed commands):
 - vs the field's last content word (the number or unit word for amounts, the direction word, the stop
   word): {_lag_line(held['lag_words'])}
 
+Safety (final commands): motion the words did not ask for, on negations, cancels and questions
+{ev['safety (negation, cancel, question)']['unasked_motion']:.2%}
+({ev['safety (negation, cancel, question)']['n']} utterances); held-out non-command sentences with no command
+{1 - ev['non-command (held-out sentences)']['any_command']:.2%} and with no field published at any word
+{1 - ev['non-command (held-out sentences)']['any_field_streamed']:.2%} ({ev['non-command (held-out sentences)']['n']}
+sentences, word level: the true words through the parser, out-of-grammar words as `<unk>`).
+
+Wake word "robot" (route option `wake_word`): {metrics['wake_word_false_accepts']['accepted']} of
+{metrics['wake_word_false_accepts']['sentences']} held-out non-command sentences still give a command
+({metrics['wake_word_false_accepts']['per_hour']} per hour of non-command speech at {WORDS_PER_MINUTE} words/min,
+word level; stop words count without the wake word).
+
 `stop` probe (fixed phrasings, stop must come on its word): {metrics['stop_probe'] or 'passed'}.
 
 ## Misses (first {MISSES_SHOWN} per split: words -> got, expected)
@@ -365,9 +464,14 @@ def main(argv=None) -> int:
     parser.add_argument("--eval", type=int, default=1000, help="held-out template utterances to evaluate")
     parser.add_argument("--min-accuracy", type=float, default=0.95)
     parser.add_argument("--log-every", type=int, default=150)
+    parser.add_argument("--save-every", type=int, default=50, help="checkpoint every this many steps")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint file (default .cache/train_parser/seed<N>.pt)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--smoke", action="store_true", help="a few steps and a small evaluation (CI)")
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.checkpoint is None:
+        args.checkpoint = f".cache/train_parser/seed{args.seed}.pt"
     if args.smoke:
         args.steps, args.batch, args.eval, args.log_every = min(args.steps, 10), 16, min(args.eval, 20), 5
     from export.parity import progress_logging
@@ -398,7 +502,12 @@ def main(argv=None) -> int:
     loaded = es.load(onnx_dir)
     splits = {"heldout": Generator(args.seed + 1, "heldout").samples(args.eval),
               "in-distribution": Generator(args.seed + 2, "train").samples(max(1, args.eval // 2)),
-              "held-out values": Generator(args.seed + 3, "values").samples(max(1, args.eval // 3))}
+              "held-out values": Generator(args.seed + 3, "values").samples(max(1, args.eval // 3)),
+              "safety (negation, cancel, question)":
+                  Generator(args.seed + 4, "train", kinds=("negation", "cancel", "question")).samples(
+                      max(1, args.eval // 2)),
+              "non-command (held-out sentences)":
+                  [non_command_sample(x) for x in non_command_sentences("heldout")][:max(1, args.eval)]}
     ev = {}
     for name, samples in splits.items():
         ev[name] = evaluate(loaded, samples, name)
@@ -411,11 +520,14 @@ def main(argv=None) -> int:
     for f in held["failures"][:5]:
         log.info("      miss: %r -> %r (expected %r) %s", f["words"], f["got"], f["expected"], f["emitted"])
     probe = stop_probe(loaded)
+    wake = wake_false_accepts(loaded, non_command_sentences("heldout"))
+    log.info("      wake word 'robot': %d of %d held-out non-command sentences give a command (%.2f per hour "
+             "at %d words/min)", wake["accepted"], wake["sentences"], wake["per_hour"] or 0, WORDS_PER_MINUTE)
 
     metrics = {"parameters": n_params, "vocab_size": len(vocab), "config": CONFIG, "steps": args.steps,
                "batch": args.batch, "seed": args.seed, "threads": args.threads,
                "train_seconds": round(train_s, 1), "history": history, "parity": report.summary(),
-               "eval": ev, "stop_probe": probe, "total_seconds": round(time.perf_counter() - t_start, 1)}
+               "eval": ev, "stop_probe": probe, "wake_word_false_accepts": wake, "total_seconds": round(time.perf_counter() - t_start, 1)}
     failures = []
     if not report.passed:
         failures.append("parity: " + report.summary())
@@ -426,6 +538,12 @@ def main(argv=None) -> int:
             failures.append(f"stop emitted {stop_lags['max']} words late on a held-out phrasing")
         if held["exact"] < args.min_accuracy:
             failures.append(f"held-out exact {held['exact']:.4f} < {args.min_accuracy}")
+        safety = ev["safety (negation, cancel, question)"]
+        if safety["unasked_motion"] > 0:
+            failures.append(f"unasked motion on {safety['unasked_motion']:.2%} of negations, cancels and questions")
+        silent = 1 - ev["non-command (held-out sentences)"]["any_command"]
+        if silent < 0.99:
+            failures.append(f"non-command sentences silent {silent:.2%} < 99%")
 
     log.info("[5/5] model card and metrics")
     write_card(onnx_dir, args, metrics)

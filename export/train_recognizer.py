@@ -1,7 +1,18 @@
 """Train the streaming command recognizer (causal conv net + CTC over words) and export it.
 
-    nice -n 10 python -m export.train_recognizer -o models/command-recognizer   # full recipe: 1 CPU thread, ~35 min
-    python -m export.train_recognizer -o /tmp/rec --smoke                     # a few steps, for CI
+    nice -n 10 python -m export.train_recognizer -o models/command-recognizer           # full recipe, 1 torch thread
+    nice -n 10 python -m export.train_recognizer -o models/command-recognizer --resume  # go on after an interruption
+    python -m export.train_recognizer -o /tmp/rec --smoke                             # a few steps, for CI
+
+Data (issue 10): clean speech of two synthesizers, espeak-ng's training voices and flite's awb and
+rms (`export.synth`, split "train"; festival and the held-out voices never train), cached once;
+commands from the grammar (`speech_data.make_phrase`) and a share of non-command sentences
+(`speech_data.other_sentence`) whose out-of-vocabulary words are the `<unk>` label, so the model
+learns to say `<unk>` rather than force a command word. Every time an utterance is used it goes
+through `export.augment.random_chain` from (seed, epoch, utterance): speed, pitch, silence, room,
+noise (white/pink/brown, or babble of six other training utterances), microphone band, level,
+clipping, bit depth. The augmentation runs in a DataLoader worker process (numpy), the training
+step in this one (torch, `--threads`), so the two overlap on two cores.
 
 The model takes raw 16 kHz samples in fixed blocks (BLOCK samples plus CONTEXT samples of the
 previous block in front) so edge_stream's BlockStream runs it unchanged. Log-mel features are
@@ -9,13 +20,17 @@ computed inside the graph (an STFT as a Conv1d with fixed DFT weights, a fixed m
 fixed normalisation), then a stride-2 causal conv and causal depthwise-separable conv blocks;
 every conv's left context is an explicit state input/output, so nothing looks ahead and the
 stream reproduces the full-utterance forward exactly. Output: CTC log-probs [batch, 2, vocab]
-per 40 ms block (one frame per 20 ms) over one label per vocabulary word: the vocabulary is closed
-(`speech_data.VOCABULARY`), and a word label is learnt far faster than spelling by a network this
-small, and is emitted whole on the frame it peaks (no waiting for a space). Training uses the very same forward on whole utterances
-(zero initial states = the stream's start), so the streaming constraint holds by construction.
+per 40 ms block (one frame per 20 ms) over one label per vocabulary word (`speech_data.VOCABULARY`,
+from the grammar): a word label is learnt far faster than spelling by a network this small, and
+is emitted whole on the frame it peaks (no waiting for a space). Training uses the very same
+forward on whole utterances (zero initial states = the stream's start), so the streaming
+constraint holds by construction.
 
-Ends with checks that can fail: ONNX streaming logits equal PyTorch's full-utterance logits,
-random chunkings give identical logits, and WER on held-out voices is below --max-wer.
+Checkpoints (model, optimizer, schedule, step) go to --checkpoint every --checkpoint-min minutes;
+every batch is a function of (seed, step), so `--resume` continues the same run exactly. Ends
+with checks that can fail: ONNX streaming logits equal PyTorch's full-utterance logits, random
+chunkings give identical logits, and (through `export.eval_recognizer`, which also writes
+metrics.json and MODEL_CARD.md) held-out WER is below --max-wer.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export import augment, synth
 from export import speech_data as sd
 
 SAMPLE_RATE = sd.SAMPLE_RATE
@@ -38,16 +55,24 @@ HOPS_PER_BLOCK = 4
 BLOCK = HOP * HOPS_PER_BLOCK  # 640 samples = 40 ms per ORT run
 CONTEXT = WIN - HOP  # the stream carries the last 240 samples so block frames line up with a whole-signal STFT
 SUBSAMPLE = 2  # output frame = 20 ms
+FRAME = HOP * SUBSAMPLE  # samples per output frame
 SYMBOLS = ("<blank>",) + tuple(sd.VOCABULARY)  # id 0 is the CTC blank, then one label per word
-LOG_FLOOR = 1e-6
+UNK_ID = SYMBOLS.index(sd.UNK_WORD)  # the label of every word outside the grammar
+# Spellings of one sound that the grammar reads the same way: the recognizer writes the first.
+# Two labels for one sound split a word's spike between them, and greedy CTC then emits both
+# ("three meters metres"); so training targets use one spelling and the exported graph folds the
+# other's probability into it (`Recognizer.spelling`), so it is never emitted.
+SAME_SOUND = {"metre": "meter", "metres": "meters"}
+LOG_FLOOR = 1e-6  # added to mel power before the log
+PROB_FLOOR = 1e-10  # smallest output probability (a folded-away spelling); keeps the log finite
 
 
 @dataclass(frozen=True)
 class RecognizerConfig:
     n_mels: int = 40
-    channels: int = 128
+    channels: int = 192
     kernel: int = 5
-    dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8)
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1, 2, 4, 8, 16)
     expand: int = 2
     vocab: int = len(SYMBOLS)
 
@@ -142,6 +167,13 @@ def build_model(cfg: RecognizerConfig):
             self.blocks = nn.ModuleList([Block(d) for d in cfg.dilations])
             self.norm = nn.BatchNorm1d(cfg.channels)
             self.head = nn.Conv1d(cfg.channels, cfg.vocab, 1)
+            spelling = np.eye(cfg.vocab, dtype=np.float32)  # [vocab, vocab]: probability of label i goes to j
+            for other, kept in SAME_SOUND.items():
+                if other in SYMBOLS and kept in SYMBOLS:
+                    i, j = SYMBOLS.index(other), SYMBOLS.index(kept)
+                    spelling[i, i], spelling[i, j] = 0.0, 1.0
+            # not persistent: fixed by SAME_SOUND, not learnt, and checkpoints stay loadable
+            self.register_buffer("spelling", torch.tensor(spelling), persistent=False)
 
         def state_shapes(self):
             """(channels, cache_len) of each conv's cache, in state order."""
@@ -161,7 +193,8 @@ def build_model(cfg: RecognizerConfig):
                 x, st = block(x, st)
                 new.append(st)
             logits = self.head(self.norm(x)).transpose(1, 2)  # [batch, 2k, vocab]
-            return (F.log_softmax(logits, dim=-1), *new)
+            probs = torch.matmul(F.softmax(logits, dim=-1), self.spelling)  # SAME_SOUND folded
+            return (torch.log(probs.clamp_min(PROB_FLOOR)), *new)  # a folded-away label: log(1e-10)
 
     return Recognizer()
 
@@ -169,8 +202,8 @@ def build_model(cfg: RecognizerConfig):
 # -- data -----------------------------------------------------------------------------------------
 
 def encode(text: str) -> list[int]:
-    """Transcript -> CTC targets: one label per word."""
-    return [SYMBOLS.index(w) for w in text.split()]
+    """Transcript -> CTC targets: one label per word; a word outside the vocabulary is `<unk>`."""
+    return [SYMBOLS.index(SAME_SOUND.get(w, w)) if w in SYMBOLS else UNK_ID for w in text.split()]
 
 
 def pad_to_blocks(audio: np.ndarray) -> np.ndarray:
@@ -195,29 +228,75 @@ def make_batches(lengths: np.ndarray, max_samples: int, rng: np.random.Generator
     return batches
 
 
+def batch_plan(lengths: np.ndarray, max_samples: int, steps: int, seed: int) -> list[tuple[int, np.ndarray]]:
+    """(epoch, utterance indices) of every step: a function of the seed alone, so a resumed run
+    picks up exactly where it stopped."""
+    plan, epoch = [], 0
+    while len(plan) < steps:
+        plan += [(epoch, b) for b in make_batches(lengths, max_samples, np.random.default_rng([seed, epoch]))]
+        epoch += 1
+    return plan[:steps]
+
+
 # Less silence around training utterances than in evaluation: silence costs compute and teaches
-# little once the model has heard some; 0.3 s after the last word is enough to emit its space.
-TRAIN_AUGMENT = sd.Augment(lead_s=(0.05, 0.4), trail_s=(0.3, 0.6))
+# little once the model has heard some; 0.3 s after the last word is enough to emit its label.
+TRAIN_CHAIN = augment.Chain(lead_s=(0.05, 0.4), trail_s=(0.3, 0.6))
+BABBLE_TALKERS = 6  # other training utterances handed to random_chain as its babble pool
 
 
-def augmented(data: sd.SpeechSet, i: int, seed: int, epoch: int, lead: bool = False):
-    """Utterance i as heard in `epoch` (and, with lead=True, the sample where its speech starts)."""
+def heard(data: sd.SpeechSet, i: int, seed: int, epoch: int) -> augment.Augmented:
+    """Utterance i as heard in `epoch`: random_chain from (seed, epoch, i), babble from 6 others."""
     rng = np.random.default_rng([seed, epoch, i])
-    audio, start = sd.augment(data.clean(i), rng, TRAIN_AUGMENT)
-    return (audio, start) if lead else audio
+    others = rng.choice(len(data) - 1, size=min(BABBLE_TALKERS, len(data) - 1), replace=False)
+    others = others + (others >= i)  # skip i itself
+    return augment.random_chain(data.clean(i), rng, [data.clean(int(j)) for j in others], TRAIN_CHAIN)
 
 
-# Alignment guide: espeak-ng says where each word ends, so besides CTC a cross-entropy term asks
-# for the word's label on the frames ending 20-60 ms after it (ALIGN_FRAMES after the frame that
-# holds its last sample). CTC alone sat on a blank-and-unigram plateau for thousands of steps;
+# Alignment guide: the synthesizers say where each word ends, so besides CTC a cross-entropy term
+# asks for the word's label on the frames ending 20-60 ms after it (ALIGN_FRAMES after the frame
+# that holds its last sample). CTC alone sat on a blank-and-unigram plateau for thousands of steps;
 # the guide breaks it at once and pins emission right after the word (low latency).
 ALIGN_FRAMES = (1, 2)
 
 
-def align_targets(data: sd.SpeechSet, i: int, lead: int) -> list[tuple[int, int]]:
-    """(frame, label) pairs of utterance i padded with `lead` samples of silence in front."""
-    frame = HOP * SUBSAMPLE
-    return [((lead + end) // frame + k, SYMBOLS.index(w)) for w, _, end in data.word_spans[i] for k in ALIGN_FRAMES]
+def align_targets(data: sd.SpeechSet, i: int, aug: augment.Augmented) -> list[tuple[int, int]]:
+    """(frame, label) pairs of utterance i as it sits in `aug` (word ends follow speed and padding)."""
+    labels = encode(data.text(i))
+    return [(aug.position(end) // FRAME + k, lab)
+            for (_, _, end), lab in zip(data.word_spans[i], labels) for k in ALIGN_FRAMES]
+
+
+class BatchMaker:
+    """Step k's batch as tensors (run in a DataLoader worker: augmentation is numpy and takes about
+    as long as the training step). The same k always gives the same batch."""
+
+    def __init__(self, data: sd.SpeechSet, plan: list[tuple[int, np.ndarray]], seed: int):
+        self.data, self.plan, self.seed = data, plan, seed
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int):
+        import torch
+
+        epoch, batch = self.plan[k]
+        augs = [heard(self.data, int(i), self.seed, epoch) for i in batch]
+        audio = [pad_to_blocks(a.audio) for a in augs]
+        x = torch.zeros(len(audio), max(len(a) for a in audio))  # [batch, CONTEXT + samples]
+        for j, a in enumerate(audio):
+            x[j, :len(a)] = torch.from_numpy(a)
+        frame_lens = [(len(a) - CONTEXT) // FRAME for a in audio]
+        targets = [encode(self.data.text(int(i))) for i in batch]
+        align = [(j, f, lab) for j, (i, a) in enumerate(zip(batch, augs))
+                 for f, lab in align_targets(self.data, int(i), a) if f < frame_lens[j]]
+        return (x, torch.tensor(frame_lens), torch.tensor([c for t in targets for c in t]),
+                torch.tensor([len(t) for t in targets]), torch.tensor(align, dtype=torch.long).reshape(-1, 3))
+
+
+def _worker_init(_):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -243,73 +322,115 @@ def fit_normalisation(model, data: sd.SpeechSet, seed: int, n: int = 200) -> Non
     feats = []
     with torch.no_grad():
         for i in range(min(n, len(data))):
-            x = torch.from_numpy(pad_to_blocks(augmented(data, i, seed, 10**6)))[None]
+            x = torch.from_numpy(pad_to_blocks(heard(data, i, seed, 10**6).audio))[None]
             feats.append(model.features(x)[0])
     allf = torch.cat(feats, dim=1)  # [n_mels, frames]
     model.features.mean.copy_(allf.mean(dim=1, keepdim=True))
     model.features.inv_std.copy_(1.0 / (allf.std(dim=1, keepdim=True) + 1e-5))
 
 
-def train(model, data: sd.SpeechSet, steps: int, seed: int, lr: float = 3e-3, max_batch_s: float = 60.0,
-          warmup: int = 200, checkpoint: Path | None = None, save_every: int = 500, align_weight: float = 1.0) -> None:
-    """AdamW, linear warm-up then cosine decay; the weights go to `checkpoint` every `save_every`
-    steps, so an interrupted run can go on with --init."""
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10000
+    lr: float = 3e-3  # peak AdamW learning rate
+    warmup: int = 300  # linear warm-up steps, then cosine decay to 0
+    batch_s: float = 20.0  # seconds of audio per batch (before augmentation's padding)
+    align_weight: float = 1.0
+    seed: int = 0
+
+
+def save_checkpoint(path: Path, model, opt, sched, step: int, train_s: float, cfg, tcfg) -> None:
+    """Everything a resumed run needs; written to a temporary file first, so a kill mid-write
+    leaves the previous checkpoint intact."""
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                "train_s": train_s, "config": asdict(cfg), "train_config": asdict(tcfg)}, tmp)
+    os.replace(tmp, path)
+
+
+def train(model, data: sd.SpeechSet, tcfg: TrainConfig, checkpoint: Path | None, resume: dict | None = None,
+          checkpoint_min: float = 5.0, workers: int = 1) -> dict:
+    """AdamW, linear warm-up then cosine decay, CTC + the alignment guide. Returns
+    {"steps", "train_s", "final_loss"}; train_s sums the time of every run of a resumed training."""
     import torch
     import torch.nn.functional as F
 
-    rng = np.random.default_rng(seed)
     lengths = np.diff(data.offsets) + int(SAMPLE_RATE * 0.7)  # clean length + mean added silence
-    targets = [encode(data.text(i)) for i in range(len(data))]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, min(warmup, steps // 5))
+    plan = batch_plan(lengths, int(tcfg.batch_s * SAMPLE_RATE), tcfg.steps, tcfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=0.01)
+    warmup = max(1, min(tcfg.warmup, tcfg.steps // 5))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / tcfg.steps))))
+    step, train_s = 0, 0.0
+    if resume is not None:
+        opt.load_state_dict(resume["opt"])
+        sched.load_state_dict(resume["sched"])
+        step, train_s = int(resume["step"]), float(resume["train_s"])
+        print(f"resuming at step {step}/{tcfg.steps} ({train_s:.0f} s trained so far)", flush=True)
+    loader = torch.utils.data.DataLoader(
+        BatchMaker(data, plan, tcfg.seed), batch_size=None, sampler=range(step, tcfg.steps), num_workers=workers,
+        worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
+        multiprocessing_context="fork" if workers else None)
     model.features.fft = True
     model.train()
-    step, epoch, t0 = 0, 0, time.time()
-    while step < steps:
-        for batch in make_batches(lengths, int(max_batch_s * SAMPLE_RATE), rng):
-            if step >= steps:
-                break
-            heard = [augmented(data, int(i), seed, epoch, lead=True) for i in batch]
-            audio = [pad_to_blocks(a) for a, _ in heard]
-            width = max(len(a) for a in audio)
-            x = torch.zeros(len(audio), width)
-            for k, a in enumerate(audio):
-                x[k, :len(a)] = torch.from_numpy(a)
-            frame_lens = torch.tensor([(len(a) - CONTEXT) // HOP // SUBSAMPLE for a in audio])
-            tgt = [targets[int(i)] for i in batch]
-            with torch.no_grad():
-                feats = spec_augment(model.features(x), rng)
-            # The network after the features: same code path as forward(), features replaced.
-            states = model.initial_states(len(audio))
-            h, _ = model.subsample(feats, states[0])
-            h = F.gelu(h)
-            for block, st in zip(model.blocks, states[1:]):
-                h, _ = block(h, st)
-            logp = F.log_softmax(model.head(model.norm(h)).transpose(1, 2), dim=-1)  # [batch, frames, vocab]
-            loss = F.ctc_loss(logp.transpose(0, 1), torch.tensor([c for t in tgt for c in t]), frame_lens,
-                              torch.tensor([len(t) for t in tgt]), blank=0, zero_infinity=True)
-            if align_weight:
-                pairs = [(k, f, lab) for k, (i, (_, lead)) in enumerate(zip(batch, heard))
-                         for f, lab in align_targets(data, int(i), lead) if f < int(frame_lens[k])]
-                if pairs:
-                    k, f, lab = (torch.tensor(v) for v in zip(*pairs))
-                    loss = loss + align_weight * F.nll_loss(logp[k, f], lab)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            step += 1
-            if checkpoint is not None and step % save_every == 0:
-                torch.save(model.state_dict(), checkpoint)
-            if step % 100 == 0 or step == steps:
-                print(f"step {step}/{steps} epoch {epoch} loss {loss.item():.3f} lr {sched.get_last_lr()[0]:.2e} "
-                      f"{time.time() - t0:.0f} s", flush=True)
-        epoch += 1
+    bar = _progress(tcfg.steps, step)
+    t_run, t_saved, loss_avg = time.time(), time.time(), None
+    for x, frame_lens, targets, target_lens, align in loader:
+        with torch.no_grad():
+            feats = spec_augment(model.features(x), np.random.default_rng([tcfg.seed, 1, step]))
+        # The network after the features: same code path as forward(), features replaced.
+        states = model.initial_states(len(x))
+        h, _ = model.subsample(feats, states[0])
+        h = F.gelu(h)
+        for block, st in zip(model.blocks, states[1:]):
+            h, _ = block(h, st)
+        logp = F.log_softmax(model.head(model.norm(h)).transpose(1, 2), dim=-1)  # [batch, frames, vocab]
+        loss = F.ctc_loss(logp.transpose(0, 1), targets, frame_lens, target_lens, blank=0, zero_infinity=True)
+        if tcfg.align_weight and len(align):
+            loss = loss + tcfg.align_weight * F.nll_loss(logp[align[:, 0], align[:, 1]], align[:, 2])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        step += 1
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        bar.update(step, loss_avg, sched.get_last_lr()[0])
+        if checkpoint is not None and (time.time() - t_saved > 60 * checkpoint_min or step == tcfg.steps):
+            save_checkpoint(checkpoint, model, opt, sched, step, train_s + time.time() - t_run, model.cfg, tcfg)
+            t_saved = time.time()
+    bar.close()
     model.features.fft = False
     model.eval()
+    return {"steps": step, "train_s": round(train_s + time.time() - t_run), "final_loss": round(loss_avg or 0.0, 3)}
+
+
+class _progress:
+    """tqdm when installed, else a line every 100 steps."""
+
+    def __init__(self, total: int, initial: int):
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                            mininterval=2.0 if sys.stderr.isatty() else 30.0)
+        except ImportError:
+            self.bar = None
+        self.total, self.last, self.t0 = total, initial, time.time()
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", refresh=False)
+        elif step % 100 == 0 or step == self.total:
+            print(f"step {step}/{self.total} loss {loss:.3f} lr {lr:.2e} {time.time() - self.t0:.0f} s", flush=True)
+        self.last = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -340,104 +461,21 @@ def export_onnx(model, out_dir: Path) -> Path:
         blocking=Blocking(block=BLOCK, context=CONTEXT, sample_rate=SAMPLE_RATE),
         tokenizer="tokenizer.json",
         source={"recipe": "export.train_recognizer", "config": asdict(model.cfg),
-                "frames_per_block": HOPS_PER_BLOCK // SUBSAMPLE, "lookahead_frames": 0},
+                "frames_per_block": HOPS_PER_BLOCK // SUBSAMPLE, "lookahead_frames": 0,
+                "unk": sd.UNK_WORD},
     )
     manifest.save(out_dir)
     return out_dir
 
 
 def write_tokenizer(path: Path) -> None:
-    """A WordLevel tokenizer: id -> word for the decoder, transcript -> ids for targets."""
+    """A WordLevel tokenizer: id -> word for the decoder, transcript -> ids for targets (unknown words -> `<unk>`)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(SYMBOLS)}, unk_token="<blank>"))
+    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(SYMBOLS)}, unk_token=sd.UNK_WORD))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.save(str(path))
 
-
-# -- evaluation through the runtime ---------------------------------------------------------------
-
-def stream_decode(model, decoder, audio: np.ndarray, chunk: int = 320):
-    """Feed `audio` in `chunk`-sample pieces through a BlockStream, then a block of silence-padding
-    and finish(). Returns (text, words as (WordEvent, sample at which its block was complete))."""
-    stream = model.open_stream()
-    decoder.reset()
-    words = []
-    padded = np.concatenate([audio, np.zeros(-len(audio) % BLOCK, np.float32)])
-    for pos in range(0, len(padded), chunk):
-        out = stream.feed(padded[pos:pos + chunk])
-        if out.n_blocks:
-            res = decoder.update(out.logits)
-            ready = stream.blocks_run * BLOCK  # the samples these frames needed
-            words += [(w, ready) for w in res.words]
-    text = decoder.text
-    words += [(w, stream.blocks_run * BLOCK) for w in decoder.finish().words]
-    return text, words
-
-
-def align_words(ref: list[str], hyp: list[str]) -> tuple[int, list[tuple[int, int]]]:
-    """(edit distance, matched (ref index, hyp index) pairs) of a Levenshtein alignment."""
-    n, m = len(ref), len(hyp)
-    d = np.zeros((n + 1, m + 1), int)
-    d[:, 0], d[0, :] = np.arange(n + 1), np.arange(m + 1)
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
-    pairs, i, j = [], n, m
-    while i and j:
-        if ref[i - 1] == hyp[j - 1] and d[i, j] == d[i - 1, j - 1]:
-            pairs.append((i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif d[i, j] == d[i - 1, j - 1] + 1:
-            i, j = i - 1, j - 1
-        elif d[i, j] == d[i - 1, j] + 1:
-            i -= 1
-        else:
-            j -= 1
-    return int(d[n, m]), pairs[::-1]
-
-
-def evaluate(model_dir: Path, data: sd.SpeechSet, seed: int, noisy: bool, limit: int | None = None) -> dict:
-    """WER and word emission latency of the exported model, streamed through edge_stream."""
-    import edge_stream as es
-    from edge_stream.voice.ctc import CtcDecoder
-
-    model = es.load(model_dir, intra_op_threads=1)
-    decoder = CtcDecoder.from_model(model)
-    errors = ref_words = exact = 0
-    latency_ms = []
-    n = min(limit or len(data), len(data))
-    t0 = time.perf_counter()
-    audio_s = 0.0
-    for i in range(n):
-        # "clean": no noise or room, but the same silence padding, gain and faint noise floor
-        # (digital-zero silence is a condition neither training nor a microphone produces).
-        cond = sd.Augment() if noisy else sd.Augment(noise_p=0.0, reverb_p=0.0)
-        audio, lead = sd.augment(data.clean(i), np.random.default_rng([seed, 99, i]), cond)
-        audio_s += len(audio) / SAMPLE_RATE
-        text, words = stream_decode(model, decoder, audio)
-        ref, hyp = data.text(i).split(), [w.word for w, _ in words]
-        dist, pairs = align_words(ref, hyp)
-        errors += dist
-        ref_words += len(ref)
-        exact += dist == 0
-        for ri, hi in pairs:
-            end = lead + data.word_spans[i][ri][2]
-            latency_ms.append(1000 * (words[hi][1] - end) / SAMPLE_RATE)
-    dt = time.perf_counter() - t0
-    return {"utterances": n, "wer": errors / max(1, ref_words), "utterance_exact": exact / max(1, n),
-            "latency_ms": percentiles(latency_ms),
-            "rtf_1_thread": dt / audio_s}
-
-
-def percentiles(values) -> dict:
-    if not values:
-        return {}
-    p = np.percentile(values, [50, 90, 99])
-    return {"p50": round(float(p[0]), 1), "p90": round(float(p[1]), 1), "p99": round(float(p[2]), 1)}
-
-
-# -- checks ---------------------------------------------------------------------------------------
 
 def check_parity(model, model_dir: Path, audio: np.ndarray, seed: int) -> float:
     """The checks that can fail: ONNX streaming (fixed and random chunkings) vs PyTorch full-utterance."""
@@ -468,156 +506,117 @@ def check_parity(model, model_dir: Path, audio: np.ndarray, seed: int) -> float:
     return err
 
 
-def write_model_card(out_dir: Path, metrics: dict, command: str) -> Path:
-    """MODEL_CARD.md from the run's metrics (the numbers are the ones this run measured)."""
-    c, n = metrics["heldout_clean"], metrics["heldout_noisy"]
-    cfg = RecognizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in metrics["config"].items()})
-    t = metrics["training"]
-
-    def lat(d):
-        x = d["latency_ms"]
-        return f"p50 {x['p50']:.0f} ms, p90 {x['p90']:.0f} ms" if x else "n/a"
-
-    text = f"""# command-recognizer
-
-A streaming speech recognizer for short robot commands: raw 16 kHz samples in, CTC log-probs over
-{cfg.vocab - 1} command words (one label per word, plus blank) out, {HOPS_PER_BLOCK // SUBSAMPLE} frames (20 ms each) per {BLOCK}-sample
-(40 ms) block. Runs on ONNX Runtime through `edge_stream.load(dir).open_stream()` (a `BlockStream`:
-{CONTEXT} samples of context, {len(cfg.dilations) + 1} conv caches as recurrent state I/O) with
-`edge_stream.voice.ctc.CtcDecoder.from_model(model)` on top.
-
-## Model
-- Log-mel inside the graph: 25 ms Hann window, 10 ms hop, 512-point DFT as a fixed Conv1d, {cfg.n_mels} mel
-  bands (20-7600 Hz), log, normalisation frozen from training audio. No feature code in the node.
-- A stride-2 causal conv, then {len(cfg.dilations)} causal ConvNeXt-style blocks (depthwise kernel {cfg.kernel},
-  dilations {list(cfg.dilations)}, {cfg.channels} channels, BatchNorm, pointwise MLP x{cfg.expand}), a linear CTC head.
-- Causal by construction: look-ahead 0 frames; receptive field
-  {receptive_field_ms(cfg)} ms of past audio. {metrics['parameters']} parameters.
-- Labels (`tokenizer.json`, id -> word): `<blank>` (id 0) and the {cfg.vocab - 1} words of
-  `export.speech_data.VOCABULARY`. Greedy CTC emits a word whole on the frame its label wins, so
-  nothing waits for a following word or the end of the utterance. Words outside the vocabulary
-  cannot be output (they come out as the nearest-sounding command word or nothing).
-
-## Data
-Synthesized offline with espeak-ng (`export/speech_data.py`): phrases from a command grammar
-(move/go/drive forward/back N meters, turn left/right N degrees, stop, faster/slower, wait N seconds;
-fillers, corrections such as "turn left, no, right", two-command phrases), {metrics['train_utterances']} training
-utterances over {len(sd.TRAIN_VOICES)} voices ({len(sd.TRAIN_ACCENTS)} accents x {len(sd.TRAIN_VARIANTS)} variants),
-rates 120-230 wpm, pitch 15-85; per epoch fresh white/pink noise (SNR 5-30 dB, p=0.8), random
-room impulse responses (RT60 0.1-0.6 s, p=0.5), gain, silence padding; SpecAugment masks.
-Evaluation: {c['utterances']} utterances from {len(sd.HELDOUT_VOICES)} held-out voices (2 unseen accents, 8 unseen variants).
-
-## Training
-    {command}
-
-{t['steps']} steps of AdamW (peak lr {t['lr']:g}, {t['warmup']} warm-up steps, cosine decay), {t['batch_s']:g} s of audio
-per batch, torch on {t['threads']} CPU thread(s), cross-entropy alignment guide weight {t['align_weight']:g}: {metrics['train_seconds']} s of training
-({metrics['total_seconds']} s in all, including evaluation) on a shared 2-core machine.
-
-## Metrics (streamed through edge_stream with 20 ms chunks, greedy CTC, 1 ORT thread)
-| held-out voices | WER | utterances exact | word decoded after word end |
-|---|---|---|---|
-| clean | {c['wer']:.3f} | {c['utterance_exact']:.3f} | {lat(c)} |
-| noise + reverb | {n['wer']:.3f} | {n['utterance_exact']:.3f} | {lat(n)} |
-
-Latency is over correctly recognized words: audio time from the end of the word (espeak-ng's word
-timing, clean speech) to the end of the 40 ms block whose frame decoded it; compute adds
-{n['rtf_1_thread'] * 40:.2f} ms per block on one thread (real-time factor {n['rtf_1_thread']:.3f}).
-The export check compares ONNX streaming (random chunkings) with the PyTorch full-utterance forward.
-
-## Limits
-Synthetic speech only: a closed command vocabulary, espeak voices. Real microphones and speakers
-will need real recordings. The parser (`models/command-parser`) also knows words this model
-cannot output (e.g. "reverse", "rotate", "metres"); see `export/command_data.py` INPUT_WORDS.
-"""
-    path = out_dir / "MODEL_CARD.md"
-    path.write_text(text)
-    return path
-
-
 def receptive_field_ms(cfg: RecognizerConfig) -> int:
     """Past audio one output frame sees: the window, the stride-2 conv, then each block's dilated kernel."""
     return (1 + 2 * sum((cfg.kernel - 1) * d for d in cfg.dilations)) * 10 + 15
 
 
-def evaluate_only(args) -> None:
-    """Re-run the evaluation of an exported model (training figures kept from its metrics.json)."""
-    eval_set = sd.load_set("eval", args.eval_utts, args.seed)
-    metrics = json.loads((args.out / "metrics.json").read_text())
-    metrics["heldout_clean"] = evaluate(args.out, eval_set, args.seed, noisy=False)
-    metrics["heldout_noisy"] = evaluate(args.out, eval_set, args.seed, noisy=True)
-    print(json.dumps(metrics, indent=2))
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_model_card(args.out, metrics, metrics.get("command", "python -m export.train_recognizer"))
-    if metrics["heldout_noisy"]["wer"] > args.max_wer:
-        sys.exit(f"check failed: noisy held-out WER {metrics['heldout_noisy']['wer']:.3f} > {args.max_wer}")
+@dataclass(frozen=True)
+class DataConfig:
+    train_utts: int = 12000  # clean utterances synthesized once (export.synth split "train")
+    other_p: float = 0.15  # share of them that are non-command sentences
+    seed: int = 0
+
+
+def load_training_set(dcfg: DataConfig) -> sd.SpeechSet:
+    return synth.load_set("train", dcfg.train_utts, dcfg.seed, other_p=dcfg.other_p)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--out", type=Path, default=Path("models/command-recognizer"))
-    parser.add_argument("--train-utts", type=int, default=10000)
-    parser.add_argument("--eval-utts", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=15000)
+    parser.add_argument("--train-utts", type=int, default=DataConfig.train_utts)
+    parser.add_argument("--other-p", type=float, default=DataConfig.other_p, help="share of non-command sentences")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
-    parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
-    parser.add_argument("--batch-s", type=float, default=20.0, help="seconds of audio per batch")
-    parser.add_argument("--max-wer", type=float, default=0.15, help="fail if noisy held-out WER is above this")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader processes running the augmentation")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak AdamW learning rate")
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup, help="linear warm-up steps")
+    parser.add_argument("--batch-s", type=float, default=TrainConfig.batch_s, help="seconds of audio per batch")
+    parser.add_argument("--eval-utts", type=int, default=300, help="utterances per synthesizer in the evaluation")
+    parser.add_argument("--max-wer", type=float, default=0.15,
+                        help="fail if clean held-out-voice WER (espeak-ng or flite) is above this")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a handful of utterances (CI)")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="re-evaluate the model in --out and rewrite its metrics and model card")
-    parser.add_argument("--init", type=Path, help="start from this state_dict (a previous run's checkpoint)")
     parser.add_argument("--checkpoint", type=Path, default=Path(".cache/command-recognizer.pt"),
-                        help="where the trained torch weights go (not committed)")
+                        help="training state, saved every --checkpoint-min minutes (not committed)")
+    parser.add_argument("--checkpoint-min", type=float, default=5.0)
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint")
+    parser.add_argument("--no-eval", action="store_true", help="export and check parity only")
     args = parser.parse_args(argv)
     import torch
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     if args.smoke:
-        args.train_utts, args.eval_utts, args.steps, args.max_wer = 24, 8, 3, 1e9
-    if args.eval_only:
-        return evaluate_only(args)
+        args.train_utts, args.eval_utts, args.steps, args.max_wer, args.batch_s = 24, 4, 3, 1e9, 8.0
     t_start = time.time()
-    train_set = sd.load_set("train", args.train_utts, args.seed)
-    eval_set = sd.load_set("eval", args.eval_utts, args.seed)
+    dcfg = DataConfig(args.train_utts, args.other_p if not args.smoke else 0.2, args.seed)
+    tcfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=args.warmup, batch_s=args.batch_s, seed=args.seed)
     cfg = RecognizerConfig()
+    train_set = load_training_set(dcfg)
     model = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params} parameters, receptive field {receptive_field_ms(cfg)} ms, no look-ahead")
-    if args.init:
-        model.load_state_dict(torch.load(args.init))  # its normalisation included
+    print(f"model: {n_params} parameters, receptive field {receptive_field_ms(cfg)} ms, no look-ahead; "
+          f"{len(train_set)} training utterances", flush=True)
+    resume, extended_from = None, None
+    if args.resume:
+        if not args.checkpoint.is_file():
+            sys.exit(f"--resume: no checkpoint at {args.checkpoint}")
+        resume = torch.load(args.checkpoint, weights_only=False)
+        if resume["config"] != asdict(cfg):
+            sys.exit(f"--resume: checkpoint config {resume['config']} differs from this recipe's {asdict(cfg)}")
+        saved = resume["train_config"]
+        if {**saved, "steps": tcfg.steps} != asdict(tcfg) or tcfg.steps < resume["step"]:
+            sys.exit(f"--resume: checkpoint was trained with {saved} to step {resume['step']}, asked {asdict(tcfg)}; "
+                     "pass the same --lr/--warmup/--batch-s/--seed (and --steps, or more steps to extend the run)")
+        if saved["steps"] != tcfg.steps:
+            # The batch plan of the longer run starts with the shorter one's; only the cosine
+            # schedule stretches (the learning rate steps up to the longer curve).
+            print(f"extending the run from {saved['steps']} to {tcfg.steps} steps", flush=True)
+            extended_from = saved.get("extended_from") or saved["steps"]
+        model.load_state_dict(resume["model"])  # its normalisation included
     else:
         fit_normalisation(model, train_set, args.seed, n=20 if args.smoke else 200)
-    t_train = time.time()
     if not args.smoke:
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    train(model, train_set, args.steps, args.seed, lr=args.lr, warmup=args.warmup,
-          max_batch_s=8.0 if args.smoke else args.batch_s, checkpoint=None if args.smoke else args.checkpoint)
-    train_s = time.time() - t_train
-    if not args.smoke:
-        torch.save(model.state_dict(), args.checkpoint)
+    summary = train(model, train_set, tcfg, None if args.smoke else args.checkpoint, resume,
+                    checkpoint_min=args.checkpoint_min, workers=0 if args.smoke else args.workers)
     export_onnx(model, args.out)
-    check_parity(model, args.out, sd.augment(eval_set.clean(0), np.random.default_rng(1))[0], args.seed)
-    clean = evaluate(args.out, eval_set, args.seed, noisy=False)
-    noisy = evaluate(args.out, eval_set, args.seed, noisy=True)
+    eval_probe = synth.load_set("eval", 2, args.seed, engine="espeak-ng")
+    check_parity(model, args.out, pad_audio(eval_probe.clean(0)), args.seed)
     command = "python -m export.train_recognizer " + " ".join(argv if argv is not None else sys.argv[1:])
-    metrics = {"command": command, "parameters": n_params, "config": asdict(cfg),
-               "training": {"steps": args.steps, "lr": args.lr, "warmup": args.warmup, "batch_s": args.batch_s,
-                            "threads": args.threads, "align_weight": 1.0,
-                            "init": str(args.init) if args.init else None},
-               "train_utterances": len(train_set),
-               "train_seconds": round(train_s), "total_seconds": round(time.time() - t_start),
-               "heldout_clean": clean, "heldout_noisy": noisy}
-    print(json.dumps(metrics, indent=2))
-    if not args.smoke:
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_model_card(args.out, metrics, command)
-    if noisy["wer"] > args.max_wer:
-        sys.exit(f"check failed: noisy held-out WER {noisy['wer']:.3f} > {args.max_wer}")
-    print(f"ok: wrote {args.out}")
+    training = {"command": command, "parameters": n_params, "config": asdict(cfg), "data": asdict(dcfg),
+                "training": {**asdict(tcfg), "threads": args.threads, "workers": args.workers, **summary,
+                             "extended_from": extended_from},
+                "train_utterances": len(train_set), "train_kinds": _kinds(train_set),
+                "symbols": len(SYMBOLS), "export_s": round(time.time() - t_start)}
+    if args.smoke:
+        print(json.dumps(training, indent=2))
+        return
+    (args.out / "metrics.json").write_text(json.dumps({"training": training}, indent=2) + "\n")
+    if args.no_eval:
+        print(f"ok: wrote {args.out} (not evaluated: python -m export.eval_recognizer {args.out})")
+        return
+    from export import eval_recognizer
+
+    eval_recognizer.main([str(args.out), "--utts", str(args.eval_utts), "--seed", str(args.seed),
+                          "--max-wer", str(args.max_wer)])
+
+
+def pad_audio(clean: np.ndarray) -> np.ndarray:
+    """Clean speech with some silence and a noise floor: the parity check's input."""
+    return augment.random_chain(clean, np.random.default_rng(1), (), augment.Chain(
+        speed_p=0, pitch_p=0, reverb_p=0, noise_p=0, mic_p=0, clip_p=0, quantize_p=0)).audio
+
+
+def _kinds(data: sd.SpeechSet) -> dict:
+    """Utterances per engine and kind (command / other)."""
+    out: dict[str, int] = {}
+    for s in data.specs:
+        key = f"{s.engine}/{s.kind}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,9 @@ def test_stop_is_emitted_on_its_word(parser, text, word):
 @pytest.mark.parametrize("text, command", [
     ("could you turn ninety degrees to the left please", "turn left 90 deg"),
     ("okay robot turn left uh no right ninety degrees", "turn right 90 deg"),
-    ("move forward two meters i mean three meters", "move forward 3.0 m"),
+    pytest.param("move forward two meters i mean three meters", "move forward 3.0 m", marks=pytest.mark.xfail(
+        strict=True, reason="issue 10: the interim parser (trained before the final grammar rules) keeps 2.0 m "
+        "here; the retrain on the final grammar is pending (models/command-parser/MODEL_CARD.md)")),
     ("um forward by two and a half meters", "move forward 2.5 m"),
     ("rotate forty five degrees to the right", "turn right 45 deg"),
     ("hey robot go a little slower", "slow down"),
@@ -106,8 +108,11 @@ def test_amount_waits_while_the_number_can_go_on(parser):
 
 def test_amount_comes_on_the_word_that_settles_it(parser):
     emitted, final = parse(parser, "turn left forty five degrees")
-    assert emitted == [["turn"], ["left"], [], ["45", "deg"], []]  # nothing can follow "forty five"
+    # "forty five" is a whole number, but its unit may still be seconds: the unit settles it
+    assert emitted == [["turn"], ["left"], [], [], ["45", "deg"]]
     assert final == "turn left 45 deg"
+    emitted, final = parse(parser, "wait two and a half seconds")  # wait takes seconds only
+    assert emitted[:5] == [["wait"], [], [], [], ["2.5", "s"]] and final == "wait 2.5 s"
 
 
 def test_parser_is_reusable_across_utterances(parser):
@@ -202,7 +207,7 @@ def test_training_data_and_run_time_share_one_grammar():
 def test_teacher_emits_each_field_on_the_word_that_determines_it():
     t = Teacher()
     got = [t.push(w) for w in "okay go uh forward twenty um five meters no stop".split()] + [t.end()]
-    assert got == [[], [], [], ["move", "forward"], [], [], ["2", "##5", "##.", "##0", "m"], [], [],
+    assert got == [[], [], [], ["move", "forward"], [], [], [], ["2", "##5", "##.", "##0", "m"], [],
                    [FIX, "stop"], []]
 
 

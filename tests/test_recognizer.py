@@ -1,5 +1,6 @@
 """The streaming command recognizer: the committed model runs through BlockStream, any chunking
-gives the same frames, greedy CTC decodes across block boundaries, and held-out voices are recognized."""
+gives the same frames, greedy CTC decodes across block boundaries with a confidence per word, its
+labels are the grammar's vocabulary, and held-out voices are recognized."""
 
 from __future__ import annotations
 
@@ -202,13 +203,47 @@ def test_decoder_reads_words_and_frame_length_from_the_model(model):
     assert dec.frame_samples * len(model.open_stream().feed(np.zeros(block, np.float32)).logits) == block
 
 
-def test_recognizer_words_unknown_to_the_parser_are_the_known_few(model):
-    """The parser downstream reads the recognizer's words; the ones it has no meaning for are
-    pinned here, so a vocabulary change on either side is a deliberate one."""
-    from export.command_data import INPUT_WORDS
+def test_every_recognizer_label_is_a_grammar_word(model):
+    """The parser downstream reads the recognizer's words: each label the committed model can
+    output is a word of the one grammar file (edge_stream/voice/grammar.py)."""
+    from edge_stream.voice.grammar import recognizer_vocabulary
 
-    words = set(CtcDecoder.from_model(model).symbols) - {"<blank>"}
-    assert words - set(INPUT_WORDS) == {"around", "don't", "let's", "second", "seconds", "well"}
+    labels = set(CtcDecoder.from_model(model).symbols) - {"<blank>"}
+    assert labels <= set(recognizer_vocabulary()), sorted(labels - set(recognizer_vocabulary()))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 10: the committed recognizer predates the unified grammar "
+                   "(no <unk>, no new words); the multi-synthesizer retrain that replaces it is not good "
+                   "enough yet (docs/training/command-recognizer-multisynth-run1.md)")
+def test_recognizer_labels_are_the_grammars_vocabulary(model):
+    """One grammar file gives the recognizer its words (issue 10): the committed model's labels are
+    the blank and `grammar.recognizer_vocabulary()` in order, `<unk>` included."""
+    from edge_stream.voice.grammar import recognizer_vocabulary
+
+    assert CtcDecoder.from_model(model).symbols == ["<blank>"] + list(recognizer_vocabulary())
+
+
+def test_ctc_confidence_is_the_labels_posterior_on_the_frame_it_won():
+    probs = np.array([[0.9, 0.05, 0.01, 0.01, 0.01, 0.02],  # blank
+                      [0.2, 0.7, 0.02, 0.03, 0.03, 0.02],  # "stop" wins with 0.7
+                      [0.1, 0.85, 0.01, 0.01, 0.01, 0.02]], np.float32)  # a repeat: no new word
+    (w,) = CtcDecoder(SYMBOLS).update(np.log(probs)).words
+    assert w.word == "stop" and w.end_frame == 1 and w.confidence == pytest.approx(0.7, abs=1e-5)
+
+
+def test_ctc_confidence_is_the_same_from_logits_or_log_probs():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(40, len(SYMBOLS))).astype(np.float32)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    a, b = CtcDecoder(SYMBOLS).update(logits).words, CtcDecoder(SYMBOLS).update(log_probs + 5.0).words
+    assert [w.word for w in a] == [w.word for w in b] and a
+    np.testing.assert_allclose([w.confidence for w in a], [w.confidence for w in b], rtol=1e-5)
+    assert all(0.0 < w.confidence <= 1.0 for w in a)
+
+
+def test_heldout_command_words_are_recognized_with_high_confidence(model, commands):
+    confidences = [w.confidence for audio, _ in commands for w, _ in transcribe(model, audio)[1]]
+    assert np.median(confidences) > 0.8 and min(confidences) > 0.3, confidences
 
 
 # -- the recipe ----------------------------------------------------------------------------------
@@ -216,11 +251,11 @@ def test_recognizer_words_unknown_to_the_parser_are_the_known_few(model):
 @pytest.mark.slow
 def test_training_recipe_smoke_run(tmp_path, monkeypatch):
     """A few steps on a handful of synthesized utterances, ending in the recipe's own parity checks."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng)")
-    from export import speech_data, train_recognizer
+    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+        pytest.skip("espeak-ng or flite is not installed (python -m export.synth --list says how)")
+    from export import synth, train_recognizer
 
-    monkeypatch.setattr(speech_data, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(synth, "CACHE_DIR", tmp_path / "cache")
     train_recognizer.main(["-o", str(tmp_path / "rec"), "--smoke", "--threads", "1"])
     rec = es.load(tmp_path / "rec")
     out = rec.open_stream().feed(np.zeros(rec.manifest.blocking.block, np.float32))

@@ -37,6 +37,9 @@ class CommandRecord:
     t_known_pub_ns: int | None = None  # output after which the command equalled the final one
     t_done_pub_ns: int = 0  # the `done`
     t_speech_end_ns: int | None = None  # the VAD's end of speech, when the pipeline had one
+    cancelled: bool = False  # the speaker cancelled ("don't move", "never mind"): nothing to do
+    not_understood: bool = False  # the parser was not sure enough: ask again, do nothing
+    confidence: float | None = None  # the parser node's confidence in the command
 
     def ms_after_speech_end(self, t_ns: int | None, t_speech_end_ns: int | None = None) -> float | None:
         """`t_ns` minus the end of speech (the VAD's, or the one given), in ms."""
@@ -73,12 +76,14 @@ class CommandTracker:
                 p.command, p.t_known = header.get("command", ""), t_pub
             return None
         del self._pending[stream]
-        final = header.get("command", "")
+        final = header.get("command") or ""  # None (protocol: no command) and "" (v1) alike
         if final != p.command:  # the end itself settled it (or no deltas: the batch baseline)
             p.t_known = t_pub
         return CommandRecord(stream, header.get("segment"), final, p.fields, header.get("words", []),
                              p.t_first if p.t_first is not None else (t_pub if final else None),
-                             p.t_known if final else None, t_pub, header.get("t_speech_end_ns"))
+                             p.t_known if final else None, t_pub, header.get("t_speech_end_ns"),
+                             bool(header.get("cancelled")), bool(header.get("not_understood")),
+                             header.get("confidence"))
 
 
 def describe_delta(rec: Received) -> str:
@@ -88,13 +93,21 @@ def describe_delta(rec: Received) -> str:
             f"{h.get('command', '')!r}{word}")
 
 
+def ask_again(rec: Received) -> str:
+    """What the controller says on `not_understood`: it heard something, acts on nothing, asks again."""
+    h = rec.header
+    return (f"{h.get('stream')} #{h.get('segment', '?')}  NOT UNDERSTOOD (heard {' '.join(h.get('heard', []))!r}, "
+            f"confidence {h.get('confidence', 0):.2f}): \"Sorry, could you say that again?\"")
+
+
 def describe_command(r: CommandRecord) -> str:
     known, done = r.ms_after_speech_end(r.t_known_pub_ns), r.ms_after_speech_end(r.t_done_pub_ns)
     timing = ("" if done is None else
               f"  (after the VAD's end of speech: known {known:+.0f} ms, done {done:+.0f} ms)" if known is not None
               else f"  (done {done:+.0f} ms after the VAD's end of speech)")
     heard = f"  heard {' '.join(r.words)!r}" if r.words else ""
-    return f"{r.stream} #{r.segment if r.segment is not None else '?'}  COMMAND {r.command or '(none)'!r}{heard}{timing}"
+    what = "CANCELLED" if r.cancelled else "NOT UNDERSTOOD" if r.not_understood else f"COMMAND {r.command or '(none)'!r}"
+    return f"{r.stream} #{r.segment if r.segment is not None else '?'}  {what}{heard}{timing}"
 
 
 def run_controller(connect: list[str], count: int = 0, timeout: float = 0.0, stop=None, on_line=print) -> list:
@@ -115,6 +128,8 @@ def run_controller(connect: list[str], count: int = 0, timeout: float = 0.0, sto
             idle_since = time.monotonic()
             if rec.kind == "delta":
                 on_line(describe_delta(rec))
+            elif rec.kind == "not_understood":  # nothing to act on: ask the speaker again
+                on_line(ask_again(rec))
             record = tracker.update(rec.header)
             if record is not None:
                 records.append(record)

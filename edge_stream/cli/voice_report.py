@@ -109,12 +109,17 @@ class PolicyChain:
         self.policies = [policy_for(es.load(cfg.dir, intra_op_threads=1), cfg) for cfg in cfgs]
 
     @classmethod
-    def from_launch(cls, launch: str, wait_for_end: bool = False) -> "PolicyChain":
+    def from_launch(cls, launch: str, wait_for_end: bool = False, parser_options: dict | None = None) -> "PolicyChain":
+        """The launch file's chain; `parser_options` overrides the parser route's options
+        (min_confidence 0: every command comes out with its confidence, for the trade-off)."""
         from edge_stream.node.config import load_launch
 
         cfgs = {n.name: n.models[0] for n in load_launch(launch).nodes}
-        return cls([cfgs["vad"]] + [dataclasses.replace(cfgs[n], wait_for_end=wait_for_end)
-                                    for n in ("recognizer", "parser")])
+        parser = cfgs["parser"]
+        if parser_options is not None:
+            parser = dataclasses.replace(parser, stream_options={**parser.stream_options, **parser_options})
+        return cls([cfgs["vad"]] + [dataclasses.replace(c, wait_for_end=wait_for_end)
+                                    for c in (cfgs["recognizer"], parser)])
 
     def run(self, audio: np.ndarray, tail_s: float = 1.0) -> "ChainResult":
         """One utterance (plus `tail_s` of silence, then the input's end) through the chain."""
@@ -134,7 +139,8 @@ class PolicyChain:
         for out in outs:
             if stage == 3:
                 if out.kind == "done":
-                    result.commands.append(out.fields["command"])
+                    result.commands.append(out.fields["command"] or "")
+                    result.confidences.append(out.fields.get("confidence", 1.0))
                 continue
             if not isinstance(out, Forward):
                 continue
@@ -150,11 +156,48 @@ class PolicyChain:
 class ChainResult:
     words: list = field(default_factory=list)  # words the recognizer forwarded
     commands: list = field(default_factory=list)  # one per speech segment
+    confidences: list = field(default_factory=list)  # the parser's, one per segment
 
     @property
     def command(self) -> str:
         """What the robot ends up doing: the last segment's non-empty command."""
         return next((c for c in reversed(self.commands) if c), "")
+
+    @property
+    def confidence(self) -> float:
+        """The confidence of `command` (1.0 when there is none)."""
+        return next((f for c, f in zip(reversed(self.commands), reversed(self.confidences)) if c), 1.0)
+
+
+THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def outcome(command: str, confidence: float, expected: str, threshold: float) -> str:
+    """What the robot gets at `threshold`: 'exact', 'wrong', 'not understood' (asked again) or
+    'nothing' (no command published). A stop is never held back (CommandParserPolicy)."""
+    if not command:
+        return "nothing" if expected else "exact"
+    if confidence < threshold and command != "stop":
+        return "not understood"
+    return "exact" if command == expected else "wrong"
+
+
+def tradeoff(rows: list[tuple[str, float, str]], thresholds=THRESHOLDS) -> list[dict]:
+    """Shares of exact / wrong / not understood / nothing per threshold over (command, confidence, expected)."""
+    out = []
+    for t in thresholds:
+        kinds = [outcome(c, f, e, t) for c, f, e in rows]
+        out.append({"threshold": t, **{k: kinds.count(k) / max(1, len(kinds))
+                                       for k in ("exact", "wrong", "not understood", "nothing")}})
+    return out
+
+
+WRONG_COST = 3.0  # a wrong command costs as much as three "say that again"s: wrong is worse than nothing
+
+
+def choose_threshold(table: list[dict], wrong_cost: float = WRONG_COST) -> float:
+    """The threshold with the lowest expected cost, wrong_cost * wrong + not understood (ties: the lowest)."""
+    return min(table, key=lambda r: (wrong_cost * r["wrong"] + r["not understood"], r["threshold"]))["threshold"]
 
 
 def edit_distance(ref: list, hyp: list) -> int:
@@ -169,12 +212,18 @@ def edit_distance(ref: list, hyp: list) -> int:
 def accuracy(cases: list[Case], launch: str) -> dict:
     from edge_stream.voice.command_parser import CommandParser
 
-    stream, batch = PolicyChain.from_launch(launch), PolicyChain.from_launch(launch, wait_for_end=True)
+    # Both chains publish every command with its confidence (min_confidence 0); the launch file's
+    # threshold is applied afterwards (`outcome`), so one run gives the whole trade-off.
+    everything = {"min_confidence": 0.0}
+    stream = PolicyChain.from_launch(launch, parser_options=everything)
+    batch = PolicyChain.from_launch(launch, wait_for_end=True, parser_options=everything)
     parser = CommandParser(stream.policies[2].model)
     n_ok = n_batch_ok = same = parse_ok = errors = ref_words = split = 0
+    rows = []
     t0 = time.perf_counter()
     for c in cases:
         r, b = stream.run(c.audio), batch.run(c.audio)
+        rows.append((r.command, r.confidence, c.expected))
         n_ok += r.command == c.expected
         n_batch_ok += b.command == c.expected
         same += r.commands == b.commands
@@ -186,8 +235,10 @@ def accuracy(cases: list[Case], launch: str) -> dict:
             parser.push_word(w)
         parse_ok += parser.end() == c.expected
     n = len(cases)
+    table = tradeoff(rows)
     return {"n": n, "stream": n_ok / n, "batch": n_batch_ok / n, "same": same, "wer": errors / ref_words,
-            "parser_on_true_words": parse_ok / n, "split": split, "seconds": time.perf_counter() - t0}
+            "parser_on_true_words": parse_ok / n, "split": split, "seconds": time.perf_counter() - t0,
+            "tradeoff": table, "chosen_threshold": choose_threshold(table)}
 
 
 # ----- the real pipeline ----------------------------------------------------------------------------------
@@ -262,6 +313,17 @@ def report(args) -> str:
         f"| recognizer word error rate (words it forwarded vs transcript) | {acc['wer']:.1%} |",
         f"| parser alone on the true words | {acc['parser_on_true_words']:.1%} |",
         f"| utterances the VAD split into several segments | {acc['split']}/{acc['n']} |",
+        "",
+        "**Confidence threshold** (the parser route's `min_confidence`: below it a command is published as "
+        "`not_understood` and the controller asks again; a stop always goes out). Shares of the utterances "
+        "above, streaming; *nothing*: no command came out. `choose_threshold` (lowest "
+        f"{WRONG_COST:g} x wrong + not understood): **{acc['chosen_threshold']}**; the parser route's default "
+        "is edge_stream.node.policies.DEFAULT_MIN_CONFIDENCE.",
+        "",
+        "| min_confidence | exact | wrong | not understood | nothing |",
+        "|---|---|---|---|---|",
+        *(f"| {r['threshold']:.2f} | {r['exact']:.1%} | {r['wrong']:.1%} | {r['not understood']:.1%} | "
+          f"{r['nothing']:.1%} |" for r in acc["tradeoff"]),
         "",
         f"**Latency** from the end of the last word to the parser node publishing the command, ms "
         f"(p50 / p90 / max): the real 3-node pipeline (one process per node, ZeroMQ on loopback), "

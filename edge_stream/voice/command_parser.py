@@ -16,104 +16,107 @@ emitted. `apply_tokens` folds any token stream into the `Command`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
+
+import numpy as np
 
 from edge_stream.errors import InputError, ManifestError
+from edge_stream.voice.commands import (  # noqa: F401 (re-exported: the parser's public names)
+    ACTION_WORDS,
+    BOS,
+    CANCEL,
+    DIGIT_TOKENS,
+    DIRECTION_WORDS,
+    END,
+    EOU,
+    FIX,
+    MAX_FIELD_TOKENS,
+    PIECE_PREFIX,
+    SPEED_WORDS,
+    THEN,
+    UNIT_WORDS,
+    UNK,
+    VOID,
+    WAIT,
+    Command,
+    Parse,
+    apply_tokens,
+    fields,
+    fold,
+    format_amount,
+    words_of,
+)
+from edge_stream.voice.grammar import SPOKEN_WORDS, output_grammar, token_bytes
 
 log = logging.getLogger(__name__)
 
-BOS, UNK, WAIT, EOU, END, FIX = "<bos>", "<unk>", "<wait>", "<eou>", "<end>", "<fix>"
-DIGIT_TOKENS = tuple("0123456789")
-PIECE_PREFIX = "##"  # a number's later characters: "2 ##. ##0" is "2.0"
-ACTION_WORDS = {"move": "move", "turn": "turn", "stop": "stop", "speed": "speed up", "slow": "slow down"}
-DIRECTION_WORDS = ("forward", "back", "left", "right")
-UNIT_WORDS = ("m", "deg")
-MAX_FIELD_TOKENS = 12  # longest emission is 8 ("<fix> move back 1 ##2 ##. ##5 m"), plus room for a mistake
 
+class GrammarConstraint:
+    """The output grammar (edge_stream.voice.grammar.output_grammar) as an llguidance matcher over
+    the parser's tokens: `allowed()` is the mask of tokens the grammar allows next.
 
-def format_amount(value: float, unit: str) -> str:
-    """'2.0' for metres (one decimal always), '90' for whole degrees."""
-    if unit == "deg" and float(value).is_integer():
-        return str(int(value))
-    return f"{value:.1f}"
+    llguidance (Microsoft's constrained-decoding engine behind guidance; Rust, no torch) takes a
+    Lark grammar and any tokenizer given as per-token bytes, and gives a bitmask for numpy logits.
+    Our tokens are whole words, so each token's bytes are the word plus a space (`token_bytes`).
+    One grammar is compiled per parser; `reset()` starts an utterance from a copy of the fresh matcher."""
 
+    def __init__(self, vocab: dict[str, int], name: str):
+        import llguidance
+        import llguidance.numpy as lnp
 
-@dataclass
-class Command:
-    """The structured command: an action, and for move/turn a direction and an amount."""
+        by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+        if [i for _, i in by_id] != list(range(len(by_id))):
+            raise ManifestError(f"{name}: tokenizer ids are not 0..{len(by_id) - 1}")
 
-    action: str | None = None
-    direction: str | None = None
-    amount: tuple | None = None  # (value, unit): (2.0, "m"), (90.0, "deg")
+        by_bytes = {token_bytes(t): i for t, i in by_id}
 
-    def text(self) -> str:
-        """'move forward 2.0 m', 'turn left', 'stop', ... ('' when nothing was determined)."""
-        if self.action is None:
-            return ""
-        parts = [self.action]
-        if self.direction:
-            parts.append(self.direction)
-        if self.amount:
-            parts.append(f"{format_amount(*self.amount)} {self.amount[1]}")
-        return " ".join(parts)
+        class _Tokens:  # what llguidance.TokenizerWrapper reads
+            eos_token_id = vocab["<pad>"] if "<pad>" in vocab else len(by_id) - 1  # never generated
+            bos_token_id = None
+            tokens = [token_bytes(t) for t, _ in by_id]
+            special_token_ids: list = []
 
+            def __call__(self, text):  # tokenizes text the grammar forces ("{wait} "): one token per word
+                if isinstance(text, str):
+                    text = text.encode()
+                return [by_bytes[w + b" "] for w in text.split(b" ") if w + b" " in by_bytes]
 
-def apply_tokens(tokens, command: Command | None = None) -> Command:
-    """Fold output tokens into `command` (a new one by default) and return it.
+        self._lnp = lnp
+        tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Tokens()), slices=[])
+        self._fresh = llguidance.LLMatcher(tokenizer, output_grammar(vocab), log_level=0)
+        if self._fresh.is_error():
+            raise ManifestError(f"{name}: output grammar rejected by llguidance: {self._fresh.get_error()}")
+        self._n = len(by_id)
+        self._bits = lnp.allocate_token_bitmask(1, self._n)  # [1, ceil(vocab / 32)] int32, reused
+        self.matcher = self._fresh.deep_copy()
 
-    A field overwrites the field of its kind; an action that differs from the
-    current one starts a new command (direction and amount cleared). <fix> only
-    tells listeners that an overwrite follows: the result is the same without
-    it. Tokens that are not output tokens (a model's mistake) are skipped.
-    """
-    cmd = command if command is not None else Command()
-    number = ""  # characters of the amount being read
-    for tok in tokens:
-        if tok in DIGIT_TOKENS:
-            number = tok
-        elif tok.startswith(PIECE_PREFIX) and number:
-            number += tok[len(PIECE_PREFIX):]
-        elif tok in UNIT_WORDS and number:
-            try:
-                cmd.amount = (float(number), tok)
-            except ValueError:  # a malformed number ("2..") is dropped, the old amount stays
-                log.debug("dropped malformed amount %r", number)
-            number = ""
-        elif tok in ACTION_WORDS:
-            action = ACTION_WORDS[tok]
-            if action != cmd.action:
-                cmd.action, cmd.direction, cmd.amount = action, None, None
-        elif tok in DIRECTION_WORDS:
-            cmd.direction = tok
-    return cmd
+    def reset(self) -> None:
+        self.matcher = self._fresh.deep_copy()
 
+    def consume(self, ids) -> bool:
+        """Advance over tokens (heard words or chosen ones); False when the grammar refuses them."""
+        return self.matcher.consume_tokens([int(i) for i in ids]) and not self.matcher.is_error()
 
-def fields(tokens) -> list[str]:
-    """Tokens as display fields: number pieces joined ('2', '##.', '##0' -> '2.0')."""
-    out: list[str] = []
-    for tok in tokens:
-        if tok.startswith(PIECE_PREFIX) and out:
-            out[-1] += tok[len(PIECE_PREFIX):]
-        else:
-            out.append(tok)
-    return out
-
-
-def words_of(text: str) -> list[str]:
-    """Lower-case words of a transcript, punctuation dropped ("Turn left, no, right!" -> 5 words)."""
-    cleaned = "".join(c if c.isalnum() or c == "'" else " " for c in text.lower())
-    return cleaned.split()
+    def allowed(self) -> np.ndarray:
+        """[vocab] bool: the tokens the grammar allows next (computed in place into one buffer)."""
+        self._lnp.fill_next_token_bitmask(self.matcher, self._bits, 0)
+        words = self._bits[0].view(np.uint32)
+        return ((words[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(bool).reshape(-1)[:self._n]
 
 
 class CommandParser:
     """One utterance at a time over a `StreamSession` of the command-parser model.
 
-    `push_word(word)` returns the fields that word determined (often none);
-    `command` is the command so far; `end()` returns the final command and
-    gets ready for the next utterance. Many parsers can share one loaded model.
+    `push_word(word, confidence)` returns the fields that word determined (often none);
+    `command` is the command so far; `end()` returns the final command and gets ready for the
+    next utterance; `confidence` is the utterance's: the lowest recognizer word confidence times
+    the lowest probability the model gave to a token it chose (fields, <wait> and <end>: a
+    hesitant "nothing here" counts too). With `constrained` (default) every token is chosen
+    among those the output grammar allows (`GrammarConstraint`), so a field only takes a value
+    the grammar allows. Many parsers can share one loaded model.
     """
 
-    def __init__(self, model, max_field_tokens: int = MAX_FIELD_TOKENS):
+    def __init__(self, model, max_field_tokens: int = MAX_FIELD_TOKENS, constrained: bool = True):
         tok = model.tokenizer
         if tok is None:
             raise ManifestError(f"{model.name}: the command parser needs tokenizer.json in the model directory")
@@ -126,60 +129,117 @@ class CommandParser:
         self._vocab = vocab
         self._token_of = {i: t for t, i in vocab.items()}
         self._bos, self._unk, self._wait, self._eou, self._end = (vocab[t] for t in (BOS, UNK, WAIT, EOU, END))
+        # Heard words: the grammar's words; anything else (an output-only token such as "m" included) is <unk>.
+        self._input_ids = {w: vocab[w] for w in SPOKEN_WORDS if w in vocab}
         self.max_field_tokens = max_field_tokens
+        self.constraint = GrammarConstraint(vocab, model.name) if constrained else None
         self._stream = model.open_stream()
+        self._last = Parse()
+        self._last_confidence = 1.0
+        self.last_tokens: list[str] = []
         self.reset()
 
     @property
     def command(self) -> str:
-        """The command the fields so far describe ('' before any field)."""
-        return self._command.text()
+        """The command(s) the fields so far describe ('' before any field)."""
+        return fold(self.tokens).text()
+
+    @property
+    def result(self) -> Parse:
+        """The utterance so far (or, after `end()`, the last one): commands, cancelled, void."""
+        return fold(self.tokens) if self.words else self._last
+
+    @property
+    def confidence(self) -> float:
+        """The utterance's confidence so far (or, after `end()`, the last one's), in [0, 1]."""
+        if not self.words:
+            return self._last_confidence
+        return min(self.word_confidences, default=1.0) * self.token_confidence
 
     @property
     def state(self) -> Command:
-        """A copy of the command so far, field by field."""
+        """A copy of the current (last) command so far, field by field."""
         return replace(self._command)
 
-    def push_word(self, word: str) -> list[str]:
-        """Feed one recognized word; returns the fields it determined, e.g. ['turn'],
-        ['<fix>', 'right'], ['90', 'deg'], or [] when the word settles nothing yet."""
+    def push_word(self, word: str, confidence: float | None = None) -> list[str]:
+        """Feed one recognized word (with the recognizer's confidence in it, when known); returns
+        the fields it determined, e.g. ['turn'], ['<fix>', 'right'], ['90', 'deg'], or []."""
         w = word.strip().lower()
         if not w or any(c.isspace() for c in w):
             raise InputError(f"push_word: expected one word, got {word!r}")
-        ids = self._prefix() + [self._vocab.get(w, self._unk)]
+        ids = self._prefix() + [self._input_ids.get(w, self._unk)]
         self.words.append(w)
-        return self._run(ids, stop=(self._wait, self._end))
+        self.word_confidences.append(1.0 if confidence is None else float(confidence))
+        return self._run(ids, stop=(self._wait,))
 
     def end(self) -> str:
-        """End of the utterance: emit what its end determines, return the final command, reset."""
-        got = self._run(self._prefix() + [self._eou], stop=(self._end, self._wait)) if self.words else []
-        final = self.state
+        """End of the utterance: emit what its end determines, return the final command text
+        ('' for none; 'a then b' for two), reset. `final`, `result`, `confidence` describe it."""
+        got = self._run(self._prefix() + [self._eou], stop=(self._end,)) if self.words else []
+        final, result, conf = self.state, fold(self.tokens), self.confidence
+        self.last_tokens = list(self.tokens)  # the utterance's output tokens (a wake word's cut reads them)
         self.reset()
-        self.end_fields, self.final = got, final  # what end() emitted, and the final Command
-        return final.text()
+        self.end_fields, self.final, self._last, self._last_confidence = got, final, result, conf
+        return result.text()
 
     def reset(self) -> None:
         """Forget the utterance (the next word starts a new one)."""
         self._stream.reset()
+        if self.constraint is not None:
+            self.constraint.reset()
+        self._constrain = self.constraint is not None  # off for the rest of an utterance the grammar refused
         self._command = Command()
-        self._needs_wait = False
+        self._pending: list[int] = []  # the stop token chosen last, fed with the next word
         self.words: list[str] = []
+        self.word_confidences: list[float] = []
+        self.token_confidence = 1.0  # lowest probability of a chosen token
         self.tokens: list[str] = []  # every output token of this utterance, <fix> included
 
     def _prefix(self) -> list[int]:
         if not self.words:
             return [self._bos]
-        # The model stopped at max_field_tokens without <wait>: close its turn as training did.
-        return [self._wait] if self._needs_wait else []
+        return self._pending
+
+    def _choose(self, logits: np.ndarray, forced_stop: int | None) -> tuple[int, float]:
+        """The next token: the most likely one the grammar allows; with `forced_stop`, that token."""
+        z = logits - logits.max()
+        probs = np.exp(z) / np.exp(z).sum()  # [vocab] the model's own distribution (unconstrained)
+        if forced_stop is not None:
+            return forced_stop, float(probs[forced_stop])
+        if self._constrain:
+            allowed = self.constraint.allowed()
+            if allowed.any():
+                z = np.where(allowed, z, -np.inf)
+        tok = int(np.argmax(z))
+        return tok, float(probs[tok])
 
     def _run(self, ids: list[int], stop) -> list[str]:
+        """Feed `ids` (the previous turn's stop token, then a word or <eou>) and decode until a stop token."""
         s = self._stream
-        s.feed(ids)
-        got = [self._token_of.get(p.token_id, UNK) for p in
-               s.generate(self.max_field_tokens, temperature=0.0, stop_token_ids=list(stop))]
-        self._needs_wait = s.finish_reason != "stop"
-        if self._needs_wait:
-            log.warning("command parser: no <wait> after %d tokens at word %d", len(got), len(self.words))
+        c = self.constraint if self._constrain else None
+        # The pending stop token at the head of `ids` went through the grammar when it was chosen.
+        if c is not None and not c.consume(ids[len(self._pending):]):
+            log.warning("command parser: the grammar refused the input at word %d; unconstrained to its end",
+                        len(self.words))
+            self._constrain, c = False, None
+        logits = s.feed(np.asarray(ids, dtype=np.int64)).logits[-1]  # [vocab]
+        got: list[str] = []
+        for i in range(self.max_field_tokens + 1):
+            forced = stop[0] if i == self.max_field_tokens else None  # too long: close the turn as training did
+            tok, p = self._choose(logits, forced)
+            self.token_confidence = min(self.token_confidence, p)
+            if c is not None and not c.consume([tok]):
+                self._constrain, c = False, None
+            if tok in stop:
+                self._pending = [tok]  # part of the stream: fed before the next word
+                break
+            got.append(self._token_of.get(tok, UNK))
+            logits = s.feed(np.asarray([tok], dtype=np.int64)).logits[-1]  # [vocab]
+        if forced is not None:
+            log.warning("command parser: no stop token after %d tokens at word %d", len(got), len(self.words))
         self.tokens += got
-        apply_tokens(got, self._command)
+        if THEN in got:  # the current command is the one after the last <then>
+            self._command = apply_tokens(got[len(got) - got[::-1].index(THEN):])
+        else:
+            apply_tokens(got, self._command)
         return fields(got)

@@ -7,6 +7,11 @@ carried across blocks. A word is final on the frame its label first wins: greedy
 never revised, so a partial hypothesis is a prefix of every later one, and nothing waits for a
 following space or the end of the utterance. Frame indices are absolute from the stream's
 start; `frame_samples` converts them to audio time.
+
+Each word carries a `confidence`: its label's posterior (softmax over that frame's labels) on the
+frame the label won, i.e. on the frame the word became final. Not the peak of the label's spike
+over later frames: waiting for the spike to end would delay every word (and "stop") by a frame or
+more. With word labels this is the recognizer's own probability that the word was said.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from edge_stream.errors import ConfigError, InputError, ManifestError
 class WordEvent:
     """A decoded word. `end_frame`: the frame its label won (its audio is complete there);
     `final_frame`: the frame it became final (the same frame: word labels are never revised);
-    `reason`: 'label'."""
+    `reason`: 'label'; `confidence`: the label's posterior in [0, 1] on `end_frame` (module docstring)."""
 
     word: str
     end_frame: int
     final_frame: int
     reason: str = "label"
+    confidence: float = 1.0
 
 
 @dataclass
@@ -102,7 +108,8 @@ class CtcDecoder:
         return self.state.text
 
     def update(self, logprobs: np.ndarray) -> CtcResult:
-        """Decode the next frames ([n_frames, vocab] log-probs or logits; only the argmax matters).
+        """Decode the next frames ([n_frames, vocab] log-probs or logits: the argmax picks the label,
+        a softmax of the row gives its confidence, so either works).
 
         Returns the words decoded in them (each final at once); the state moves on by n_frames."""
         if logprobs.ndim != 2 or logprobs.shape[1] != len(self.symbols):
@@ -111,10 +118,13 @@ class CtcDecoder:
         last, frame, text = self.state.last_symbol, self.state.frames, self.state.text
         words: list[WordEvent] = []
         delta = ""
-        for sym in best.tolist():
+        for t, sym in enumerate(best.tolist()):
             if sym != last and sym != self.blank:
                 word = self.symbols[sym]
-                words.append(WordEvent(word, frame, frame))
+                row = logprobs[t]  # [vocab]
+                # softmax of the winning label: 1 / sum(exp(row - row[sym])); every exponent <= 0 (argmax)
+                confidence = float(1.0 / np.exp(row - row[sym]).sum())
+                words.append(WordEvent(word, frame, frame, confidence=confidence))
                 delta += (" " if text or delta else "") + word
             last = sym
             frame += 1

@@ -1,0 +1,288 @@
+"""Voice commands a robot can trust (issue 10): one grammar for both models, no motion from
+negations, cancels, questions or conversation, stop first, grammatical output only, and
+`not_understood` instead of a doubtful command.
+
+Grammar tests need no model; parser tests run the committed models/command-parser through
+edge_stream.load as the parser node does; policy tests drive CommandParserPolicy without sockets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import edge_stream as es
+from edge_stream.voice import grammar
+from edge_stream.voice.command_parser import (
+    UNK,
+    CommandParser,
+    GrammarConstraint,
+    fold,
+    words_of,
+)
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "command-parser"
+MOTION = {"move", "turn", "speed up"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return es.load(MODEL_DIR)
+
+
+@pytest.fixture
+def parser(model):
+    return CommandParser(model)
+
+
+def moves(parse) -> bool:
+    return any(c.action in MOTION for c in parse.commands)
+
+
+# ----- one grammar, two vocabularies ---------------------------------------------------------
+
+def test_both_vocabularies_derive_from_the_grammar_file(model):
+    rec = grammar.recognizer_vocabulary()
+    assert rec == list(grammar.SPOKEN_WORDS) + [UNK]
+    parser_vocab = model.tokenizer.get_vocab()
+    assert set(grammar.SPOKEN_WORDS) <= set(parser_vocab)  # the parser knows every word the recognizer says
+    assert [parser_vocab[t] for t in grammar.vocabulary()] == list(range(len(grammar.vocabulary())))
+
+
+def test_every_generated_word_is_a_recognizer_label():
+    labels = set(grammar.recognizer_vocabulary())
+    said = {w for s in grammar.Generator(11).samples(3000) for w in s.words}
+    assert said - labels <= set(grammar.UNKNOWN_WORDS)  # stand-ins for a recognizer's <unk>
+    assert grammar.recognizer_words("I left my keys, then turned LEFT!") == \
+        ["i", "left", UNK, UNK, "then", UNK, "left"]
+
+
+def test_non_command_splits_are_disjoint_and_large_enough():
+    train, held = grammar.non_command_sentences("train"), grammar.non_command_sentences("heldout")
+    assert not set(train) & set(held)
+    assert len(grammar.non_command_sentences("heldout", "conversation")) > 0
+
+
+def test_generator_is_seeded_and_kinds_restrict_it():
+    texts = lambda seed: [s.spoken for s in grammar.Generator(seed).samples(30)]
+    assert texts(3) == texts(3) and texts(3) != texts(4)
+    assert {s.kind for s in grammar.Generator(1, kinds=("question",)).samples(20)} == {"question"}
+
+
+# ----- the grammar's meaning (the Teacher) --------------------------------------------------
+
+@pytest.mark.parametrize("text, command", [
+    ("move forward half a meter", "move forward 0.5 m"),
+    ("go forward one point five meters", "move forward 1.5 m"),
+    ("turn left one eighty", "turn left 180 deg"),
+    ("move forward one hundred meters", "move forward 100.0 m"),
+    ("move back seventy five meters", "move back 75.0 m"),
+    ("go forward for two seconds", "move forward 2.0 s"),
+    ("move forward slowly", "move forward slowly"),
+    ("turn around", "turn 180 deg"),
+    ("wait two seconds", "wait 2.0 s"),
+    ("let's go", "move forward"),
+    ("turn left then go forward two meters", "turn left then move forward 2.0 m"),
+    ("turn left no right ninety degrees", "turn right 90 deg"),
+])
+def test_grammar_means_the_phrasings_users_expect(text, command):
+    assert grammar.command_of(text.split()).text() == command
+
+
+@pytest.mark.parametrize("text", ["don't move", "do not turn left", "never turn left", "never mind", "cancel",
+                                  "turn left never mind", "move forward two meters cancel that"])
+def test_grammar_negations_and_cancels_cancel(text):
+    p = grammar.command_of(text.split())
+    assert not p.commands and p.cancelled
+
+
+@pytest.mark.parametrize("text", ["did you turn left", "what is left", "i left my keys in the kitchen",
+                                  "the kitchen is on your right"])
+def test_grammar_questions_and_conversation_mean_nothing(text):
+    assert grammar.command_of(words_of(text)).commands == []
+
+
+def test_grammar_generated_safety_phrasings_never_move():
+    for s in grammar.Generator(5, kinds=("negation", "cancel", "question")).samples(2000):
+        p = grammar.command_of(s.words)
+        if s.cancelled or s.kind == "question":
+            assert not moves(p), s.text
+
+
+# ----- the committed parser model -----------------------------------------------------------
+
+def parse(parser, text):
+    emitted = [parser.push_word(w) for w in words_of(text)]
+    return emitted, parser.end()
+
+
+@pytest.mark.parametrize("text", ["don't move", "do not turn left", "never turn left", "please don't go forward",
+                                  "never mind", "cancel", "turn left never mind", "did you turn left",
+                                  "what is left", "why did you stop", "did you move forward two meters"])
+def test_a_negation_cancel_or_question_never_moves_the_robot(parser, text):
+    emitted, _ = parse(parser, text)
+    assert not moves(parser.result)
+    streamed = fold([t for e in emitted for t in e] + parser.end_fields)
+    assert not moves(streamed)
+
+
+@pytest.mark.parametrize("text, word", [
+    ("turn left ninety degrees stop", 4),
+    ("move forward two meters then turn left halt", 7),
+    ("go back uh emergency stop", 4),
+    ("turn right sixty freeze", 3),
+])
+def test_stop_interrupts_an_utterance_in_progress_on_its_word(parser, text, word):
+    emitted, final = parse(parser, text)
+    assert "stop" in emitted[word] and not any("stop" in e for e in emitted[:word])
+    assert final == "stop"
+
+
+@pytest.mark.parametrize("text, command", [
+    ("turn left then go forward two meters", "turn left then move forward 2.0 m"),
+    ("turn around", "turn 180 deg"),
+    ("wait two seconds", "wait 2.0 s"),
+    ("let's go", "move forward"),
+    ("move forward half a meter", "move forward 0.5 m"),
+])
+def test_parser_model_gives_the_new_phrasings(parser, text, command):
+    assert parse(parser, text)[1] == command
+
+
+def test_non_command_sentences_are_mostly_silent(parser):
+    held = grammar.non_command_sentences("heldout")[:150]
+    said = sum(bool(parse(parser, s)[1]) for s in held)
+    assert said <= 0.02 * len(held)
+
+
+# ----- constrained decoding -----------------------------------------------------------------
+
+def _grammatical(parse) -> bool:
+    for c in parse.commands:
+        if c.direction is not None and c.direction not in grammar.DIRECTIONS_OF_ACTION.get(c.action, ()):
+            return False
+        if c.amount is not None:
+            value, unit = c.amount
+            if unit not in grammar.UNITS_OF_ACTION.get(c.action, ()) or not 0 <= value <= grammar.MAX_VALUE[unit]:
+                return False
+        if c.speed is not None and c.action not in grammar.DIRECTIONS_OF_ACTION:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def constraint():
+    vocab = {t: i for i, t in enumerate(grammar.vocabulary())}
+    return vocab, GrammarConstraint(vocab, "test")
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_constrained_output_always_parses_into_the_grammar(constraint, seed):
+    """Random logits (a model that knows nothing) and random heard words: every token the
+    constraint lets through folds into grammatical commands, and the sequence stays accepted."""
+    vocab, c = constraint
+    rng = np.random.default_rng(seed)
+    words = list(grammar.SPOKEN_WORDS)
+    c.reset()
+    assert c.consume([vocab["<bos>"]])
+    tokens = []
+    for step in range(int(rng.integers(1, 12)) + 1):
+        last = step > 0 and rng.random() < 0.15
+        heard = vocab["<eou>"] if last else vocab[words[int(rng.integers(len(words)))]]
+        assert c.consume([heard])
+        stop = vocab["<end>"] if last else vocab["<wait>"]
+        for _ in range(12):
+            logits = rng.normal(size=len(vocab)) * 3  # [vocab]
+            logits[stop] -= 2.0  # a random model that still talks a little
+            allowed = c.allowed()
+            tok = int(np.argmax(np.where(allowed, logits, -np.inf)))
+            assert c.consume([tok])
+            if tok == stop:
+                break
+            tokens.append(grammar.vocabulary()[tok])
+        else:
+            pytest.fail("the grammar let an emission run past 12 tokens")
+        if last:
+            break
+    assert _grammatical(fold(tokens))
+
+
+def test_constraint_refuses_what_the_grammar_does_not_allow(constraint):
+    vocab, c = constraint
+    ids = lambda text: [vocab[t] for t in text.split()]
+    c.reset()
+    assert c.consume(ids("<bos> turn turn"))
+    allowed = c.allowed()
+    assert allowed[vocab["left"]] and not allowed[vocab["forward"]] and not allowed[vocab["m"]]
+    c.reset()
+    assert c.consume(ids("<bos> move move"))
+    assert not c.consume(ids("right"))
+
+
+# ----- the parser node's policy (no sockets) -------------------------------------------------
+
+def _policy(model, **stream_options):
+    from edge_stream.node.policies import CommandParserPolicy, PolicyOptions
+
+    policy = CommandParserPolicy(model, PolicyOptions(stream_options=stream_options))
+    return policy, policy.open("s", {})
+
+
+def _say(policy, session, text, confidence=0.99):
+    outs = []
+    for w in text.split():
+        outs += list(policy.chunk(session, None, w, {"confidence": confidence, "segment": 0}))
+    outs += list(policy.end(session, {"segment": 0}))
+    return outs
+
+
+def test_low_confidence_publishes_not_understood_with_what_was_heard(model):
+    policy, session = _policy(model, min_confidence=0.5)
+    outs = _say(policy, session, "turn left ninety degrees", confidence=0.2)
+    kinds = [o.kind for o in outs]
+    assert "not_understood" in kinds and kinds[-1] == "done"
+    nu = outs[kinds.index("not_understood")].fields
+    assert nu["heard"] == ["turn", "left", "ninety", "degrees"] and nu["confidence"] < 0.5
+    assert outs[-1].fields["command"] is None and outs[-1].fields["not_understood"]
+    assert not any(o.kind == "delta" for o in outs)  # doubtful fields are not previewed either
+
+
+def test_high_confidence_publishes_the_command(model):
+    policy, session = _policy(model, min_confidence=0.5)
+    done = _say(policy, session, "turn left ninety degrees")[-1].fields
+    assert done["command"] == "turn left 90 deg" and done["action"] == "turn" and not done["not_understood"]
+    assert done["commands"] == [{"action": "turn", "direction": "left", "amount": 90.0, "unit": "deg", "speed": None}]
+
+
+def test_stop_goes_out_even_with_low_confidence(model):
+    policy, session = _policy(model, min_confidence=0.9)
+    outs = _say(policy, session, "turn left stop", confidence=0.3)
+    assert any(o.kind == "delta" and "stop" in o.fields["fields"] for o in outs)
+    assert outs[-1].fields["command"] == "stop"
+
+
+def test_wake_word_must_come_before_a_command_but_not_before_stop(model):
+    policy, session = _policy(model, wake_word=True, min_confidence=0.0)
+    assert _say(policy, session, "turn left ninety degrees")[-1].fields["command"] is None
+    assert _say(policy, session, "robot turn left ninety degrees")[-1].fields["command"] == "turn left 90 deg"
+    assert _say(policy, session, "stop")[-1].fields["command"] == "stop"
+
+
+def test_negation_reports_cancelled_and_no_command(model):
+    policy, session = _policy(model)
+    done = _say(policy, session, "don't move")[-1].fields
+    assert done["command"] is None and done["cancelled"] and done["commands"] == []
+
+
+def test_parser_options_are_checked_at_open(model):
+    from edge_stream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_confidence"):
+        _policy(model, min_confidence=2)
+    with pytest.raises(ConfigError, match="takes options"):
+        _policy(model, threshold=0.5)
