@@ -464,6 +464,14 @@ class CommandParserPolicy(Policy):
     (with what was heard) and `done` carries no command; `wake_word` ("robot" when `true`): only
     fields after it count, except stop."""
 
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg)
+        from edge_stream.voice.command_parser import CommandParser
+
+        # Loads llguidance and compiles the output grammar once, at model load (~0.4 s the first
+        # time in a process): otherwise a stream's first word, "stop" included, would wait for it.
+        CommandParser(model)
+
     def open(self, stream: str, options: dict):
         from edge_stream.voice.command_parser import CommandParser
 
