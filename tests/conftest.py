@@ -68,6 +68,22 @@ def loaded_models(tiny_models):
     return get
 
 
+@pytest.fixture(scope="session")
+def gqa(tiny_models, loaded_models, tiny_root):
+    """(gqa Model, torch reference): the tiny Llama exported with `--graph gqa` (shared KV buffer)."""
+    import edge_stream as es
+    from export.gqa import builder_missing
+    from export.hf import export_hf
+
+    if builder_missing():
+        pytest.skip(builder_missing())
+    hf_dir, _ = tiny_models("llama")
+    out = tiny_root / "llama-gqa"
+    if not (out / "manifest.json").exists():
+        export_hf(str(hf_dir), out, graph="gqa", check=False)
+    return es.load(out, intra_op_threads=1), loaded_models("llama")[1]
+
+
 SPEECH_WAV = Path(__file__).parent / "data" / "speech_16k.wav"  # espeak-ng speech, 16 kHz
 
 

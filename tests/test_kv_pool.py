@@ -14,28 +14,12 @@ import numpy as np
 import pytest
 from streamkit import TOL, feed_in_chunks, reference_logits
 
-import edge_stream as es
 from edge_stream.runtime.kvbuffer import KEEP_PER_SIZE, MIN_SLAB_BYTES, KVPool
 
 
 @pytest.fixture(scope="module")
 def concat(loaded_models):
     return loaded_models("llama")
-
-
-@pytest.fixture(scope="module")
-def gqa(tiny_models, loaded_models, tiny_root):
-    """(gqa Model, torch reference); the same export test_kv_shared.py makes."""
-    from export.gqa import builder_missing
-    from export.hf import export_hf
-
-    if builder_missing():
-        pytest.skip(builder_missing())
-    hf_dir, _ = tiny_models("llama")
-    out = tiny_root / "llama-gqa"
-    if not (out / "manifest.json").exists():
-        export_hf(str(hf_dir), out, graph="gqa", check=False)
-    return es.load(out, intra_op_threads=1), loaded_models("llama")[1]
 
 
 def ids(n, seed):

@@ -23,22 +23,6 @@ from edge_stream.runtime.manifest import load_manifest
 PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(scope="module")
-def gqa(tiny_models, loaded_models, tiny_root):
-    """(gqa Model, torch reference) for the tiny Llama."""
-    from export.gqa import builder_missing
-    from export.hf import export_hf
-
-    if builder_missing():
-        pytest.skip(builder_missing())
-    hf_dir, _ = tiny_models("llama")
-    out = tiny_root / "llama-gqa"
-    if not (out / "manifest.json").exists():
-        export_hf(str(hf_dir), out, graph="gqa", check=False)
-    _, ref = loaded_models("llama")
-    return es.load(out, intra_op_threads=1), ref
-
-
 def ids(model, n, seed):
     return np.random.default_rng(seed).integers(0, model.manifest.input.vocab_size, n)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_stream.bench.common import free_port, run_node_process
 from edge_stream.node.client import Publisher, Subscriber
 
 log = logging.getLogger(__name__)
@@ -45,24 +46,11 @@ def rss_kb(pid: int | str = "self") -> dict:
     return out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_node(launch_text: str, folder: Path) -> subprocess.Popen:
     """`edge-stream run` on `launch_text` in its own process; returns once it printed its ready line."""
     launch = folder / "node.toml"
     launch.write_text(launch_text)
-    proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli.node", "run", str(launch)],
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "ready" not in line:
-        proc.kill()
-        raise SystemExit(f"node did not start: {line!r}")
+    proc = run_node_process(launch)
     return proc
 
 
@@ -164,7 +152,7 @@ def run(lm: str | None, vad: str | None, streams: int, wave: int, tokens: int, t
         from edge_stream.runtime.manifest import load_manifest
 
         vocab = load_manifest(Path(lm)).input.vocab_size
-    ep_in, ep_out = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
+    ep_in, ep_out = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
     with tempfile.TemporaryDirectory() as tmp:
         proc = start_node(launch_file(ep_in, ep_out, lm, vad, wave, ttl_s, stream_options), Path(tmp))
         try:

@@ -6,6 +6,7 @@ Distributions of samples are edge_stream.stats.dist, the node's own percentile h
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -14,3 +15,28 @@ def timed_ms(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter_ns()
     fn()
     return (time.perf_counter_ns() - t0) / 1e6
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now (for a node's launch file)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_node_process(launch: Path):
+    """`edge-stream run launch` in its own process (as on a robot: the benchmark's threads must not
+    share its GIL); returns the Popen once the node printed its ready line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli.node", "run", str(launch)],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if "ready" not in line:
+        proc.kill()
+        raise SystemExit(f"node did not start: {line!r}")
+    return proc
+

@@ -37,6 +37,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from edge_stream.bench.common import free_port, run_node_process
 from edge_stream.node import wire
 from edge_stream.node.client import Publisher, Subscriber
 from edge_stream.stats import percentiles
@@ -581,19 +582,11 @@ def _launch_text(ep_in, ep_out, ep_ctl, lm_dir, vad_dir, lm_kv_window=None, **no
 
 def start_node_process(folder: Path, lm_dir, vad_dir, **node):
     """`edge-stream run` in its own process; returns (proc, input, output, control endpoints)."""
-    import subprocess
 
-    from edge_stream.bench.churn import _free_port
-
-    eps = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(3)]
+    eps = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
     launch = folder / "fuzz.toml"
     launch.write_text(_launch_text(*eps, lm_dir, vad_dir, **node))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli.node", "run", str(launch)],
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "ready" not in line:
-        proc.kill()
-        raise SystemExit(f"node did not start: {line!r}")
+    proc = run_node_process(launch)
     return (proc, *eps)
 
 

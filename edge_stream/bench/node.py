@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,20 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_stream.bench.common import free_port, run_node_process
 from edge_stream.node.client import Publisher, Subscriber
 from edge_stream.stats import percentiles
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_node_process(vad_dir: str, transport: str, folder: Path) -> tuple[subprocess.Popen, str, str]:
     """The node in its own process (as on a robot): the benchmark's threads must not share its GIL."""
     if transport == "tcp":
-        ep_in, ep_out = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
+        ep_in, ep_out = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
     else:
         ep_in, ep_out = f"ipc://{folder}/in", f"ipc://{folder}/out"
     launch = folder / "bench.toml"
@@ -53,12 +47,7 @@ name = "vad"
 dir = "{Path(vad_dir).resolve()}"
 topics = ["mic"]
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli.node", "run", str(launch)],
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "ready" not in line:
-        proc.kill()
-        raise SystemExit(f"node did not start: {line!r}")
+    proc = run_node_process(launch)
     return proc, ep_in, ep_out
 
 
@@ -89,7 +78,7 @@ def run(vad_dir: str, rate: float, chunks: int, streams: int, warmup: int, trans
         baseline: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if baseline:
-            ep_in, ep_out = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
+            ep_in, ep_out = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
             proc = subprocess.Popen([sys.executable, "-m", "edge_stream.bench.node", "--relay", ep_in, ep_out],
                                     stdout=subprocess.PIPE, text=True)
             proc.stdout.readline()
