@@ -84,6 +84,25 @@ def gqa(tiny_models, loaded_models, tiny_root):
     return es.load(out, intra_op_threads=1), loaded_models("llama")[1]
 
 
+PARSER_DIR = Path(__file__).resolve().parent.parent / "models" / "command-parser"  # committed
+
+
+@pytest.fixture(scope="session")
+def parser_model():
+    """The committed command-parser model, loaded once per session."""
+    import edge_stream as es
+
+    return es.load(PARSER_DIR)
+
+
+@pytest.fixture
+def parser(parser_model):
+    """A fresh CommandParser over the committed model (one utterance at a time)."""
+    from edge_stream.voice.command_parser import CommandParser
+
+    return CommandParser(parser_model)
+
+
 SPEECH_WAV = Path(__file__).parent / "data" / "speech_16k.wav"  # espeak-ng speech, 16 kHz
 
 

@@ -8,10 +8,9 @@ its rule-based Teacher are edge_stream/voice/grammar.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from parserkit import parse
 
 import edge_stream as es
 from edge_stream.errors import InputError, ManifestError
@@ -19,42 +18,23 @@ from edge_stream.voice.command_parser import FIX, Command, CommandParser, apply_
 from edge_stream.voice.grammar import Teacher, vocabulary
 from export.command_data import Generator, held_out_rule, sequence
 
-MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "command-parser"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return es.load(MODEL_DIR)
-
-
-@pytest.fixture
-def parser(model):
-    return CommandParser(model)
-
-
-def parse(parser, text: str) -> tuple[list[list[str]], str]:
-    """Fields after each word, and the final command."""
-    emitted = [parser.push_word(w) for w in words_of(text)]
-    return emitted, parser.end()
-
-
 # ----- the committed model ----------------------------------------------------------------
 
-def test_committed_model_loads_with_its_tokenizer_and_stop_token(model):
-    m = model.manifest
-    vocab = model.tokenizer.get_vocab()
+def test_committed_model_loads_with_its_tokenizer_and_stop_token(parser_model):
+    m = parser_model.manifest
+    vocab = parser_model.tokenizer.get_vocab()
     assert m.input.vocab_size == len(vocabulary())
     assert [vocab[t] for t in vocabulary()] == list(range(len(vocabulary())))
     assert list(m.stop_token_ids) == [vocab["<end>"]]
-    assert (MODEL_DIR / "MODEL_CARD.md").is_file()
+    assert (parser_model.dir / "MODEL_CARD.md").is_file()
 
 
-def test_word_by_word_stream_equals_full_sequence_logits(model):
+def test_word_by_word_stream_equals_full_sequence_logits(parser_model):
     sample = Generator(7, "heldout").sample()
-    vocab = model.tokenizer.get_vocab()
+    vocab = parser_model.tokenizer.get_vocab()
     ids, _ = sequence(sample, vocab)
-    full = model.open_stream().feed(np.asarray(ids)).logits  # [n, vocab], one ORT run
-    stream = model.open_stream()
+    full = parser_model.open_stream().feed(np.asarray(ids)).logits  # [n, vocab], one ORT run
+    stream = parser_model.open_stream()
     # Chunks as the parser feeds them: <bos> w1, then each model token, then each next word.
     bounds = [0, 2] + list(range(3, len(ids) + 1))
     got = np.concatenate([stream.feed(np.asarray(ids[a:b])).logits for a, b in zip(bounds, bounds[1:])])

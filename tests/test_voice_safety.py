@@ -8,35 +8,21 @@ edge_stream.load as the parser node does; policy tests drive CommandParserPolicy
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from parserkit import parse
 
-import edge_stream as es
 from edge_stream.voice import grammar
 from edge_stream.voice.command_parser import (
     UNK,
-    CommandParser,
     GrammarConstraint,
     fold,
     words_of,
 )
 
-MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "command-parser"
 MOTION = {"move", "turn", "speed up"}
-
-
-@pytest.fixture(scope="module")
-def model():
-    return es.load(MODEL_DIR)
-
-
-@pytest.fixture
-def parser(model):
-    return CommandParser(model)
 
 
 def moves(parse) -> bool:
@@ -45,10 +31,10 @@ def moves(parse) -> bool:
 
 # ----- one grammar, two vocabularies ---------------------------------------------------------
 
-def test_both_vocabularies_derive_from_the_grammar_file(model):
+def test_both_vocabularies_derive_from_the_grammar_file(parser_model):
     rec = grammar.recognizer_vocabulary()
     assert rec == list(grammar.SPOKEN_WORDS) + [UNK]
-    parser_vocab = model.tokenizer.get_vocab()
+    parser_vocab = parser_model.tokenizer.get_vocab()
     assert set(grammar.SPOKEN_WORDS) <= set(parser_vocab)  # the parser knows every word the recognizer says
     assert [parser_vocab[t] for t in grammar.vocabulary()] == list(range(len(grammar.vocabulary())))
 
@@ -114,11 +100,6 @@ def test_grammar_generated_safety_phrasings_never_move():
 
 
 # ----- the committed parser model -----------------------------------------------------------
-
-def parse(parser, text):
-    emitted = [parser.push_word(w) for w in words_of(text)]
-    return emitted, parser.end()
-
 
 @pytest.mark.parametrize("text", ["don't move", "do not turn left", "never turn left", "please don't go forward",
                                   "never mind", "cancel", "turn left never mind", "did you turn left",
@@ -226,10 +207,10 @@ def test_constraint_refuses_what_the_grammar_does_not_allow(constraint):
 
 # ----- the parser node's policy (no sockets) -------------------------------------------------
 
-def _policy(model, **stream_options):
+def _policy(parser_model, **stream_options):
     from edge_stream.node.policies import CommandParserPolicy, PolicyOptions
 
-    policy = CommandParserPolicy(model, PolicyOptions(stream_options=stream_options))
+    policy = CommandParserPolicy(parser_model, PolicyOptions(stream_options=stream_options))
     return policy, policy.open("s", {})
 
 
@@ -241,8 +222,8 @@ def _say(policy, session, text, confidence=0.99):
     return outs
 
 
-def test_low_confidence_publishes_not_understood_with_what_was_heard(model):
-    policy, session = _policy(model, min_confidence=0.5)
+def test_low_confidence_publishes_not_understood_with_what_was_heard(parser_model):
+    policy, session = _policy(parser_model, min_confidence=0.5)
     outs = _say(policy, session, "turn left ninety degrees", confidence=0.2)
     kinds = [o.kind for o in outs]
     assert "not_understood" in kinds and kinds[-1] == "done"
@@ -252,37 +233,37 @@ def test_low_confidence_publishes_not_understood_with_what_was_heard(model):
     assert not any(o.kind == "delta" for o in outs)  # doubtful fields are not previewed either
 
 
-def test_high_confidence_publishes_the_command(model):
-    policy, session = _policy(model, min_confidence=0.5)
+def test_high_confidence_publishes_the_command(parser_model):
+    policy, session = _policy(parser_model, min_confidence=0.5)
     done = _say(policy, session, "turn left ninety degrees")[-1].fields
     assert done["command"] == "turn left 90 deg" and done["action"] == "turn" and not done["not_understood"]
     assert done["commands"] == [{"action": "turn", "direction": "left", "amount": 90.0, "unit": "deg", "speed": None}]
 
 
-def test_stop_goes_out_even_with_low_confidence(model):
-    policy, session = _policy(model, min_confidence=0.9)
+def test_stop_goes_out_even_with_low_confidence(parser_model):
+    policy, session = _policy(parser_model, min_confidence=0.9)
     outs = _say(policy, session, "turn left stop", confidence=0.3)
     assert any(o.kind == "delta" and "stop" in o.fields["fields"] for o in outs)
     assert outs[-1].fields["command"] == "stop"
 
 
-def test_wake_word_must_come_before_a_command_but_not_before_stop(model):
-    policy, session = _policy(model, wake_word=True, min_confidence=0.0)
+def test_wake_word_must_come_before_a_command_but_not_before_stop(parser_model):
+    policy, session = _policy(parser_model, wake_word=True, min_confidence=0.0)
     assert _say(policy, session, "turn left ninety degrees")[-1].fields["command"] is None
     assert _say(policy, session, "robot turn left ninety degrees")[-1].fields["command"] == "turn left 90 deg"
     assert _say(policy, session, "stop")[-1].fields["command"] == "stop"
 
 
-def test_negation_reports_cancelled_and_no_command(model):
-    policy, session = _policy(model)
+def test_negation_reports_cancelled_and_no_command(parser_model):
+    policy, session = _policy(parser_model)
     done = _say(policy, session, "don't move")[-1].fields
     assert done["command"] is None and done["cancelled"] and done["commands"] == []
 
 
-def test_parser_options_are_checked_at_open(model):
+def test_parser_options_are_checked_at_open(parser_model):
     from edge_stream.errors import ConfigError
 
     with pytest.raises(ConfigError, match="min_confidence"):
-        _policy(model, min_confidence=2)
+        _policy(parser_model, min_confidence=2)
     with pytest.raises(ConfigError, match="takes options"):
-        _policy(model, threshold=0.5)
+        _policy(parser_model, threshold=0.5)
