@@ -210,9 +210,9 @@ class Chain:
 
     speed_p: float = 0.6
     speed_factor: tuple[float, float] = (0.9, 1.1)
-    pitch_p: float = 0.3
-    pitch_st: tuple[float, float] = (-3.0, 3.0)
-    lead_s: tuple[float, float] = (0.1, 0.8)
+    pitch_p: float = 0.5  # with formants: a talker of another size (run 2: was 0.3 and +-3)
+    pitch_st: tuple[float, float] = (-5.0, 5.0)
+    lead_s: tuple[float, float] = (0.0, 0.8)  # 0: the VAD gate hands over speech with little lead-in
     trail_s: tuple[float, float] = (0.4, 0.9)
     reverb_p: float = 0.5
     rt60_s: tuple[float, float] = (0.1, 0.8)
@@ -220,7 +220,7 @@ class Chain:
     noise_p: float = 0.8
     noise_kinds: tuple[str, ...] = ("white", "pink", "brown", "babble")
     snr_db: tuple[float, float] = (0.0, 30.0)
-    mic_p: float = 0.5
+    mic_p: float = 0.6
     highpass_hz: tuple[float, float] = (100.0, 300.0)
     lowpass_hz: tuple[float, float] = (3400.0, 7000.0)
     level_dbfs: tuple[float, float] = (-40.0, -15.0)  # active-speech RMS

@@ -14,6 +14,7 @@ this module).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 import re
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from edge_stream.voice.grammar import (  # noqa: F401 (re-exported)
     HELD_OUT_RULES,
     HELD_OUT_VALUES,
     HESITATIONS,
+    HOMOPHONES,
     INPUT_WORDS,
     MARKERS,
     MOVE_VERBS,
@@ -104,15 +106,23 @@ class TrainingMix:
     with probability `non_command_share`, a sentence of the training non-command pool (fortunes-min
     and generated conversation), labelled by the Teacher (silent: no field, except a stop word)."""
 
-    def __init__(self, seed: int, non_command_share: float = 0.15):
+    def __init__(self, seed: int, non_command_share: float = 0.15, homophone_share: float = 0.3):
         self.gen = Generator(seed, "train")
         self.rng = random.Random(seed + 7919)
         self.pool = [non_command_sample(s) for s in non_command_sentences("train")]
         self.share = non_command_share if self.pool else 0.0
+        self.homophone_share = homophone_share
 
     def samples(self, n: int) -> list[Sample]:
-        return [self.rng.choice(self.pool) if self.rng.random() < self.share else self.gen.sample()
-                for _ in range(n)]
+        drawn = [self.rng.choice(self.pool) if self.rng.random() < self.share else self.gen.sample()
+                 for _ in range(n)]
+        return [self.misheard(s) if self.rng.random() < self.homophone_share else s for s in drawn]
+
+    def misheard(self, sample: Sample) -> Sample:
+        """`sample` with each grammar homophone ("to"/"two", "for"/"four") swapped for its twin with
+        probability 1/2, the targets unchanged: what a recognizer writes from the sound alone."""
+        words = [HOMOPHONES[w] if w in HOMOPHONES and self.rng.random() < 0.5 else w for w in sample.words]
+        return sample if words == sample.words else replace(sample, words=words)
 
 
 def sequence(sample: Sample, vocab: dict[str, int]) -> tuple[list[int], list[int]]:

@@ -343,3 +343,16 @@ def test_controller_times_a_command_from_the_field_that_settled_it():
     # The batch baseline sends no deltas: the command is known at its done.
     rec = tracker.update({"kind": "done", "stream": "m", "command": "stop", "t_pub_ns": 90})
     assert (rec.t_first_pub_ns, rec.t_known_pub_ns) == (90, 90)
+
+
+def test_controller_times_a_stop_from_its_field_even_when_words_follow():
+    """Stop latency is measured from the `stop` field, which goes out on its word; the words after it
+    ("stop, no, turn left") do not move that time."""
+    tracker = CommandTracker()
+    tracker.update({"kind": "delta", "stream": "m", "fields": ["move forward"], "command": "move forward", "t_pub_ns": 5})
+    tracker.update({"kind": "delta", "stream": "m", "fields": ["stop"], "command": "stop", "t_pub_ns": 12})
+    tracker.update({"kind": "delta", "stream": "m", "fields": ["<fix> turn"], "command": "turn", "t_pub_ns": 30})
+    rec = tracker.update({"kind": "done", "stream": "m", "command": "turn", "t_pub_ns": 40})
+    assert rec.t_stop_pub_ns == 12
+    rec = tracker.update({"kind": "done", "stream": "m", "command": "move forward", "t_pub_ns": 60})
+    assert rec.t_stop_pub_ns is None  # no stop field in this segment

@@ -47,6 +47,27 @@ def test_every_generated_word_is_a_recognizer_label():
         ["i", "left", UNK, UNK, "then", UNK, "left"]
 
 
+def test_parser_trains_on_homophones_a_recognizer_confuses():
+    """"to"/"two" and "for"/"four" sound the same: the parser's training mix swaps them in the heard
+    words (both are recognizer labels) and keeps the meaning, so "turn two the left" still turns left."""
+    from export.command_data import TrainingMix
+
+    labels = set(grammar.recognizer_vocabulary())
+    assert all(w in labels and twin in labels and grammar.HOMOPHONES[twin] == w
+               for w, twin in grammar.HOMOPHONES.items())
+    mix = TrainingMix(3, homophone_share=1.0)
+    swapped = 0
+    for _ in range(200):
+        sample = mix.gen.sample()
+        heard = mix.misheard(sample)
+        assert heard.targets == sample.targets and heard.command == sample.command
+        assert len(heard.words) == len(sample.words)
+        for said, written in zip(sample.words, heard.words):
+            assert written == said or grammar.HOMOPHONES.get(said) == written
+            swapped += written != said
+    assert swapped >= 5  # 20 with this seed
+
+
 def test_non_command_splits_are_disjoint_and_large_enough():
     train, held = grammar.non_command_sentences("train"), grammar.non_command_sentences("heldout")
     assert not set(train) & set(held)

@@ -37,6 +37,7 @@ class CommandRecord:
     t_known_pub_ns: int | None = None  # output after which the command equalled the final one
     t_done_pub_ns: int = 0  # the `done`
     t_speech_end_ns: int | None = None  # the VAD's end of speech, when the pipeline had one
+    t_stop_pub_ns: int | None = None  # the first `stop` field published for it (a stop goes out on its word)
     cancelled: bool = False  # the speaker cancelled ("don't move", "never mind"): nothing to do
     not_understood: bool = False  # the parser was not sure enough: ask again, do nothing
     confidence: float | None = None  # the parser node's confidence in the command
@@ -53,6 +54,7 @@ class _Pending:
     fields: list = field(default_factory=list)
     t_first: int | None = None
     t_known: int | None = None
+    t_stop: int | None = None
 
 
 class CommandTracker:
@@ -70,6 +72,8 @@ class CommandTracker:
         t_pub = header.get("t_pub_ns", time.time_ns())
         if kind == "delta":
             p.fields += header.get("fields", [])
+            if p.t_stop is None and "stop" in " ".join(header.get("fields", [])).split():
+                p.t_stop = t_pub
             if p.t_first is None:
                 p.t_first = t_pub
             if header.get("command") != p.command:
@@ -82,7 +86,7 @@ class CommandTracker:
         return CommandRecord(stream, header.get("segment"), final, p.fields, header.get("words", []),
                              p.t_first if p.t_first is not None else (t_pub if final else None),
                              p.t_known if final else None, t_pub, header.get("t_speech_end_ns"),
-                             bool(header.get("cancelled")), bool(header.get("not_understood")),
+                             p.t_stop, bool(header.get("cancelled")), bool(header.get("not_understood")),
                              header.get("confidence"))
 
 

@@ -1,22 +1,26 @@
-"""`edge-stream voice-report`: end-to-end accuracy and latency of the voice-command pipeline.
+"""`edge-stream voice-report`: what the voice-command pipeline does with speech it never trained on.
 
     edge-stream voice-report --write docs/voice_commands.md
     python -m edge_stream.cli.voice_report --write docs/voice_commands.md   (the same)
 
-Utterances: export.speech_data's held-out voices (`load_set("eval", n, seed)`: synthesized by
-espeak-ng on first use, then cached; imported only when the report runs, so the command is
-registered on installs without the export scripts), with its noise/room augmentation seeded
-per utterance, kept when every word is one the parser knows and the grammar's rules
-(edge_stream.voice.grammar) find a command in the transcript (that command is the reference).
+Speech (`export.synth`, synthesized on first use, then cached; the export scripts are imported only
+when the report runs): per synthesizer `--utterances` phrases of the grammar (commands, two
+commands, negations, cancels, questions) and a third as many non-command sentences (the held-out
+sentence split), spoken by voices the recognizer never trained on: espeak-ng's and flite's held-out
+voices, and festival, a synthesizer held out of training entirely. Each phrase is heard clean and at
+10 dB SNR: `export.eval_recognizer.CONDITIONS` with its seeds, so the recognizer's own figures
+(models/command-recognizer/MODEL_CARD.md) are of the same audio.
 
-- Accuracy (all kept utterances): the three node policies chained in-process (VAD gate ->
-  recognizer -> parser, exactly the code the nodes run, no sockets), streaming and with
-  `wait_for_end` (the batch baseline); plus recognizer WER and the parser alone on the true words.
-- Latency (the first `--latency-n` kept utterances): the real three-node pipeline, one process
-  per node over ZeroMQ on loopback, audio played in real time; streaming
-  (launch/voice_commands.toml), then batch (launch/voice_commands_batch.toml: recognizer and
-  parser wait for the segment's end, then run on all of it) in the same run. Latency is from the
-  true end of the last word (from espeak's word timings) to the parser node publishing the command.
+- Accuracy: the three node policies chained in-process (VAD gate -> recognizer -> parser: exactly the
+  code and launch settings the nodes run, no sockets). Every command comes out with its confidence,
+  so one run gives the outcome at every `min_confidence`: exact, wrong, not understood (asked
+  again), nothing. The default threshold is chosen on the training synthesizers' held-out voices
+  and reported on the held-out synthesizer.
+- Safety: negations, cancels and questions must not move the robot; non-command sentences must stay
+  silent; the wake word's false accepts per hour of non-command speech.
+- Latency: the real three-node pipeline (one process per node, ZeroMQ on loopback, audio played in
+  real time): end of the last word -> command known, streaming and batch; end of a stop word ->
+  `stop` published (stops in the middle of an utterance included).
 """
 
 from __future__ import annotations
@@ -36,23 +40,30 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 CHUNK = 512  # samples per published chunk (32 ms), as the demo's replay sends them
 MARK_START, MARK_END = "<!-- voice-report:start -->", "<!-- voice-report:end -->"
+HELD_OUT_ENGINE = "festival"  # export.synth.HELDOUT_ENGINE (not imported: the report's table needs it before synth)
+GOALS = {"exact": 0.97, "wrong": 0.005, "silent": 0.99, "stop_p90_ms": 150.0, "known_p50_ms": 300.0}
 
 
 def add_commands(subparsers) -> None:
     """Register voice-report (registered by edge_stream.cli.main)."""
-    p = subparsers.add_parser("voice-report", help="accuracy and latency of the voice pipeline, streaming vs batch")
+    p = subparsers.add_parser("voice-report", help="accuracy, safety and latency of the voice pipeline")
     add_arguments(p)
     p.set_defaults(func=run)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--utterances", type=int, default=400, help="held-out utterances to draw (before filtering)")
+    p.add_argument("--utterances", type=int, default=300, help="grammar phrases per synthesizer (and a third as "
+                   "many non-command sentences)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--latency-n", type=int, default=40, help="utterances played through the 3-node pipeline")
+    p.add_argument("--engines", nargs="+", help="only these synthesizers (default: espeak-ng flite festival)")
+    p.add_argument("--latency-n", type=int, default=45, help="commands played through the 3-node pipeline")
+    p.add_argument("--stop-n", type=int, default=40, help="phrases with a stop word played through it")
     p.add_argument("--launch", default="launch/voice_commands.toml")
     p.add_argument("--batch-launch", default="launch/voice_commands_batch.toml")
-    p.add_argument("--gap-s", type=float, default=0.5, help="silence between utterances in the real-time run")
-    p.add_argument("--write", type=Path, help="put the results table into this Markdown file (between markers)")
+    p.add_argument("--gap-s", type=float, default=0.7, help="silence between utterances in the real-time run")
+    p.add_argument("--write", type=Path, help="put the results into this Markdown file (between markers)")
+    p.add_argument("--plot", type=Path, help="draw the confidence trade-off into this PNG (the `plot` extra); "
+                   "default with --write: voice_commands_tradeoff.png beside it")
 
 
 # ----- utterances -----------------------------------------------------------------------------------
@@ -60,37 +71,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Case:
-    """One held-out utterance: augmented audio, its words, where speech ends, the command it means."""
+    """One utterance as heard: audio, its words, where speech ends, the command it means."""
 
-    index: int
+    name: str
     text: str
     audio: np.ndarray  # [n] float32
     speech_end: int  # sample where the last word ends
-    expected: str
+    expected: str  # the grammar's command for the words ('' when they mean none)
+    engine: str
     voice: str
+    condition: str  # "clean" | "10 dB"
+    kind: str  # "phrase" (of the grammar) | "sentence" (not a command)
+    stop_end: int | None = None  # sample where the first stop word ends, when the words have one
+    seconds: float = 0.0  # of speech (the clean utterance)
 
 
-def held_out_cases(n: int, seed: int) -> tuple[list[Case], dict]:
-    """The kept utterances and counts of the dropped ones (why)."""
+def load_cases(n: int, seed: int, engines=None) -> list[Case]:
+    """Every synthesizer's phrases in both conditions and its non-command sentences (clean)."""
     from edge_stream.cli.voice_pipeline import expected_command
-    from edge_stream.voice.grammar import INPUT_WORDS
-    from export import speech_data as sd  # the held-out voices are synthesized by the export scripts
+    from edge_stream.voice.grammar import STOP_WORDS
+    from export import augment, synth
+    from export.eval_recognizer import CONDITIONS, EVAL_SETS
 
-    data = sd.load_set("eval", n, seed)
-    known = set(INPUT_WORDS)
-    cases, dropped = [], {"words the parser does not know": 0, "no command in the transcript": 0}
-    for i in range(len(data)):
-        text = data.text(i)
-        if any(w not in known for w in text.split()):
-            dropped["words the parser does not know"] += 1
+    cases = []
+    for engine, split in EVAL_SETS:
+        if engines and engine not in engines:
             continue
-        expected = expected_command(text)
-        if not expected:
-            dropped["no command in the transcript"] += 1
-            continue
-        audio, lead = sd.augment(data.clean(i), np.random.default_rng([seed, 99, i]))  # the recognizer's eval noise
-        cases.append(Case(i, text, audio, lead + data.word_spans[i][-1][2], expected, data.specs[i].voice))
-    return cases, dropped
+        phrases = synth.load_set(split, n, seed, engine=engine)
+        sentences = synth.load_set(split, max(8, n // 3), seed + 1, engine=engine, other_p=1.0)
+        pool = [sentences.clean(i) for i in range(len(sentences))]
+        sets = [(phrases, "phrase", cond, chain, pool) for cond, chain in CONDITIONS.items()]
+        sets.append((sentences, "sentence", "clean", CONDITIONS["clean"], pool[::-1]))
+        for data, kind, cond, chain, babble in sets:
+            for i in range(len(data)):
+                clean = data.clean(i)
+                aug = augment.random_chain(clean, np.random.default_rng([seed, 99, i]), babble, chain)
+                words, spans = data.text(i).split(), data.word_spans[i]
+                stop_at = next((k for k, w in enumerate(words) if w in STOP_WORDS), None)
+                cases.append(Case(
+                    f"{engine}-{kind}-{cond}-{i}", data.text(i), aug.audio, aug.position(spans[-1][2]),
+                    expected_command(data.text(i)) if kind == "phrase" else "", engine, data.specs[i].voice,
+                    cond, kind, None if stop_at is None else aug.position(spans[stop_at][2]),
+                    len(clean) / SAMPLE_RATE))
+    return cases
 
 
 # ----- in-process chain of the node policies ----------------------------------------------------------
@@ -209,136 +232,316 @@ def edit_distance(ref: list, hyp: list) -> int:
     return d[-1]
 
 
-def accuracy(cases: list[Case], launch: str) -> dict:
+def is_motion(command: str) -> bool:
+    """Whether a command moves the robot (a stop, a wait or slowing down does not)."""
+    return any(part.split(" ")[0] in ("move", "turn") or part.startswith("speed up")
+               for part in command.split(" then ") if part)
+
+
+@dataclass
+class Heard:
+    """What the in-process chain made of one Case."""
+
+    case: Case
+    command: str  # the last segment's command, before any threshold
+    confidence: float
+    words: list  # what the recognizer forwarded
+    batch: str | None = None  # the batch baseline's command (clean phrases only)
+
+    def published(self, threshold: float) -> str:
+        """The command the parser node publishes at `threshold` ('' when none: not understood or silent)."""
+        return self.command if self.command and (self.confidence >= threshold or self.command == "stop") else ""
+
+
+def hear(cases: list[Case], launch: str, parser_options: dict | None = None, batch: bool = False) -> list[Heard]:
+    """Each case through the chained policies (and through the batch chain when `batch`, for clean phrases)."""
+    everything = {"min_confidence": 0.0, **(parser_options or {})}  # the threshold is applied afterwards
+    stream = PolicyChain.from_launch(launch, parser_options=everything)
+    waits = PolicyChain.from_launch(launch, wait_for_end=True, parser_options=everything) if batch else None
+    out, t0 = [], time.perf_counter()
+    for k, c in enumerate(cases):
+        r = stream.run(c.audio)
+        b = waits.run(c.audio).command if waits and c.kind == "phrase" and c.condition == "clean" else None
+        out.append(Heard(c, r.command, r.confidence, r.words, b))
+        if (k + 1) % 200 == 0:
+            print(f"  {k + 1}/{len(cases)} utterances ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return out
+
+
+def set_figures(heard: list[Heard], threshold: float) -> dict:
+    """Outcome shares, recognizer WER and unasked motion of one set of phrases at `threshold`."""
+    kinds = [outcome(h.command, h.confidence, h.case.expected, threshold) for h in heard]
+    ref = sum(len(h.case.text.split()) for h in heard)
+    errors = sum(edit_distance(h.case.text.split(), h.words) for h in heard)
+    calm = [h for h in heard if not is_motion(h.case.expected)]
+    return {"n": len(heard), **{k: kinds.count(k) / max(1, len(kinds)) for k in ("exact", "wrong", "not understood",
+                                                                                  "nothing")},
+            "wer": errors / max(1, ref), "calm": len(calm),
+            "unasked_motion": sum(is_motion(h.published(threshold)) for h in calm)}
+
+
+def sentence_figures(heard: list[Heard], threshold: float) -> dict:
+    """Non-command sentences: how many stay silent, publish a command (a motion), or are asked again."""
+    pub = [h.published(threshold) for h in heard]
+    asked = sum(bool(h.command) and not p for h, p in zip(heard, pub))
+    n = max(1, len(heard))
+    return {"n": len(heard), "command": sum(bool(p) for p in pub) / n, "motion": sum(is_motion(p) for p in pub) / n,
+            "not understood": asked / n, "silent": (len(heard) - sum(bool(p) for p in pub) - asked) / n,
+            "hours": sum(h.case.seconds for h in heard) / 3600}
+
+
+def parser_on_true_words(cases: list[Case], launch: str) -> float:
+    """The parser alone on the true words of `cases`: what a perfect recognizer would give."""
     from edge_stream.voice.command_parser import CommandParser
 
-    # Both chains publish every command with its confidence (min_confidence 0); the launch file's
-    # threshold is applied afterwards (`outcome`), so one run gives the whole trade-off.
-    everything = {"min_confidence": 0.0}
-    stream = PolicyChain.from_launch(launch, parser_options=everything)
-    batch = PolicyChain.from_launch(launch, wait_for_end=True, parser_options=everything)
-    parser = CommandParser(stream.policies[2].model)
-    n_ok = n_batch_ok = same = parse_ok = errors = ref_words = split = 0
-    rows = []
-    t0 = time.perf_counter()
+    parser = CommandParser(PolicyChain.from_launch(launch).policies[2].model)
+    ok = 0
     for c in cases:
-        r, b = stream.run(c.audio), batch.run(c.audio)
-        rows.append((r.command, r.confidence, c.expected))
-        n_ok += r.command == c.expected
-        n_batch_ok += b.command == c.expected
-        same += r.commands == b.commands
-        split += len(r.commands) > 1
-        ref = c.text.split()
-        errors += edit_distance(ref, r.words)
-        ref_words += len(ref)
-        for w in ref:
+        for w in c.text.split():
             parser.push_word(w)
-        parse_ok += parser.end() == c.expected
-    n = len(cases)
-    table = tradeoff(rows)
-    return {"n": n, "stream": n_ok / n, "batch": n_batch_ok / n, "same": same, "wer": errors / ref_words,
-            "parser_on_true_words": parse_ok / n, "split": split, "seconds": time.perf_counter() - t0,
-            "tradeoff": table, "chosen_threshold": choose_threshold(table)}
+        ok += parser.end() == c.expected
+    return ok / max(1, len(cases))
+
+
+def round_robin(groups: list[list[Case]], n: int) -> list[Case]:
+    """Up to `n` cases taking one from each group in turn (every synthesizer in the latency runs)."""
+    out, k = [], 0
+    while len(out) < n and any(k < len(g) for g in groups):
+        out += [g[k] for g in groups if k < len(g)][:n - len(out)]
+        k += 1
+    return out
 
 
 # ----- the real pipeline ----------------------------------------------------------------------------------
 
 
-def latency(cases: list[Case], launch: str, gap_s: float) -> dict:
-    """Play `cases` through the nodes of `launch` in real time; per-utterance command and latencies."""
+def play(cases: list[Case], launch: str, gap_s: float) -> list[dict]:
+    """Play `cases` through the nodes of `launch` in real time; per utterance: the command, when it was
+    known (ms after the end of the last word), its `done`, and when a `stop` went out (ms after the
+    end of the stop word)."""
     from edge_stream.cli.voice_pipeline import Playlist, match, run_pipeline
 
-    playlist = Playlist.build([(f"u{c.index}", c.text, c.audio, c.speech_end, c.expected) for c in cases], gap_s)
+    playlist = Playlist.build([(c.name, c.text, c.audio, c.speech_end, c.expected) for c in cases], gap_s)
     records, t0_ns = run_pipeline(launch, playlist)
     by_utt = match(records, playlist, t0_ns)
     rows = []
-    for u in playlist.utterances:
-        recs = [r for r in by_utt[u.name] if r.command]
-        r = recs[-1] if recs else None
+    for c, u in zip(cases, playlist.utterances):
+        recs = by_utt[u.name]
+        r = next((x for x in reversed(recs) if x.command), None)
         end = u.end_ns(t0_ns)
-        rows.append({"name": u.name, "expected": u.expected, "command": r.command if r else "",
+        stop = next((x.t_stop_pub_ns for x in recs if x.t_stop_pub_ns), None)
+        stop_end = None if c.stop_end is None else t0_ns + (u.offset + c.stop_end) * 1_000_000_000 // SAMPLE_RATE
+        rows.append({"name": u.name, "expected": c.expected, "command": r.command if r else "",
                      "known_ms": (r.t_known_pub_ns - end) / 1e6 if r and r.t_known_pub_ns else None,
-                     "done_ms": (r.t_done_pub_ns - end) / 1e6 if r else None})
-    return {"rows": rows, "audio_s": len(playlist.audio) / SAMPLE_RATE}
+                     "done_ms": (r.t_done_pub_ns - end) / 1e6 if r else None,
+                     "stop_ms": (stop - stop_end) / 1e6 if stop and stop_end else None,
+                     "stop_mid": c.stop_end is not None and c.stop_end < c.speech_end - SAMPLE_RATE // 10})
+    return rows
 
 
 def _pct(values) -> str:
     """'p50 / p90 / max' of the values that are not None, '-' when none are."""
-    from edge_stream.stats import percentiles
-
     v = [x for x in values if x is not None]
     if not v:
         return "-"
-    p50, p90 = percentiles(v, (50, 90))
+    p50, p90 = _percentiles(v, (50, 90))
     return f"{p50:.0f} / {p90:.0f} / {max(v):.0f}"
+
+
+def _percentiles(values, ps) -> list[float]:
+    from edge_stream.stats import percentiles
+
+    return percentiles(values, ps)
+
+
+def plot_tradeoff(tables: dict[str, list[dict]], chosen: float, path: Path) -> str | None:
+    """Exact, wrong and not-understood shares against `min_confidence`, one line style per set of
+    speech; returns why nothing was drawn, or None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -c constraints.txt 'edge-stream[plot]')"
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = {"exact": "C2", "wrong": "C3", "not understood": "C1"}
+    for (name, table), style in zip(tables.items(), ("-", "--", ":")):
+        xs = [r["threshold"] for r in table]
+        for kind, colour in colours.items():
+            ax.plot(xs, [100 * r[kind] for r in table], style, color=colour, marker="o", ms=3, label=f"{kind}, {name}")
+    ax.axvline(chosen, color="k", lw=0.8)
+    ax.text(chosen, 101, f" default {chosen:g}", va="bottom", ha="left", fontsize=8)
+    ax.set_xlabel("min_confidence (below it: not_understood, the controller asks again)")
+    ax.set_ylabel("% of phrases")
+    ax.set_ylim(0, 108)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left")
+    ax.set_title("Voice commands: what the robot gets as the threshold varies", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
 
 
 def report(args) -> str:
     import os
 
-    cases, dropped = held_out_cases(args.utterances, args.seed)
-    if len(cases) < 100:
-        log.warning("only %d utterances kept; the report asks for at least 100 (raise --utterances)", len(cases))
-    print(f"{len(cases)} held-out utterances kept of {args.utterances} ({dropped})", flush=True)
-    acc = accuracy(cases, args.launch)
-    print(f"accuracy in-process: {acc}", flush=True)
-    sub = cases[:args.latency_n]
-    stream = latency(sub, args.launch, args.gap_s)
-    print("streaming pipeline done", flush=True)
-    batch = latency(sub, args.batch_launch, args.gap_s)
-    # Timed: utterances for which both pipelines published a command (right or not: the timing is the
-    # pipeline's; which words it heard only decides when the fields settle).
-    timed = [i for i, (s, b) in enumerate(zip(stream["rows"], batch["rows"])) if s["command"] and b["command"]]
-    s_ok = sum(r["command"] == r["expected"] for r in stream["rows"])
-    b_ok = sum(r["command"] == r["expected"] for r in batch["rows"])
+    t_start = time.perf_counter()
+    cases = load_cases(args.utterances, args.seed, args.engines)
+    engines = list(dict.fromkeys(c.engine for c in cases))
+    phrases = [c for c in cases if c.kind == "phrase"]
+    sentences = [c for c in cases if c.kind == "sentence"]
+    print(f"{len(phrases)} phrases, {len(sentences)} non-command sentences of {', '.join(engines)}", flush=True)
+    heard = hear(phrases, args.launch, batch=True)
+    heard_sentences = hear(sentences, args.launch)
+    heard_wake = hear(sentences, args.launch, {"wake_word": "robot"})
+    held = [h for h in heard if h.case.engine == HELD_OUT_ENGINE]
+    tuning = [h for h in heard if h.case.engine != HELD_OUT_ENGINE] or heard
+    tune_table = tradeoff([(h.command, h.confidence, h.case.expected) for h in tuning])
+    threshold = choose_threshold(tune_table)
+    held_table = tradeoff([(h.command, h.confidence, h.case.expected) for h in held]) if held else []
+    plot = args.plot or (args.write.with_name("voice_commands_tradeoff.png") if args.write else None)
+    if plot is not None:
+        why = plot_tradeoff({"training synthesizers' held-out voices": tune_table,
+                             f"{HELD_OUT_ENGINE} (held out)": held_table} if held_table else
+                            {"all phrases": tune_table}, threshold, plot)
+        print(f"trade-off plot: {why or plot}", flush=True)
+    true_words = {e: parser_on_true_words([c for c in phrases if c.engine == e and c.condition == "clean"],
+                                          args.launch) for e in engines}
+    print(f"accuracy done ({time.perf_counter() - t_start:.0f} s); threshold {threshold}", flush=True)
+
+    clean_cmds = [[c for c in phrases if c.engine == e and c.condition == "clean" and c.expected] for e in engines]
+    timed_cases = round_robin(clean_cmds, args.latency_n)
+    stream_rows = play(timed_cases, args.launch, args.gap_s)
+    batch_rows = play(timed_cases, args.batch_launch, args.gap_s)
+    stop_groups = [[c for c in phrases if c.engine == e and c.condition == "clean" and c.stop_end is not None]
+                   for e in engines]
+    stop_rows = play(round_robin(stop_groups, args.stop_n), args.launch, args.gap_s)
+    print(f"latency done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    figures = {(e, cond): set_figures([h for h in heard if h.case.engine == e and h.case.condition == cond], threshold)
+               for e in engines for cond in ("clean", "10 dB")}
+    sent = {e: sentence_figures([h for h in heard_sentences if h.case.engine == e], threshold) for e in engines}
+    sent_all = sentence_figures(heard_sentences, threshold)
+    wake = sentence_figures(heard_wake, threshold)
+    wake_fa = wake["command"] * wake["n"]
+    calm = sum(f["calm"] for f in figures.values())
+    unasked = sum(f["unasked_motion"] for f in figures.values())
+    timed = [i for i, (s, b) in enumerate(zip(stream_rows, batch_rows)) if s["command"] and b["command"]]
+    known = [stream_rows[i]["known_ms"] for i in timed if stream_rows[i]["known_ms"] is not None]
+    stops = [r["stop_ms"] for r in stop_rows if r["stop_ms"] is not None]
+    known_p50 = _percentiles(known, (50,))[0] if known else float("nan")
+    stop_p90 = _percentiles(stops, (90,))[0] if stops else float("nan")
+    batch_same = sum(h.batch == h.command for h in heard if h.batch is not None)
+    batch_n = sum(h.batch is not None for h in heard)
+    batch_ok = sum(h.batch == h.case.expected for h in heard if h.batch is not None)
+    stream_ok = sum(h.command == h.case.expected for h in heard if h.batch is not None)
+
     cmd = (f"python -m edge_stream.cli.voice_report --utterances {args.utterances} --seed {args.seed} "
-           f"--latency-n {args.latency_n}" + (f" --write {args.write}" if args.write else ""))
+           f"--latency-n {args.latency_n} --stop-n {args.stop_n}"
+           + (f" --engines {' '.join(args.engines)}" if args.engines else "")
+           + (f" --write {args.write}" if args.write else ""))
+    names = {e: f"{e} (held out entirely)" if e == HELD_OUT_ENGINE else f"{e} (held-out voices)" for e in engines}
     lines = [
         f"Command: `{cmd}` ({os.cpu_count()} CPU cores, ONNX Runtime 1 thread per model, "
-        f"{time.strftime('%Y-%m-%d')}).",
+        f"{time.strftime('%Y-%m-%d')}, {(time.perf_counter() - t_start) / 60:.0f} min).",
         "",
-        f"Held-out utterances: {len(cases)} kept of {args.utterances} drawn by `export.speech_data.load_set('eval', "
-        f"{args.utterances}, seed={args.seed})` (held-out espeak-ng voices, the recognizer's evaluation noise and "
-        f"rooms); dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()) + ". Reference command: "
-        "`edge_stream.voice.grammar.command_of` (the rule-based Teacher) on the true transcript.",
+        f"Speech: per synthesizer {args.utterances} phrases of the grammar (commands, two commands, negations, "
+        f"cancels, questions; `export.synth.load_set`, seed {args.seed}) and {max(8, args.utterances // 3)} "
+        "non-command sentences (held-out sentence split), by voices the recognizer never trained on, clean and "
+        "at 10 dB SNR (`export.eval_recognizer.CONDITIONS`). Reference: the grammar's rules on the true "
+        "transcript (`edge_stream.voice.grammar.command_of`). Threshold `min_confidence` = "
+        f"**{threshold}**, chosen on the training synthesizers' held-out voices (`choose_threshold`: lowest "
+        f"{WRONG_COST:g} x wrong + not understood) and applied to every table below.",
         "",
-        "**Accuracy** (in-process: the three node policies chained without sockets, same code and settings "
-        f"as the nodes; {acc['seconds']:.0f} s for both modes):",
+        "**Goals** (issue 10):",
         "",
-        "| | value |",
-        "|---|---|",
-        f"| end-to-end command accuracy, streaming | {acc['stream']:.1%} ({round(acc['stream'] * acc['n'])}/{acc['n']}) |",
-        f"| end-to-end command accuracy, batch baseline | {acc['batch']:.1%} ({round(acc['batch'] * acc['n'])}/{acc['n']}) |",
-        f"| streaming and batch give the same commands | {acc['same']}/{acc['n']} utterances |",
-        f"| recognizer word error rate (words it forwarded vs transcript) | {acc['wer']:.1%} |",
-        f"| parser alone on the true words | {acc['parser_on_true_words']:.1%} |",
-        f"| utterances the VAD split into several segments | {acc['split']}/{acc['n']} |",
+        "| goal | measured | target | met |",
+        "|---|---|---|---|",
+    ]
+    for cond in ("clean", "10 dB"):
+        f = figures.get((HELD_OUT_ENGINE, cond))
+        if f:
+            lines += [f"| {HELD_OUT_ENGINE} (held out), {cond}: exact commands | {f['exact']:.1%} | >= 97% | "
+                      f"{_met(f['exact'] >= GOALS['exact'])} |",
+                      f"| {HELD_OUT_ENGINE} (held out), {cond}: wrong commands | {f['wrong']:.1%} | <= 0.5% | "
+                      f"{_met(f['wrong'] <= GOALS['wrong'])} |"]
+    lines += [
+        f"| motion from negations, cancels and questions (all sets) | {unasked} of {calm} | 0 | {_met(unasked == 0)} |",
+        f"| non-command sentences with no command | {sent_all['silent'] + sent_all['not understood']:.1%} "
+        f"({sent_all['n']} sentences; {sent_all['not understood']:.1%} of them asked again) | >= 99% | "
+        f"{_met(1 - sent_all['command'] >= GOALS['silent'])} |",
+        f"| wake word \"robot\": false accepts per hour of non-command speech | {wake_fa / max(1e-9, wake['hours']):.1f} "
+        f"({wake_fa:.0f} in {wake['hours'] * 60:.0f} min) | report | - |",
+        f"| stop: end of the stop word -> `stop` published, p90 | {stop_p90:.0f} ms ({len(stops)} stops) | "
+        f"<= 150 ms | {_met(stop_p90 <= GOALS['stop_p90_ms'])} |",
+        f"| end of speech -> command known, p50 | {known_p50:.0f} ms ({len(known)} commands) | <= 300 ms | "
+        f"{_met(known_p50 <= GOALS['known_p50_ms'])} |",
         "",
-        "**Confidence threshold** (the parser route's `min_confidence`: below it a command is published as "
-        "`not_understood` and the controller asks again; a stop always goes out). Shares of the utterances "
-        "above, streaming; *nothing*: no command came out. `choose_threshold` (lowest "
-        f"{WRONG_COST:g} x wrong + not understood): **{acc['chosen_threshold']}**; the parser route's default "
-        "is edge_stream.node.policies.DEFAULT_MIN_CONFIDENCE.",
+        f"**Per synthesizer** (in-process chain, streaming; shares of the phrases at min_confidence {threshold}; "
+        "*nothing*: no command came out; *unasked motion*: of the phrases that mean no motion):",
         "",
+        "| synthesizer | condition | phrases | exact | wrong | not understood | nothing | recognizer WER | "
+        "unasked motion | parser on the true words |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *(f"| {names[e]} | {cond} | {f['n']} | {f['exact']:.1%} | {f['wrong']:.1%} | {f['not understood']:.1%} | "
+          f"{f['nothing']:.1%} | {f['wer']:.1%} | {f['unasked_motion']}/{f['calm']} | "
+          f"{true_words[e]:.1%} |" for (e, cond), f in figures.items()),
+        "",
+        f"Streaming and batch (`wait_for_end`: recognizer and parser run on the whole segment) on the clean "
+        f"phrases: streaming {stream_ok}/{batch_n} exact, batch {batch_ok}/{batch_n}, the same command in "
+        f"{batch_same}/{batch_n}.",
+        "",
+        "**Non-command sentences** (clean; read-aloud text and conversation, held-out split):",
+        "",
+        "| synthesizer | sentences | silent | asked again | a command | a motion |",
+        "|---|---|---|---|---|---|",
+        *(f"| {names[e]} | {f['n']} | {f['silent']:.1%} | {f['not understood']:.1%} | {f['command']:.1%} | "
+          f"{f['motion']:.1%} |" for e, f in sent.items()),
+        "",
+        "**Confidence threshold**: outcome shares as `min_confidence` varies (a stop always goes out). Chosen "
+        f"on the training synthesizers' held-out voices ({len(tuning)} phrases, both conditions):",
+        "",
+        *([f"![confidence trade-off]({plot.name})", ""] if plot is not None and args.write is not None
+          and plot.parent == args.write.parent else []),
         "| min_confidence | exact | wrong | not understood | nothing |",
         "|---|---|---|---|---|",
         *(f"| {r['threshold']:.2f} | {r['exact']:.1%} | {r['wrong']:.1%} | {r['not understood']:.1%} | "
-          f"{r['nothing']:.1%} |" for r in acc["tradeoff"]),
+          f"{r['nothing']:.1%} |" for r in tune_table),
+    ]
+    if held_table:
+        lines += ["", f"The same on {HELD_OUT_ENGINE} (held out entirely; {len(held)} phrases, both conditions):", "",
+                  "| min_confidence | exact | wrong | not understood | nothing |", "|---|---|---|---|---|",
+                  *(f"| {r['threshold']:.2f} | {r['exact']:.1%} | {r['wrong']:.1%} | {r['not understood']:.1%} | "
+                    f"{r['nothing']:.1%} |" for r in held_table)]
+    s_ok = sum(r["command"] == r["expected"] for r in stream_rows)
+    b_ok = sum(r["command"] == r["expected"] for r in batch_rows)
+    mid = [r["stop_ms"] for r in stop_rows if r["stop_ms"] is not None and r["stop_mid"]]
+    lines += [
         "",
-        f"**Latency** from the end of the last word to the parser node publishing the command, ms "
-        f"(p50 / p90 / max): the real 3-node pipeline (one process per node, ZeroMQ on loopback), "
-        f"{len(sub)} utterances ({stream['audio_s']:.0f} s of audio) played in real time, streaming then batch in "
-        f"the same run; over the {len(timed)} utterances for which both published a command. "
-        "*Known*: the command equals its final value (streaming fields arrive word by word; negative = "
-        "before the speech ended). *Done*: the segment's `done` (after the VAD's end of speech).",
+        f"**Latency**, ms (p50 / p90 / max): the real 3-node pipeline (one process per node, ZeroMQ on "
+        f"loopback, the launch files' settings), clean commands of every synthesizer in turn, played in real "
+        f"time with {args.gap_s:g} s between them. *Known*: from the end of the last word until the command "
+        "equals its final value (fields arrive word by word; negative = before the speech ended); *done*: the "
+        f"segment's `done` (after the VAD's end of speech). Over the {len(timed)} of {len(timed_cases)} "
+        "utterances for which both pipelines published a command.",
         "",
         "| pipeline | commands right | known | done |",
         "|---|---|---|---|",
-        f"| streaming (launch/voice_commands.toml) | {s_ok}/{len(sub)} | "
-        f"{_pct(stream['rows'][i]['known_ms'] for i in timed)} | {_pct(stream['rows'][i]['done_ms'] for i in timed)} |",
-        f"| batch: wait for the end, then run each model on all of it (launch/voice_commands_batch.toml) | "
-        f"{b_ok}/{len(sub)} | {_pct(batch['rows'][i]['known_ms'] for i in timed)} | "
-        f"{_pct(batch['rows'][i]['done_ms'] for i in timed)} |",
+        f"| streaming ({args.launch}) | {s_ok}/{len(timed_cases)} | {_pct(stream_rows[i]['known_ms'] for i in timed)} | "
+        f"{_pct(stream_rows[i]['done_ms'] for i in timed)} |",
+        f"| batch: wait for the end, then run each model on all of it ({args.batch_launch}) | {b_ok}/{len(timed_cases)} "
+        f"| {_pct(batch_rows[i]['known_ms'] for i in timed)} | {_pct(batch_rows[i]['done_ms'] for i in timed)} |",
+        "",
+        f"Stops: {len(stop_rows)} phrases with a stop word, the same way; from the end of the stop word to the "
+        f"`stop` field published: {_pct(stops)} ms ({len(stops)} heard; {len(mid)} of them in the middle of the "
+        f"utterance: {_pct(mid)} ms).",
     ]
     return "\n".join(lines) + "\n"
 
