@@ -393,11 +393,13 @@ Synthetic, seeded, from the one grammar file edge_stream/voice/grammar.py (`Gene
 phrases and vocabulary come from the same file): single commands with openers and closers, hesitations,
 unknown words, numbers as words (1-360, "one eighty", "half a", "one point five", up to 100 m), units
 (metres, degrees, seconds), speeds, "turn around", "let's go", "wait two seconds", corrections (markers
-no, sorry, no wait, i mean, actually, oops), stop interrupting a command; two commands joined by "then";
+no, sorry, no wait, i mean, actually, oops), stop interrupting a command; two commands joined by "then" or "and then";
 negations ("don't", "do not", "never"), cancels ("never mind", "cancel (that)", "forget it") and
 questions. Kinds per draw: {KIND_WEIGHTS}. Plus {int(MIX_SHARE * 100)}% non-command sentences per batch
 (`export.command_data.TrainingMix`: Debian fortunes-min texts and generated conversation, training
-split; the held-out 20% is never trained on), all targets from the rule-based `Teacher`.
+split; the held-out 20% is never trained on), all targets from the rule-based `Teacher`. In 30% of the
+samples each grammar homophone ("to"/"two", "for"/"four") is swapped for its twin with probability 1/2
+in the heard words, the targets unchanged: a recognizer can only tell them apart from context.
 Held-out templates (never trained on; each word and part occurs in training, the combination does not):
 {chr(10).join('- ' + k for k in HELD_OUT_RULES)}
 Held-out values (never drawn in training): degrees {HELD_OUT_VALUES['deg']}, metres {HELD_OUT_VALUES['m']},

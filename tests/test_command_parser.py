@@ -59,9 +59,9 @@ def test_stop_is_emitted_on_its_word(parser, text, word):
 @pytest.mark.parametrize("text, command", [
     ("could you turn ninety degrees to the left please", "turn left 90 deg"),
     ("okay robot turn left uh no right ninety degrees", "turn right 90 deg"),
-    pytest.param("move forward two meters i mean three meters", "move forward 3.0 m", marks=pytest.mark.xfail(
-        strict=True, reason="issue 10: the interim parser (trained before the final grammar rules) keeps 2.0 m "
-        "here; the retrain on the final grammar is pending (models/command-parser/MODEL_CARD.md)")),
+    ("move forward two meters i mean three meters", "move forward 3.0 m"),
+    ("turn around and then go forward two meters", "turn 180 deg then move forward 2.0 m"),
+    ("turn two the left", "turn left"),  # "to" heard as its homophone
     ("um forward by two and a half meters", "move forward 2.5 m"),
     ("rotate forty five degrees to the right", "turn right 45 deg"),
     ("hey robot go a little slower", "slow down"),
