@@ -36,6 +36,7 @@ metrics.json and MODEL_CARD.md) held-out WER is below --max-wer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -241,15 +242,19 @@ def batch_plan(lengths: np.ndarray, max_samples: int, steps: int, seed: int) -> 
 # Less silence around training utterances than in evaluation: silence costs compute and teaches
 # little once the model has heard some; 0.3 s after the last word is enough to emit its label.
 TRAIN_CHAIN = augment.Chain(lead_s=(0.05, 0.4), trail_s=(0.3, 0.6))
+# The last phase of a run (--light-from): milder noise and rooms, so the model settles on speech as
+# a microphone near the speaker hears it after learning robustness on the harsh chain.
+LIGHT_CHAIN = dataclasses.replace(TRAIN_CHAIN, noise_p=0.5, snr_db=(10.0, 30.0), reverb_p=0.25, rt60_s=(0.1, 0.5),
+                                  clip_p=0.02, quantize_p=0.02)
 BABBLE_TALKERS = 6  # other training utterances handed to random_chain as its babble pool
 
 
-def heard(data: sd.SpeechSet, i: int, seed: int, epoch: int) -> augment.Augmented:
+def heard(data: sd.SpeechSet, i: int, seed: int, epoch: int, chain: augment.Chain = TRAIN_CHAIN) -> augment.Augmented:
     """Utterance i as heard in `epoch`: random_chain from (seed, epoch, i), babble from 6 others."""
     rng = np.random.default_rng([seed, epoch, i])
     others = rng.choice(len(data) - 1, size=min(BABBLE_TALKERS, len(data) - 1), replace=False)
     others = others + (others >= i)  # skip i itself
-    return augment.random_chain(data.clean(i), rng, [data.clean(int(j)) for j in others], TRAIN_CHAIN)
+    return augment.random_chain(data.clean(i), rng, [data.clean(int(j)) for j in others], chain)
 
 
 # Alignment guide: the synthesizers say where each word ends, so besides CTC a cross-entropy term
@@ -270,8 +275,8 @@ class BatchMaker:
     """Step k's batch as tensors (run in a DataLoader worker: augmentation is numpy and takes about
     as long as the training step). The same k always gives the same batch."""
 
-    def __init__(self, data: sd.SpeechSet, plan: list[tuple[int, np.ndarray]], seed: int):
-        self.data, self.plan, self.seed = data, plan, seed
+    def __init__(self, data: sd.SpeechSet, plan: list[tuple[int, np.ndarray]], seed: int, light_from: int | None = None):
+        self.data, self.plan, self.seed, self.light_from = data, plan, seed, light_from
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -280,7 +285,8 @@ class BatchMaker:
         import torch
 
         epoch, batch = self.plan[k]
-        augs = [heard(self.data, int(i), self.seed, epoch) for i in batch]
+        chain = LIGHT_CHAIN if self.light_from is not None and k >= self.light_from else TRAIN_CHAIN
+        augs = [heard(self.data, int(i), self.seed, epoch, chain) for i in batch]
         audio = [pad_to_blocks(a.audio) for a in augs]
         x = torch.zeros(len(audio), max(len(a) for a in audio))  # [batch, CONTEXT + samples]
         for j, a in enumerate(audio):
@@ -351,7 +357,7 @@ def save_checkpoint(path: Path, model, opt, sched, step: int, train_s: float, cf
 
 
 def train(model, data: sd.SpeechSet, tcfg: TrainConfig, checkpoint: Path | None, resume: dict | None = None,
-          checkpoint_min: float = 5.0, workers: int = 1) -> dict:
+          checkpoint_min: float = 5.0, workers: int = 1, light_from: int | None = None) -> dict:
     """AdamW, linear warm-up then cosine decay, CTC + the alignment guide. Returns
     {"steps", "train_s", "final_loss"}; train_s sums the time of every run of a resumed training."""
     import torch
@@ -370,7 +376,7 @@ def train(model, data: sd.SpeechSet, tcfg: TrainConfig, checkpoint: Path | None,
         step, train_s = int(resume["step"]), float(resume["train_s"])
         print(f"resuming at step {step}/{tcfg.steps} ({train_s:.0f} s trained so far)", flush=True)
     loader = torch.utils.data.DataLoader(
-        BatchMaker(data, plan, tcfg.seed), batch_size=None, sampler=range(step, tcfg.steps), num_workers=workers,
+        BatchMaker(data, plan, tcfg.seed, light_from), batch_size=None, sampler=range(step, tcfg.steps), num_workers=workers,
         worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None)
     model.features.fft = True
@@ -543,6 +549,8 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint-min", type=float, default=5.0)
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint")
     parser.add_argument("--no-eval", action="store_true", help="export and check parity only")
+    parser.add_argument("--light-from", type=int, default=None,
+                        help="from this step on, train on the milder LIGHT_CHAIN (a last, settling phase)")
     args = parser.parse_args(argv)
     import torch
 
@@ -581,14 +589,15 @@ def main(argv=None) -> None:
     if not args.smoke:
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     summary = train(model, train_set, tcfg, None if args.smoke else args.checkpoint, resume,
-                    checkpoint_min=args.checkpoint_min, workers=0 if args.smoke else args.workers)
+                    checkpoint_min=args.checkpoint_min, workers=0 if args.smoke else args.workers,
+                    light_from=args.light_from)
     export_onnx(model, args.out)
     eval_probe = synth.load_set("eval", 2, args.seed, engine="espeak-ng")
     check_parity(model, args.out, pad_audio(eval_probe.clean(0)), args.seed)
     command = "python -m export.train_recognizer " + " ".join(argv if argv is not None else sys.argv[1:])
     training = {"command": command, "parameters": n_params, "config": asdict(cfg), "data": asdict(dcfg),
                 "training": {**asdict(tcfg), "threads": args.threads, "workers": args.workers, **summary,
-                             "extended_from": extended_from},
+                             "extended_from": extended_from, "light_from": args.light_from},
                 "train_utterances": len(train_set), "train_kinds": _kinds(train_set),
                 "symbols": len(SYMBOLS), "export_s": round(time.time() - t_start)}
     if args.smoke:
