@@ -57,6 +57,8 @@ def chains(result: dict) -> str:
 @pytest.mark.parametrize("code, forbidden", [
     # A sensor or controller imports the client: no ONNX Runtime, no runtime layer, no torch.
     ("import edge_stream.node.client", ["onnxruntime", "edge_stream.runtime", "torch"]),
+    # The WebSocket gateway's process only translates: no model runtime in it.
+    ("import edge_stream.node.gateway", ["onnxruntime", "edge_stream.runtime", "edge_stream.voice", "torch"]),
     # The top-level package loads the runtime lazily (first use of es.load and friends).
     ("import edge_stream", ["onnxruntime", "edge_stream.runtime", "torch"]),
     # The voice grammar is run-time code: no training stack.

@@ -19,8 +19,16 @@ Scenarios (`--scenario` picks them by name; all by default):
   node      the node (own process, tcp loopback): chunk published -> first output received
             minus model run time, p50/p99 at 100 and 1,000 chunks/s over 4 streams, and a
             bare relay as the floor (bench/node.py). Goal: p99 <= 1 ms at 1,000 chunks/s.
+  revise    revising the last k of N tokens (feed(chunk, replace_last=k)) vs refeeding all N,
+            and a chunk arriving at a node while its stream generates: time to its entry into
+            the KV cache vs one decode step (bench/revise.py). Goal: refeed/revise >= 50 at
+            N = 2000, k = 4 (fp32 and gqa-fp32 builds by default).
   vad       real-time 16 kHz Silero VAD streams per CPU core, one stream per run vs all
             streams in one batched run (bench/vad.py). Goal: >= 500 per core batched.
+  gateway   50 WebSocket sessions through one gateway beside 10 ZeroMQ streams, real-time
+            audio into the voice chain (own processes): speech start -> event latency on
+            both paths (the gateway adds the difference), gateway CPU per session
+            (bench/gateway.py).
 
 Peers (onnxruntime-genai, transformers in PyTorch) are optional: a missing one is skipped
 with the reason in the table and the JSON. `--quick` shrinks everything (int8 and gqa
@@ -61,7 +69,7 @@ DEFAULT_MODEL = "smollm2-135m-shape"
 DEFAULT_CACHE = Path(".cache/bench-models")
 PRECISIONS = ("fp32", "int8")  # optimum graph
 GQA_PRECISIONS = ("fp32", "int8", "int4")  # gqa graph
-SCENARIO_NAMES = ("overhead", "ttft", "decode", "window", "node", "vad")
+SCENARIO_NAMES = ("overhead", "ttft", "decode", "window", "revise", "node", "vad", "gateway")
 GOALS = {"overhead": "median stream/bare <= 1.05", "window": "far/near within 1.10 (latency p50, RSS, peak RSS)"}
 
 
@@ -103,6 +111,13 @@ class BenchConfig:
     tokens: int = 100_000  # the far point: tokens streamed in all
     span_tokens: int = 1024  # latency at T = median over the chunks of the last span_tokens before T
     window_chunk: int = 16
+    # revise
+    revise_precisions: tuple = ("fp32", "gqa-fp32")  # build labels: both KV layouts
+    revise_tokens: int = 2000  # N
+    revise_k: int = 4  # tokens revised (and tokens per chunk arriving during a generation)
+    revise_pairs: int = 5  # A/B pairs: a refeed of N costs seconds
+    revise_chunks: int = 30  # chunks arriving during generations, per mode
+    revise_prompt: int = 64
     # vad
     vad_dir: Path | None = None  # default: export.silero_vad into cache_dir
     vad_solo_streams: int = 16
@@ -112,6 +127,10 @@ class BenchConfig:
     node_rates: tuple = (100, 1000)  # chunks/s
     node_streams: int = 4
     node_seconds: float = 4.0  # per rate
+    # gateway
+    gateway_sessions: int = 50
+    gateway_direct: int = 10  # ZeroMQ streams beside them
+    gateway_seconds: float = 20.0
     quick_mode: bool = False
 
     def quick(self) -> "BenchConfig":
@@ -120,8 +139,9 @@ class BenchConfig:
                        cache_lengths=(128,), generate_tokens=4, ttft_lengths=(64, 256), ttft_repeats=1,
                        ttft_solo=False,
                        decode_prompt=64, decode_tokens=6, decode_repeats=1, kv_window=256, near_tokens=512,
-                       tokens=1024, span_tokens=256, vad_batch_streams=128, vad_rounds=6, node_seconds=1.5,
-                       quick_mode=True)
+                       tokens=1024, span_tokens=256, revise_tokens=512, revise_pairs=3, revise_chunks=8,
+                       vad_batch_streams=128, vad_rounds=6, node_seconds=1.5,
+                       gateway_sessions=10, gateway_direct=3, gateway_seconds=8.0, quick_mode=True)
 
 
 # ----- measurement helpers ---------------------------------------------------------------------
@@ -499,7 +519,13 @@ def scenario_window(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
             "pass": all(ratios[k] <= 1.10 for k in gated)}
 
 
-PER_MODEL = {"overhead": scenario_overhead, "window": scenario_window}  # ours, per precision
+def scenario_revise(model, cfg: BenchConfig, rng: np.random.Generator) -> dict:
+    from edge_stream.bench.revise import scenario_revise as run  # it starts a node process
+
+    return run(model, cfg, rng)
+
+
+PER_MODEL = {"overhead": scenario_overhead, "window": scenario_window, "revise": scenario_revise}  # ours, per precision
 CROSS_ENGINE = ("ttft", "decode")  # ours and peers in lockstep (bench/lm.py)
 
 
@@ -532,6 +558,7 @@ def run_bench(cfg: BenchConfig, checkpoint: Callable[[dict], None] | None = None
         targets = [(p, None) for p in cfg.precisions] + [(f"gqa-{p}", None) for p in cfg.gqa_precisions]
     targets = targets if lm_scenarios else []
     window_on = [p for p, _ in targets if p in cfg.window_precisions] or [t[0] for t in targets[-1:]]
+    revise_on = [p for p, _ in targets if p in cfg.revise_precisions] or [t[0] for t in targets[-1:]]
     loaded = {}  # build label -> model: loaded once, shared by every scenario
     for label, model_dir in targets:
         try:
@@ -545,7 +572,7 @@ def run_bench(cfg: BenchConfig, checkpoint: Callable[[dict], None] | None = None
                                    "onnx_mb": model_bytes(model_dir) / 2**20}
     for name in [s for s in cfg.scenarios if s in PER_MODEL]:
         for precision, model in loaded.items():
-            if name == "window" and precision not in window_on:
+            if name == "window" and precision not in window_on or name == "revise" and precision not in revise_on:
                 continue
             if name == "overhead" and model.manifest.kv_io != "concat":
                 continue  # its bare loop feeds concat KV; gqa builds: ours-gqa vs bare-gqa in decode
@@ -571,6 +598,12 @@ def run_bench(cfg: BenchConfig, checkpoint: Callable[[dict], None] | None = None
         save()
     if "node" in cfg.scenarios:
         report["results"]["node"] = _timed_scenario("node", lambda: scenario_node(cfg, None))
+        save()
+    if "gateway" in cfg.scenarios:
+        from edge_stream.bench.gateway import scenario_gateway
+
+        report["results"]["gateway"] = _timed_scenario("gateway", lambda: scenario_gateway(
+            cfg.gateway_sessions, cfg.gateway_direct, cfg.gateway_seconds))
     return report
 
 
@@ -621,6 +654,10 @@ def format_table(report: dict) -> str:
             lines.append(f"  {'':<12}A/B pairs at the end: far {lp['far_ms']['p50']:.2f} ms, near {lp['near_ms']['p50']:.2f} ms,"
                          f" ratio p10/p50/p90 {lp['ratio']['p10']:.3f}/{lp['ratio']['p50']:.3f}/{lp['ratio']['p90']:.3f}"
                          f"   ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+    if "revise" in res:
+        from edge_stream.bench.revise import format_revise
+
+        lines += ["", format_revise(res["revise"])]
     if "ttft" in res:
         r = res["ttft"]
         lines += ["", f"ttft: first token after the end of the input, ms p50: streamed ({r['chunk']}-token chunks fed as "
@@ -698,6 +735,10 @@ def format_table(report: dict) -> str:
             lines.append(f"  {label:<16}{o['p50']:>8.3f}{o['p99']:>8.3f}{o['max']:>8.2f}{v['infer_ms']['p50']:>11.3f}"
                          f"{v['received']:>8}/{v['sent']:<6}")
         lines.append(f"  ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
+    if "gateway" in res:
+        from edge_stream.bench.gateway import format_gateway
+
+        lines += ["", format_gateway(res["gateway"])]
     for peer, reason in report.get("skipped", {}).items():
         lines.append(f"\n{'gqa builds' if peer == 'gqa' else 'peer ' + peer} skipped: {reason}")
     return "\n".join(lines)
@@ -734,6 +775,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-tokens", type=int, help="decode: tokens generated per repeat (default 32)")
     p.add_argument("--vad-dir", type=Path, help="vad/node: a Silero VAD model directory (default: exported into the cache)")
     p.add_argument("--node-seconds", type=float, help="node: seconds per rate (default 4; quick 1)")
+    p.add_argument("--gateway-sessions", type=int, help="gateway: WebSocket sessions (default 50; quick 10)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--plot", type=Path, metavar="DIR", help="also write PNG plots there (needs the plot extra)")
@@ -752,6 +794,7 @@ def config_from_args(args) -> BenchConfig:
                  "ttft_lengths": tuple(args.ttft_lengths or ()) or None, "decode_tokens": args.decode_tokens,
                  "ttft_repeats": args.ttft_repeats, "decode_prompt": args.decode_prompt,
                  "vad_dir": args.vad_dir, "node_seconds": args.node_seconds,
+                 "gateway_sessions": args.gateway_sessions,
                  "ttft_solo": False if args.no_ttft_solo else None}
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 

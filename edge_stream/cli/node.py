@@ -100,6 +100,9 @@ def cmd_run(args) -> int:
                 node = Node(cfg)
                 started.append(node.start())
                 print(f"node {cfg.name}: ready {node.endpoints}", flush=True)
+        for cfg in launch.gateways:
+            if not only or cfg.name in only:
+                started.append(start_gateway(args.launch, launch, cfg, in_process=only == {cfg.name}))
         if not started:
             print(f"{args.launch}: nothing matches --only {', '.join(sorted(only))}", file=sys.stderr)
             return 2
@@ -109,6 +112,67 @@ def cmd_run(args) -> int:
             part.stop()
     print("stopped", flush=True)
     return status
+
+
+def start_gateway(launch_path: str, launch, cfg, in_process: bool):
+    """A [[gateway]]: in this process when `--only` names it alone, else as its own child process
+    (`edge-stream run LAUNCH --only NAME`), so its event loop never shares a GIL with the nodes."""
+    if not in_process:
+        return GatewayProcess(launch_path, cfg).start()
+    from edge_stream.node.gateway import gateway_for_launch
+
+    gw = gateway_for_launch(cfg, launch.nodes).start()
+    print(f"gateway {cfg.name}: ready {gw.url} (page {gw.page_url if cfg.page else 'off'})", flush=True)
+    return gw
+
+
+class GatewayProcess:
+    """A gateway running as a child `edge-stream run --only NAME`: started when it says ready, its
+    output passed through, SIGTERM to stop; `dead_threads` reports it when it exited on its own."""
+
+    def __init__(self, launch_path: str, cfg, grace_s: float = 10.0):
+        self.launch_path, self.cfg, self.grace_s = launch_path, cfg, grace_s
+        self.proc = None
+
+    def start(self) -> GatewayProcess:
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_stream.cli", "run", self.launch_path, "--only",
+                                      self.cfg.name], stdout=subprocess.PIPE, text=True, bufsize=1)
+        ready = threading.Event()
+
+        def relay():  # the child's lines, passed on; its ready line releases start()
+            for line in self.proc.stdout:
+                print(line, end="", flush=True)
+                if line.startswith(f"gateway {self.cfg.name}: ready"):
+                    ready.set()
+            ready.set()  # it exited: start() sees that below
+
+        threading.Thread(target=relay, name=f"gateway-{self.cfg.name}-output", daemon=True).start()
+        ready.wait(self.cfg.ready_timeout_s + 30.0)
+        if self.proc.poll() is not None or not ready.is_set():
+            self.stop()
+            from edge_stream.errors import EdgeStreamError
+
+            raise EdgeStreamError(f"gateway {self.cfg.name} did not start (exit {self.proc.returncode}); see its "
+                                  f"output above")
+        return self
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(self.grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("gateway %s did not stop within %.1f s; killing it", self.cfg.name, self.grace_s)
+            self.proc.kill()
+            self.proc.wait()
+
+    def dead_threads(self) -> list[str]:
+        return [f"process {self.proc.pid}"] if self.proc is not None and self.proc.poll() is not None else []
 
 
 def cmd_keys(args) -> int:

@@ -144,6 +144,11 @@ class Publisher:
     def reset(self, stream: str | None = None) -> int:
         return self.send(stream=stream, kind="reset")
 
+    def interrupt(self, stream: str | None = None) -> int:
+        """Barge-in: an LM generating for `stream` stops at its next token boundary (`done`, reason
+        "interrupted"); nothing happens when it is not generating."""
+        return self.send(stream=stream, kind="interrupt")
+
     def close(self) -> None:
         self.sock.close(linger=0)
 
@@ -289,6 +294,16 @@ class Subscriber:
             else:
                 stateful[stream] = rec.msg.topic
         return lost
+
+    def forget(self, stream: str) -> None:
+        """Drop the sequence bookkeeping of a stream that is closed for good (a gateway session that
+        ended: its random name never comes back), so a long-lived subscriber of many short streams
+        does not grow. Its outputs, should any still arrive, count as a new publisher's."""
+        for key in [k for k in self.last_seq if k[2] == stream]:
+            del self.last_seq[key]
+            self.lost.pop(key, None)
+        for streams in self._stateful.values():
+            streams.pop(stream, None)
 
     def recv_until(self, predicate, timeout: float = 5.0) -> list[Received]:
         """Collect outputs until one satisfies `predicate` (it is included) or `timeout` passes."""

@@ -15,6 +15,11 @@
     frontend.bind = ["tcp://*:6000"]   # publishers connect here
     backend.bind = ["tcp://*:6001"]    # subscribers connect here
 
+    [[gateway]]                   # optional: WebSocket gateway and web page (docs/gateway.md)
+    name = "web"
+    listen = "127.0.0.1:8765"
+    vad = "vad"                   # [[node]] names: audio in, then the chain's outputs relayed
+
 `load_launch` validates everything before anything starts and raises
 ConfigError naming the field (`node[0].models[1].max_new_tokens: ...`).
 """
@@ -33,6 +38,7 @@ from edge_stream.node.wire import MAX_NAME_LEN, check_name
 GAP_POLICIES = ("event", "reset")
 TRIGGERS = ("end", "suffix")
 PUBLISH_LOGITS = ("none", "last", "all")
+DURING_GENERATION = ("queue", "interrupt", "interleave")  # input_during_generation
 POLICIES = ("auto", "lm", "vad", "sequence", "recognizer", "command_parser")
 
 
@@ -94,6 +100,14 @@ class ModelConfig:
     policy: str = "auto"  # one of POLICIES
     forward_topic: str | None = None  # topic of forwarded outputs (input format), e.g. "speech", "words"
     wait_for_end: bool = False  # recognizer/parser: run on the whole segment at `end` (batch baseline)
+    # LMs: a chunk arriving while its stream generates waits for the reply ("queue"), stops it at the
+    # next token boundary ("interrupt"; keep_partial_reply = false also takes the said tokens back), or
+    # goes into the cache between two tokens while generation goes on ("interleave"). docs/protocol.md
+    input_during_generation: str = "queue"
+    keep_partial_reply: bool = True
+    # Recognizer: forward an `interrupt` when a segment's audio begins (the VAD heard speech start), so
+    # a chained LM stops the reply it is speaking (barge-in).
+    barge_in: bool = False
     # Freshness (docs/protocol.md, "Stale input and deadlines"), both off when unset:
     max_age_ms: float | None = None  # a chunk older than this (from t_capture_ns, else t_pub_ns) is dropped
     deadline_ms: float | None = None  # an open stream with no input for this long gets `deadline_missed`
@@ -137,10 +151,36 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """A WebSocket gateway (node/gateway.py, docs/gateway.md): browsers and OpenAI-Realtime clients in,
+    one WebSocket session = one stream of the voice chain. `vad`, `recognizer`, `parser` and `lm` name
+    [[node]]s of the same launch file: audio goes to the `vad` node's first topic, and the gateway
+    relays the four nodes' outputs. Runs as its own process beside the nodes (`edge-stream run`)."""
+
+    name: str
+    listen: str = "127.0.0.1:8765"  # host:port of the WebSocket endpoint and the page
+    path: str = "/v1/realtime"  # WebSocket path (the OpenAI SDK appends /realtime to its base URL)
+    vad: str = "vad"
+    recognizer: str | None = None  # words -> transcription events
+    parser: str | None = None  # commands -> command.* events
+    lm: str | None = None  # an LM node: text in, `response.output_text.*` out (the page's text box)
+    page: bool = True  # serve the web page at /
+    token_file: str | None = None  # file holding the bearer token clients must present (none: open)
+    origins: tuple[str, ...] = ()  # browser origins allowed besides the page's own
+    tls_cert: str | None = None  # PEM certificate and key: wss:// and https:// when both are given
+    tls_key: str | None = None
+    max_message_bytes: int = 1024 * 1024  # larger messages get an `error` event and are dropped
+    max_audio_rate: float = 4.0  # audio faster than this times real time gets an `error` and is dropped
+    max_sessions: int = 64
+    ready_timeout_s: float = 30.0  # start-up: wait this long for the nodes
+
+
+@dataclass(frozen=True)
 class LaunchFile:
     path: str
     nodes: tuple[NodeConfig, ...] = ()
     proxies: tuple[ProxyConfig, ...] = ()
+    gateways: tuple[GatewayConfig, ...] = ()
 
 
 def load_launch(path: str | Path) -> LaunchFile:
@@ -156,14 +196,17 @@ def load_launch(path: str | Path) -> LaunchFile:
 
 
 def launch_from_dict(raw: dict, base: Path = Path("."), where: str = "launch") -> LaunchFile:
-    unknown = sorted(set(raw) - {"node", "proxy"})
+    unknown = sorted(set(raw) - {"node", "proxy", "gateway"})
     if unknown:
-        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)}; expected [[node]] and [[proxy]]")
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)}; expected [[node]], [[proxy]] "
+                          f"and [[gateway]]")
     nodes = tuple(node_from_dict(d, base, f"node[{i}]") for i, d in enumerate(_list(raw, "node", where)))
     proxies = tuple(_build(ProxyConfig, d, f"proxy[{i}]") for i, d in enumerate(_list(raw, "proxy", where)))
+    gateways = tuple(gateway_from_dict(d, nodes, base, f"gateway[{i}]")
+                     for i, d in enumerate(_list(raw, "gateway", where)))
     if not nodes and not proxies:
         raise ConfigError(f"{where}: no [[node]] or [[proxy]] to start")
-    names = [n.name for n in nodes] + [p.name for p in proxies]
+    names = [n.name for n in nodes] + [p.name for p in proxies] + [g.name for g in gateways]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"{where}: names must be unique, {', '.join(dup)} used twice")
@@ -172,7 +215,48 @@ def launch_from_dict(raw: dict, base: Path = Path("."), where: str = "launch") -
             raise ConfigError(f"proxy[{i}].frontend/backend: both need at least one endpoint")
         _check_security(p.security, f"proxy[{i}].security")
     proxies = tuple(dataclasses.replace(p, security=_resolve_security(p.security, base)) for p in proxies)
-    return LaunchFile(path=where, nodes=nodes, proxies=proxies)
+    return LaunchFile(path=where, nodes=nodes, proxies=proxies, gateways=gateways)
+
+
+def gateway_from_dict(d: dict, nodes: tuple[NodeConfig, ...], base: Path = Path("."),
+                      where: str = "gateway") -> GatewayConfig:
+    """Validate one [[gateway]] table against the launch file's nodes; relative file paths become
+    relative to the launch file."""
+    cfg = _build(GatewayConfig, d, where)
+    host, _, port = cfg.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{where}.listen: expected host:port (e.g. 127.0.0.1:8765), got {cfg.listen!r}")
+    if not cfg.path.startswith("/") or cfg.path == "/":
+        raise ConfigError(f"{where}.path: expected a path below / such as /v1/realtime, got {cfg.path!r}")
+    by_name = {n.name: n for n in nodes}
+    for role in ("vad", "recognizer", "parser", "lm"):
+        name = getattr(cfg, role)
+        if name is None:
+            continue
+        if name not in by_name:
+            raise ConfigError(f"{where}.{role}: no [[node]] named {name!r} in this launch file "
+                              f"(nodes: {', '.join(by_name) or 'none'})")
+        if by_name[name].security.curve:
+            raise ConfigError(f"{where}.{role}: node {name!r} uses CURVE; the gateway speaks plain ZeroMQ "
+                              f"on loopback only (run it beside the nodes)")
+        if not by_name[name].output.bind:
+            raise ConfigError(f"{where}.{role}: node {name!r} must bind its output for the gateway to subscribe")
+    for role in ("vad", "lm"):  # the gateway publishes into these
+        name = getattr(cfg, role)
+        if name is not None and not by_name[name].input.bind:
+            raise ConfigError(f"{where}.{role}: node {name!r} must bind its input for the gateway to publish to it")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError(f"{where}.tls_cert/tls_key: give both (TLS) or neither (plain ws://)")
+    positive = {"max_message_bytes": cfg.max_message_bytes, "max_audio_rate": cfg.max_audio_rate,
+                "max_sessions": cfg.max_sessions, "ready_timeout_s": cfg.ready_timeout_s}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{where}.{name}: must be > 0, got {value}")
+    files = {k: str(base / v) for k in ("token_file", "tls_cert", "tls_key") if (v := getattr(cfg, k)) is not None}
+    for k, path in files.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"{where}.{k}: file {path} not found")
+    return dataclasses.replace(cfg, **files)
 
 
 def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> NodeConfig:
@@ -209,6 +293,9 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
             raise ConfigError(f"{mw}.trigger: {m.trigger!r} is not one of {', '.join(TRIGGERS)}")
         if m.trigger == "suffix" and not m.trigger_suffix:
             raise ConfigError(f"{mw}.trigger_suffix: required when trigger = 'suffix'")
+        if m.input_during_generation not in DURING_GENERATION:
+            raise ConfigError(f"{mw}.input_during_generation: {m.input_during_generation!r} is not one of "
+                              f"{', '.join(DURING_GENERATION)}")
         if m.publish_logits not in PUBLISH_LOGITS:
             raise ConfigError(f"{mw}.publish_logits: {m.publish_logits!r} is not one of {', '.join(PUBLISH_LOGITS)}")
         if m.max_new_tokens < 0 or not m.temperature >= 0 or not 0 < m.top_p <= 1 or m.top_k < 0:

@@ -14,8 +14,10 @@ Who owns what (the one place this is written down):
 - loop thread: the SUB, the ROUTER (control) and the PULL (control replies from workers)
   sockets; the stream table `Node.streams` and each StreamEntry's `last_seen_s`, `seqs`,
   `chunks`; the stats seq. It opens each stream's session (so bad options fail the request).
-- a stream's worker, from then on: StreamEntry `session`, `out_seq` and `forward_seq`, the closed
-  streams' numbering (`Worker.closed_seqs`), its jobs; each worker's own PUSH socket to the loop.
+- a stream's worker, from then on: StreamEntry `session`, `out_seq`, `forward_seq` and `derived`
+  (what a `retract` names), the closed streams' numbering (`Worker.closed_seqs`), its jobs and the
+  generations paused for input between two tokens (`Worker.paused`); each worker's own PUSH socket
+  to the loop.
 - shared under `OutputPort.lock`: the output XPUB (workers publish directly: no thread hop),
   the errors seq, the subscriptions read off the XPUB.
 - shared without a lock: `Stats` counters (a lost increment only blurs stats), the stop
@@ -352,6 +354,8 @@ class Node:
             return
         entry = self.streams.get(msg.stream)
         if entry is None:
+            if msg.kind == "interrupt":  # nothing open, so nothing generating: nothing to stop
+                return
             if msg.kind != "chunk":
                 self._error_event(f"unknown stream: a '{msg.kind}' needs an open stream", "unknown_stream",
                                   msg.stream, msg.seq, msg.pub_id)

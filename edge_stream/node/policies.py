@@ -39,6 +39,12 @@ class Output:
     fields: dict = field(default_factory=dict)
     data: np.ndarray | None = None
     infer_ms: float = 0.0  # model run time spent producing it
+    # Stream position just past the last input this output derives from: a revision that cuts the
+    # stream back below it voids the output (the worker keeps (upto, seq) and names it in `retract`).
+    upto: int | None = None
+    # kind "retract" only: the position the stream was cut back to; the worker fills in `first_seq`,
+    # the first void output's seq, and publishes nothing when no output was void.
+    retract_from: int | None = None
 
 
 @dataclass
@@ -50,7 +56,7 @@ class Forward:
     node; on a route without one it becomes an ordinary output of `output_kind` (header: `fields`,
     plus `text` and `t_capture_ns` when set), or nothing when `output_kind` is None."""
 
-    kind: str  # input kind the next node sees: "chunk" or "end"
+    kind: str  # input kind the next node sees: "chunk", "end" or "interrupt"
     output_kind: str | None  # kind when the route does not forward; None: only a next node wants it
     fields: dict = field(default_factory=dict)
     data: np.ndarray | None = None
@@ -84,6 +90,7 @@ class PolicyOptions:
     seed: int | None = None
     publish_logits: str = "none"
     wait_for_end: bool = False
+    barge_in: bool = False
 
     @classmethod
     def of(cls, cfg) -> PolicyOptions:
@@ -95,11 +102,20 @@ def _ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def retract(position: int) -> Output:
+    """Outputs derived from input at `position` or later are void (a revision replaced that input)."""
+    return Output("retract", {"position": position}, retract_from=position)
+
+
 class Policy:
     """Base: streams are opened from the model with the route's options merged with per-stream ones.
     Streaming verbs (`chunk`, `end`) return iterators of `Output` and `Forward`."""
 
     batchable = False  # True: `chunks_batched` runs chunks of several streams in one model run
+    revisable = False  # True: chunks may carry `replace_last` (and, for text, `revise`)
+    # interleave(session, data, text, extra) -> Iterator[Output]: feeds a chunk between two tokens of
+    # a generation in progress (launch option input_during_generation = "interleave"); None: cannot.
+    interleave = None
 
     def __init__(self, model, cfg: PolicyOptions):
         self.model = model
@@ -125,37 +141,85 @@ class Policy:
         return {}
 
 
+@dataclass
+class LMStream:
+    """One LM stream of the node: the runtime stream, and the token ids fed since the last `end`
+    (the utterance a `revise` text chunk is compared with)."""
+
+    stream: Any  # runtime StreamSession
+    utterance: list = field(default_factory=list)
+
+    @property
+    def position(self) -> int:
+        return self.stream.position
+
+    def reset(self) -> None:
+        self.stream.reset()
+        self.utterance.clear()
+
+
 class LMPolicy(Policy):
     """Causal LMs: append chunks (token ids or text) as they arrive; generate on `end`
     (or when a text chunk ends with the trigger suffix), publishing one `delta` per token
-    and then `done` (the realtime APIs' delta/done shape)."""
+    and then `done` (the realtime APIs' delta/done shape). A chunk may revise: `replace_last`
+    replaces the stream's last k tokens, `revise` (text) replaces the utterance since the last
+    `end`, fed as the difference from its longest common token prefix; a `retract` names the
+    first output the replaced input voided."""
 
     GEN_FIELDS = {"max_new_tokens": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
                   "seed": int}
+    revisable = True
+
+    def open(self, stream: str, options: dict):
+        return LMStream(super().open(stream, options))
+
+    def _encode(self, text: str) -> np.ndarray:
+        if self.model.tokenizer is None:
+            raise InputError(f"{self.model.name}: text chunks need a tokenizer; send token ids (int64)")
+        return self.model.encode(text)  # [n] int64
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
-        if text is not None:
-            if self.model.tokenizer is None:
-                raise InputError(f"{self.model.name}: text chunks need a tokenizer; send token ids (int64)")
-            ids = self.model.encode(text)  # [n] int64
-            if ids.size == 0:
-                raise InputError(f"{self.model.name}: text {text!r} encodes to no tokens")
-        else:
-            ids = data  # the stream checks dtype and vocabulary
-        t0 = time.perf_counter()
-        out = session.feed(ids)
-        fed = Output("fed", {"position": session.position, "n_tokens": int(len(out.logits))},
-                     infer_ms=_ms_since(t0))
-        if self.cfg.publish_logits == "all":
-            fed.data = out.logits  # [n, vocab]
-        elif self.cfg.publish_logits == "last":
-            fed.data = out.logits[-1:]  # [1, vocab]
-        # Not held across the yield: the worker may pause this iterator while it begins other
-        # streams' jobs, and each paused one would keep its chunk's [n, vocab] logits (ORT memory).
-        del out
-        yield fed
+        yield from self.interleave(session, data, text, extra)
         if self.cfg.trigger == "suffix" and text is not None and text.endswith(self.cfg.trigger_suffix):
             yield from self.end(session, extra)
+
+    def interleave(self, session, data, text, extra) -> Iterator[Output]:
+        """Feed a chunk (a revision too) and publish its `fed`; never starts a generation, so it may
+        run between two tokens of one in progress (the worker's `interleave` mode)."""
+        ids = data if text is None else self._encode(text)  # the stream checks dtype and vocabulary
+        replace = extra.get("replace_last", 0)
+        if extra.get("revise"):
+            # The text replaces the utterance: feed only what differs from what was fed for it.
+            said = session.utterance
+            same = _common_prefix(said, ids)
+            replace, ids = len(said) - same, ids[same:]
+        elif ids.size == 0:
+            raise InputError(f"{self.model.name}: text {text!r} encodes to no tokens")
+        t0 = time.perf_counter()
+        if ids.size:
+            out = session.stream.feed(ids, replace_last=replace)
+            start, n, logits = out.start, len(out.logits), out.logits
+            del out
+        else:  # a revision that only takes tokens back (the new text is a prefix of the old)
+            session.stream.rewind(replace)
+            start, n, logits = session.position, 0, None
+        infer_ms = _ms_since(t0)
+        keep = max(0, len(session.utterance) - replace)
+        session.utterance[keep:] = ids.tolist()
+        if replace:
+            yield dataclasses.replace(retract(start), infer_ms=infer_ms)
+        fed = Output("fed", {"position": session.position, "n_tokens": n}, infer_ms=infer_ms,
+                     upto=session.position)
+        if replace:
+            fed.fields["replaced"] = int(replace)
+        if logits is not None and self.cfg.publish_logits == "all":
+            fed.data = logits  # [n, vocab]
+        elif logits is not None and self.cfg.publish_logits == "last":
+            fed.data = logits[-1:]  # [1, vocab]
+        # Not held across the yield: the worker may pause this iterator while it begins other
+        # streams' jobs, and each paused one would keep its chunk's [n, vocab] logits (ORT memory).
+        del logits
+        yield fed
 
     def end(self, session, extra) -> Iterator[Output]:
         params = {"max_new_tokens": self.cfg.max_new_tokens, "temperature": self.cfg.temperature,
@@ -170,23 +234,45 @@ class LMPolicy(Policy):
             raise InputError(f"{self.model.name}: max_new_tokens {params['max_new_tokens']} is over this model's "
                              f"max_new_tokens_cap of {self.cfg.max_new_tokens_cap} (launch file)")
         try:
-            gen = session.generate(**params)
+            session.stream.generate(**params)  # checks the values now; the turns below generate
         except ConfigError as exc:  # bad sampling values in the header are the sender's input error
             raise InputError(str(exc)) from None
-        pieces, index = [], 0
+        session.utterance.clear()  # the next input starts a new utterance
+        pieces = []
         t0 = time.perf_counter()
-        for piece in gen:
+        for piece in self._turns(session, params):
             pieces.append(piece.text)
-            yield Output("delta", {"index": index, "token_id": piece.token_id, "text": piece.text},
-                         infer_ms=_ms_since(t0))
-            index += 1
+            yield Output("delta", {"index": len(pieces) - 1, "token_id": piece.token_id, "text": piece.text},
+                         infer_ms=_ms_since(t0), upto=session.position)
             t0 = time.perf_counter()
-        reason = getattr(session, "finish_reason", None) or "length"
-        yield Output("done", {"n_tokens": index, "text": "".join(pieces), "reason": reason,
-                              "position": session.position}, infer_ms=_ms_since(t0))
+        reason = getattr(session.stream, "finish_reason", None) or "length"
+        yield Output("done", {"n_tokens": len(pieces), "text": "".join(pieces), "reason": reason,
+                              "position": session.position}, infer_ms=_ms_since(t0), upto=session.position)
+
+    @staticmethod
+    def _turns(session, params: dict) -> Iterator:
+        """Generated pieces, up to max_new_tokens in all. Input fed while a piece is out (the worker's
+        `interleave` mode) ends a turn: generation goes on from the stream as it now is, so the model
+        sees its own partial answer and the new input in one cache."""
+        left, turn = params["max_new_tokens"], 0
+        while True:
+            seed = params["seed"]
+            gen = session.stream.generate(**{**params, "max_new_tokens": left,
+                                             "seed": None if seed is None else (seed + turn) % 2**64})
+            for piece in gen:
+                handed = session.stream.state
+                yield piece
+                left -= 1
+                if session.stream.state is not handed:  # input went in meanwhile
+                    gen.close()
+                    break
+            else:
+                return
+            turn += 1
 
     def rewind(self, session, n: int) -> dict:
-        session.rewind(n)
+        session.stream.rewind(n)
+        del session.utterance[max(0, len(session.utterance) - n):]
         return {"position": session.position}
 
     def describe(self, session) -> dict:
@@ -256,18 +342,33 @@ class BlockPolicy(Policy):
 
 class SequencePolicy(Policy):
     """Frame-input sequence models (no tokenizer, no blocking): one `result` per chunk with the
-    first returned output's rows for the chunk."""
+    first returned output's rows for the chunk; `replace_last` replaces the last frames."""
+
+    revisable = True
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
         if text is not None:
             raise InputError(f"{self.model.name}: takes frames, not text")
+        if extra.get("revise"):
+            raise InputError(f"{self.model.name}: 'revise' is for text chunks; send replace_last")
+        replace = extra.get("replace_last", 0)
         t0 = time.perf_counter()
-        out = session.feed(data, trusted=True)  # finiteness: checked at the wire
+        out = session.feed(data, replace_last=replace, trusted=True)  # finiteness: checked at the wire
         first = next(iter(out.outputs.values()))
-        yield Output("result", {"position": session.position}, data=first, infer_ms=_ms_since(t0))
+        infer_ms = _ms_since(t0)
+        if replace:
+            yield dataclasses.replace(retract(out.start), infer_ms=infer_ms)
+        yield Output("result", {"position": session.position}, data=first, infer_ms=infer_ms, upto=session.position)
 
     def describe(self, session) -> dict:
         return {"position": session.position}
+
+
+def _common_prefix(a: list, b: np.ndarray) -> int:
+    """Length of the longest common prefix of token id lists `a` and `b`."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n], dtype=np.int64) != b[:n])
+    return int(diff[0]) if diff.size else n
 
 
 def _capture_time(extra: dict, sr: int, at_sample: int, last_sample: int) -> int | None:
@@ -347,12 +448,14 @@ class RecognizerStream:
     decoder: Any  # CtcDecoder
     held: list = field(default_factory=list)  # wait_for_end: the segment's audio chunks
     words: int = 0  # words sent in this segment
+    heard: bool = False  # this segment's audio has begun
 
     def reset(self) -> None:
         self.blocks.reset()
         self.decoder.reset()
         self.held.clear()
         self.words = 0
+        self.heard = False
 
 
 class RecognizerPolicy(BlockPolicy):
@@ -381,6 +484,10 @@ class RecognizerPolicy(BlockPolicy):
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
         self._audio_only(text)
+        if self.cfg.barge_in and not session.heard:
+            # The VAD heard speech start: a chained LM still speaking its reply stops (barge-in).
+            yield Forward("interrupt", None, {k: extra[k] for k in ("segment",) if k in extra})
+        session.heard = True
         if self.cfg.wait_for_end:
             x = session.blocks.check_chunk(data, sr=extra.get("sr"), trusted=True)  # float32 [n]
             session.held.append(x.copy() if np.may_share_memory(x, data) else x)  # the frame is not ours to keep

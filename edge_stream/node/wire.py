@@ -31,7 +31,7 @@ DTYPES = {
     "int64": np.dtype("<i8"),
     "uint8": np.dtype("u1"),
 }
-INPUT_KINDS = ("chunk", "end", "reset", "close")
+INPUT_KINDS = ("chunk", "end", "reset", "close", "interrupt")
 MAX_RANK = 4
 MAX_NAME_LEN = 128
 MAX_HEADER_BYTES = 64 * 1024
@@ -187,6 +187,7 @@ def decode_input(frames: list[bytes] | list, limits: Limits = Limits()) -> InMes
     if t_capture is not None and (not isinstance(t_capture, int) or isinstance(t_capture, bool)):
         raise fail(f"header field 't_capture_ns' must be int, got {type(t_capture).__name__}{_NS_HINT}")
 
+    _check_revision(h, kind, fail)
     msg = InMessage(topic=topic, stream=stream, pub_id=pub_id, seq=seq, kind=kind, t_pub_ns=h["t_pub_ns"],
                     t_capture_ns=t_capture, extra={k: v for k, v in h.items() if k not in RESERVED},
                     t_recv_ns=t_recv_ns)
@@ -207,6 +208,24 @@ def decode_input(frames: list[bytes] | list, limits: Limits = Limits()) -> InMes
         return msg
     msg.data = _decode_array(h, payload, limits, fail)
     return msg
+
+
+def _check_revision(h: dict, kind: str, fail) -> None:
+    """`replace_last` (int >= 0, chunks) and `revise` (true, text chunks): the fields that revise a
+    stream's newest input; whether the model can is the policy's and the stream's to say."""
+    k, revise = h.get("replace_last"), h.get("revise")
+    if k is not None:
+        if kind != "chunk":
+            raise fail(f"'replace_last' belongs on a chunk, not on a '{kind}' message")
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < 2**32:
+            raise fail(f"header field 'replace_last' must be an int in [0, 2**32), got {k!r}")
+    if revise is not None:
+        if revise is not True:
+            raise fail(f"header field 'revise' must be true (or absent), got {revise!r}")
+        if kind != "chunk" or "text" not in h:
+            raise fail("'revise' belongs on a text chunk: it replaces the text since the last end")
+        if k is not None:
+            raise fail("a chunk carries 'revise' or 'replace_last', not both")
 
 
 def _decode_array(h: dict, payload: list, limits: Limits, fail, strict: bool = True) -> np.ndarray:

@@ -10,6 +10,7 @@ once, in edge_stream/node/node.py's module docstring.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import queue
@@ -36,6 +37,7 @@ BEAT_S = 1.0  # an idle worker still goes round its loop this often, so its hear
 # Output and forward numbering of this many recently closed streams is kept per worker, so a stream
 # closed (or evicted) and reopened continues its seq instead of restarting at 0 (about 200 bytes each).
 CLOSED_SEQS_KEPT = 4096
+DERIVED_KEPT = 65536  # outputs per stream a `retract` can still name (a revision reaches at most this far)
 
 
 class Stats:
@@ -173,6 +175,9 @@ class StreamEntry:
     out_seq: int | None = None  # seq of this stream's next output (None: not yet taken from the worker)
     forward_seq: int | None = None  # seq of its next forwarded message (node chaining)
     deadline_s: float | None = None  # monotonic time its `deadline_missed` is due (None: not armed)
+    # (upto, seq) of its published outputs that derive from stream input (Output.upto), oldest first,
+    # at most DERIVED_KEPT: what a `retract` searches for the first output a revision voided.
+    derived: collections.deque = field(default_factory=lambda: collections.deque(maxlen=DERIVED_KEPT))
 
 
 @dataclass
@@ -186,6 +191,7 @@ class Job:
     reply_to: list | None = None  # control envelope, when a reply is due
     n_out: int = 0  # outputs published so far
     deltas: list | None = None  # `text` of the `delta` outputs published so far (a cancelled `done` joins them)
+    tail: int = 0  # deltas since the generation began or last took input in (what keep_partial_reply=false drops)
 
 
 class Worker(threading.Thread):
@@ -201,6 +207,8 @@ class Worker(threading.Thread):
         # Keyed by stream *name*, not entry: after a close (or TTL eviction) and a reopen, the new
         # entry's jobs wait behind the old entry's `closed`, so a stream's outputs stay in input order.
         self.active: dict[str, tuple[Job, Iterator]] = {}  # streams mid-iteration
+        # Generations paused while a chunk fed in between two of their tokens (interleave mode) runs.
+        self.paused: dict[str, tuple[Job, Iterator]] = {}
         self.backlog: dict[str, collections.deque] = {}  # their later jobs, in order
         # (next output seq, next forward seq) of recently closed streams, oldest first (bounded LRU).
         # Here, not in StreamEntry, so numbering survives a close or eviction (a restart at 0 would read
@@ -224,10 +232,11 @@ class Worker(threading.Thread):
                     self.port.error(f"internal error in {self.name}: {type(exc).__name__}: {exc}", "internal")
         finally:
             try:
-                for name in list(self.active):
-                    outputs = self.active.pop(name)[1]
-                    if hasattr(outputs, "close"):  # a generator (LM generation); batched outputs are lists
-                        outputs.close()
+                for table in (self.active, self.paused):
+                    for name in list(table):
+                        outputs = table.pop(name)[1]
+                        if hasattr(outputs, "close"):  # a generator (LM generation); batched outputs are lists
+                            outputs.close()
             finally:  # an open socket would block the context's term() at shutdown
                 self.push.close(linger=0)
 
@@ -265,6 +274,7 @@ class Worker(threading.Thread):
         """A chunk that may join `batch`: block model, stream idle, not in the batch yet."""
         entry = job.entry
         return (job.op == "chunk" and entry.route.policy.batchable and entry.session is not None
+                and not _revises(job.msg)
                 and entry.name not in self.active and entry.name not in self.backlog and len(batch) < MAX_BATCH
                 and all(j.entry.name != entry.name for j in batch))
 
@@ -293,26 +303,72 @@ class Worker(threading.Thread):
                 self._step(job.entry.name)
 
     def _accept(self, job: Job):
-        """Start `job` now, or queue it behind the stream's running job (ordering)."""
+        """Start `job` now, or queue it behind the stream's running job (ordering). Input for a stream
+        that is generating acts at once, between two tokens: `reset`, `close` and `interrupt` stop the
+        generation, and a chunk does what the route's `input_during_generation` says."""
         name = job.entry.name
-        if name in self.active:
-            running = self.active[name][0]
-            if job.op in ("reset", "close") and running.op == "end" and running.entry is job.entry:
-                self._cancel(name)  # barge-in: a reset or close stops the generation in progress
-            else:
-                self.backlog.setdefault(name, collections.deque()).append(job)
+        if name not in self.active:
+            self._begin(job)
+            return
+        running = self.active[name][0]
+        generating = running.entry is job.entry and (running.op == "end" or running.deltas is not None)
+        mode = job.entry.route.cfg.input_during_generation
+        if generating and job.op in ("reset", "close"):
+            self._cancel(name, "cancelled")  # barge-in: a reset or close stops the generation in progress
+        elif generating and (job.op == "interrupt" or job.op == "chunk" and mode == "interrupt"):
+            self._cancel(name, "interrupted")
+            if job.op == "interrupt":  # done its work
+                self._drain(name)
                 return
-        self._begin(job)
+        elif (generating and job.op == "chunk" and mode == "interleave" and name not in self.backlog
+              and job.entry.route.policy.interleave is not None):
+            self.paused[name] = self.active.pop(name)
+            running.tail = 0  # the tokens said so far are now followed by input: they stay
+            self._begin(dataclasses.replace(job, op="interleave"))
+            return
+        else:
+            self.backlog.setdefault(name, collections.deque()).append(job)
+            return
+        self._drain(name, job)
 
-    def _cancel(self, name: str):
+    def _drain(self, name: str, job: Job | None = None) -> None:
+        """Nothing runs for the stream now: accept its queued jobs, then `job`, in input order (each
+        acts on what the one before it started, e.g. a chunk interrupts a generation an `end` began)."""
+        pending = self.backlog.pop(name, collections.deque())
+        if job is not None:
+            pending.append(job)
+        for j in pending:
+            self._accept(j)
+
+    def _cancel(self, name: str, reason: str):
+        """Stop the stream's generation at this token boundary and publish its `done`: what was said,
+        and where the stream stands. An interruption on a route with keep_partial_reply = false
+        first takes back the tokens said since the generation last took input."""
         job, it = self.active.pop(name)
         it.close()
-        # The same fields as a generation's own `done`: what was said before the barge-in, and where
-        # the stream stands (every yielded token is part of it).
+        entry, policy = job.entry, job.entry.route.policy
         said = job.deltas or []
-        fields = {"n_tokens": len(said), "text": "".join(said), "reason": "cancelled",
-                  **job.entry.route.policy.describe(job.entry.session)}
-        self._publish_guarded(job.entry, job, Output("done", fields))
+        fields = {"n_tokens": len(said), "text": "".join(said), "reason": reason}
+        if reason == "interrupted" and not entry.route.cfg.keep_partial_reply and job.tail:
+            try:
+                policy.rewind(entry.session, job.tail)
+                fields["rolled_back"] = job.tail
+            except EdgeStreamError as exc:  # a window evicted part of the reply: it stays, said so
+                self.port.error(f"keep_partial_reply = false: {exc}", "state", entry.name)
+                fields["rolled_back"] = 0
+        fields.update(policy.describe(entry.session))
+        if "position" in fields:
+            self._voided(entry, fields["position"])  # outputs of rolled-back tokens are gone with them
+        self._publish_guarded(entry, job, Output("done", fields))
+
+    def _next(self, name: str) -> None:
+        """Start the stream's next queued job, if any."""
+        pending = self.backlog.get(name)
+        if pending:
+            nxt = pending.popleft()
+            if not pending:
+                del self.backlog[name]
+            self._begin(nxt)
 
     def _begin(self, job: Job):
         self.active[job.entry.name] = (job, self._outputs(job))
@@ -342,12 +398,11 @@ class Worker(threading.Thread):
             self._publish_guarded(entry, job, out)
             return
         del self.active[name]
-        pending = self.backlog.get(name)
-        if pending:
-            nxt = pending.popleft()
-            if not pending:
-                del self.backlog[name]
-            self._begin(nxt)
+        if name in self.paused:  # a chunk fed between two tokens: the generation goes on, and what
+            self.active[name] = self.paused.pop(name)  # arrived meanwhile acts on it as on arrival
+            self._drain(name)
+            return
+        self._next(name)
 
     def _publish_guarded(self, entry: StreamEntry, job: Job, out) -> None:
         """`_publish`, with a failure (an output that cannot be encoded) reported as an `internal`
@@ -374,16 +429,29 @@ class Worker(threading.Thread):
         elif op == "chunk":
             msg = job.msg
             self.stats.samples["queue_ms"].append((time.time_ns() - msg.t_recv_ns) / 1e6)
+            if _revises(msg) and not policy.revisable:
+                raise InputError(f"{entry.route.name}: this model kind takes no revisions "
+                                 "('replace_last', 'revise'); sequence models and LMs do")
             yield from policy.chunk(entry.session, msg.data, msg.text, _extra(msg))
+        elif op == "interleave":  # a chunk between two tokens of this stream's generation
+            msg = job.msg
+            self.stats.samples["queue_ms"].append((time.time_ns() - msg.t_recv_ns) / 1e6)
+            if _revises(msg) and not policy.revisable:
+                raise InputError(f"{entry.route.name}: this model kind takes no revisions")
+            yield from policy.interleave(entry.session, msg.data, msg.text, _extra(msg))
         elif op == "end":
             yield from policy.end(entry.session, _extra(job.msg))
+        elif op == "interrupt":  # nothing generating: nothing to stop
+            return
         elif op == "reset":
             out = policy.reset(entry.session)
+            entry.derived.clear()
             if job.reply_to is not None:
                 self._reply(job, {"ok": True, "stream": entry.name})
             yield out
         elif op == "rewind":
             info = policy.rewind(entry.session, job.fields["n"])
+            self._voided(entry, info.get("position", 0))  # the rewound event says what went
             self._reply(job, {"ok": True, "stream": entry.name, **info})
             yield Output("event", {"event": "rewound", "n": job.fields["n"], **info})
         elif op == "close":
@@ -415,10 +483,18 @@ class Worker(threading.Thread):
             if out.output_kind is None:
                 return
             out = out.as_output()
+        if isinstance(out, Output) and out.retract_from is not None:
+            first_seq = self._voided(entry, out.retract_from)
+            if first_seq is None:  # nothing published derived from the replaced input
+                return
+            out.fields["first_seq"] = first_seq
         t_pub = wire.now_ns()
         if isinstance(out, Forward):
             frames = self._forward_frames(entry, job, out, forward_topic)
         else:
+            if out.upto is not None:
+                self._restore_seqs(entry)
+                entry.derived.append((out.upto, entry.out_seq))
             frames = self._output_frames(entry, job, out, t_pub)
         msg = job.msg
         if msg is not None and job.n_out == 0 and job.op == "chunk":  # first output of a chunk: the latency that counts
@@ -429,7 +505,17 @@ class Worker(threading.Thread):
             if job.deltas is None:
                 job.deltas = []
             job.deltas.append(out.fields.get("text", ""))
+            job.tail += 1
         self.port.send(frames)
+
+    @staticmethod
+    def _voided(entry: StreamEntry, position: int) -> int | None:
+        """Seq of the first published output that derives from input at `position` or later (and
+        forget those outputs); None when there is none."""
+        first = None
+        while entry.derived and entry.derived[-1][0] > position:
+            first = entry.derived.pop()[1]
+        return first
 
     def _output_frames(self, entry: StreamEntry, job: Job, out: Output, t_pub: int) -> list:
         """An output message on the stream's output topic (docs/protocol.md, "Outputs")."""
@@ -471,6 +557,10 @@ class Worker(threading.Thread):
             except zmq.Again:  # the loop is behind; give up only when shutting down
                 if self.stop.is_set():
                     return
+
+
+def _revises(msg: wire.InMessage | None) -> bool:
+    return msg is not None and ("replace_last" in msg.extra or "revise" in msg.extra)
 
 
 def _extra(msg: wire.InMessage) -> dict:

@@ -199,17 +199,21 @@ class StreamSession:
     def state(self) -> StreamState:
         return self._state
 
-    def feed(self, chunk, *, trusted: bool = False) -> ChunkOutput:
-        """Append `chunk` (>= 1 token ids, or frames [n, feature_dim]) to the stream.
+    def feed(self, chunk, *, replace_last: int = 0, trusted: bool = False) -> ChunkOutput:
+        """Append `chunk` (>= 1 token ids, or frames [n, feature_dim]) to the stream, in place of its
+        last `replace_last` inputs (a revision: 0 appends).
 
-        Returns per-position outputs for the chunk's inputs (`.logits` [n, vocab]).
-        Never recomputes earlier input; splits only chunks longer than `max_chunk`.
-        Raises InputError for bad chunks; the stream is then unchanged. `trusted=True`:
-        the caller (the node, after wire.decode_input) checked finiteness; it is not scanned again.
+        Returns per-position outputs for the chunk's inputs (`.logits` [n, vocab]), starting at
+        `.start` = position - replace_last. Never recomputes earlier input: a revision drops the
+        replaced KV entries and runs only `chunk`. Any input may be replaced, generated tokens
+        included, as far back as the window retains (`revisable`); reaching further raises
+        StreamStateError. Bad chunks raise InputError. Either way the stream is then unchanged:
+        both are checked before anything runs. `trusted=True`: the caller (the node, after
+        wire.decode_input) checked finiteness; it is not scanned again.
         """
         rows = self._validate(chunk, trusted)
-        st = self._state
-        start = self.position
+        st = rewound = self._rewound(self._state, replace_last, "replace_last") if replace_last else self._state
+        start = st.fed + int(st.pending.size)
         pending = st.pending
         if pending.size:
             rows = np.concatenate([pending, rows]) if self.tokens else rows
@@ -219,12 +223,29 @@ class StreamSession:
             raise StreamStateError(
                 f"{self.manifest.name}: stream full: {st.next_model_position} + {len(rows)} positions exceed "
                 f"max_positions {self._hard_limit}; open the stream with kv_window to stream endlessly")
+        if replace_last and self._shared and rewound.kv is not None:
+            # Shared buffer: the replaced entries must not stay claimed by the state they leave, or
+            # the run would copy the whole kept prefix (copy-on-write) instead of writing after it.
+            # So the rewound state is the stream's from here: if ORT itself failed in the run, the
+            # stream would be left rewound (never corrupt). A snapshot the caller holds keeps its claim.
+            self._state = rewound
+        del rewound
         st, outputs = self._run_all(st, rows)
         self._state = st
         skip = int(pending.size)
         if skip:  # rows of the re-run pending tokens belong to an earlier call
             outputs = {k: v[skip:] for k, v in outputs.items()}
         return ChunkOutput(outputs=outputs, start=start, logits_name=self._logits_name)
+
+    @property
+    def revisable(self) -> int:
+        """How many of the newest inputs `rewind` and `feed(replace_last=...)` can still reach:
+        all of them, or with a sliding window that has evicted, those after the sinks."""
+        st = self._state
+        if self._has_recurrent:
+            return int(st.pending.size)
+        floor = self.sink_tokens if st.evicted else 0
+        return int(st.pending.size) + (st.cache_len - floor if self._kv_index else st.fed)
 
     def generate(self, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None,
@@ -273,40 +294,48 @@ class StreamSession:
         The new last token is re-run lazily (on the next feed or generate) to
         recover its logits: one decode step, no history recomputed.
         """
-        if n < 0 or n > self.position:
-            raise StreamStateError(f"rewind: n must be in [0, {self.position}], got {n}")
-        if n == 0:
-            return
-        if self._has_recurrent:
-            raise StreamStateError(f"{self.manifest.name}: recurrent state cannot be rewound; use snapshot/restore")
-        st = self._state
-        if n == self.position:
-            self.reset()
-            return
-        drop_pending = min(n, int(st.pending.size))
-        st = dataclasses.replace(st, pending=st.pending[: st.pending.size - drop_pending])
-        cut = n - drop_pending
+        self._state = self._rewound(self._state, n, "rewind", rerun_last=True)
+
+    def _rewound(self, st: StreamState, n: int, verb: str, rerun_last: bool = False) -> StreamState:
+        """`st` without its last `n` inputs: pending ones first, then KV entries, cut exactly, so
+        `last_logits` is None when entries were cut. `rerun_last`: the newest kept token leaves the
+        cache too and becomes pending, to recover those logits with one decode step. Raises
+        StreamStateError naming how far back the stream can go; changes nothing itself."""
+        name = self.manifest.name
+        position = st.fed + int(st.pending.size)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= position:
+            raise StreamStateError(f"{name}: {verb}: expected an int in [0, {position}] (the stream's "
+                                   f"position), got {n!r}")
+        drop_pending = min(int(n), int(st.pending.size))
+        pending = st.pending[: st.pending.size - drop_pending]
+        cut = int(n) - drop_pending
         if cut == 0:
-            self._state = st
-            return
-        if not self.tokens:
-            raise StreamStateError(f"{self.manifest.name}: rewinding frame inputs is not supported; use snapshot/restore")
-        if st.pending.size:  # a pending token is always the newest input; it goes first
-            raise StreamStateError("internal: pending tokens remain behind a cached rewind")
-        # Remove cut entries, plus one more that becomes pending so its logits are recomputed.
-        keep = st.cache_len - cut - 1
-        if st.evicted and keep < self.sink_tokens:
+            return dataclasses.replace(st, pending=pending) if drop_pending else st
+        if self._has_recurrent:
+            raise StreamStateError(f"{name}: {verb}: recurrent state cannot be rewound; use snapshot/restore")
+        if not self._kv_index:  # stateless: nothing cached, only the count
+            return dataclasses.replace(st, fed=st.fed - cut, pending=pending, last_logits=None)
+        floor = self.sink_tokens if st.evicted else 0
+        keep = st.cache_len - cut
+        if keep < floor:
+            reach = drop_pending + st.cache_len - floor
             raise StreamStateError(
-                f"rewind: only {st.cache_len - self.sink_tokens - 1} inputs can be rewound; "
-                f"the sliding window evicted older ones")
-        self._state = dataclasses.replace(
+                f"{name}: {verb}: {n} inputs reach into input the sliding window evicted; this stream can go "
+                f"back at most {reach} inputs (kv_window {self.kv_window}, sink_tokens {self.sink_tokens})")
+        if keep == 0 and not st.evicted:
+            return self._initial_state()
+        if rerun_last and self.tokens and keep:
+            keep -= 1
+            pending = st.cache_inputs[keep:keep + 1].copy()
+            cut += 1
+        return dataclasses.replace(
             st,
             states=self._slice_kv(st.states, 0, keep),
             cache_inputs=st.cache_inputs[:keep],
             cache_positions=st.cache_positions[:keep],
-            next_model_position=int(st.cache_positions[keep]),
-            fed=st.fed - cut - 1,
-            pending=st.cache_inputs[keep:keep + 1].copy(),
+            next_model_position=int(st.cache_positions[keep]),  # the first cut entry's: the chunk takes its place
+            fed=st.fed - cut,
+            pending=pending,
             last_logits=None,
             kv=st.kv.truncated(keep) if self._shared and st.kv is not None else None,
         )
