@@ -16,8 +16,9 @@ _LAZY = {"Model": "edge_stream.runtime.model",
          "Manifest": "edge_stream.runtime.manifest", "load_manifest": "edge_stream.runtime.manifest"}
 
 
-def load(model_dir, providers=None, intra_op_threads: int | None = None):
+def load(model_dir, providers=None, intra_op_threads: int | None = None, thread_options=None):
     """Load a model directory (model.onnx + manifest.json [+ tokenizer.json]); many streams share it.
+    `thread_options`: ONNX Runtime spinning and affinity (runtime.runner.ThreadOptions).
 
     A manifest with an `events` section (a VAD) gives a `voice.vad.VadModel`, whose streams
     return speech events besides probabilities; the runtime below knows nothing of events.
@@ -28,7 +29,8 @@ def load(model_dir, providers=None, intra_op_threads: int | None = None):
     cls = Model
     if manifest.events is not None:
         from edge_stream.voice.vad import VadModel as cls
-    return cls(model_dir, providers=providers, intra_op_threads=intra_op_threads, manifest=manifest)
+    return cls(model_dir, providers=providers, intra_op_threads=intra_op_threads, manifest=manifest,
+               thread_options=thread_options)
 
 
 def __getattr__(name: str):

@@ -85,6 +85,15 @@ class ModelConfig:
     topics: tuple[str, ...]
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int | None = 1  # ONNX Runtime intra-op threads
+    # ONNX Runtime thread pools (runtime.runner.ThreadOptions; unset: ORT's defaults): busy-wait for work
+    # between runs (faster wake-up after an idle gap, a core burnt meanwhile), and the CPUs of the
+    # intra-op pool's threads - 1 worker threads in ORT's syntax ("1;2": 1-based logical processors).
+    intra_op_spinning: bool | None = None
+    inter_op_spinning: bool | None = None
+    intra_op_thread_affinities: str | None = None
+    # LMs: a prompt every stream of this route starts with (a robot's instructions), encoded and run once
+    # at start; its KV entries are shared by all the route's streams (runtime: open_stream(prefix=...)).
+    prefix_text: str | None = None
     stream_options: dict = field(default_factory=dict)  # passed to open_stream (kv_window, threshold, ...)
     trigger: str = "end"
     trigger_suffix: str | None = None
@@ -311,6 +320,8 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
                 raise ConfigError(f"{mw}.{name}: must be > 0 ms (leave it out to turn it off), got {value}")
         if not m.topics:
             raise ConfigError(f"{mw}.topics: at least one input topic is required")
+        if m.prefix_text is not None and not m.prefix_text:
+            raise ConfigError(f"{mw}.prefix_text: empty; leave it out for streams without a shared prefix")
         if m.policy not in POLICIES:
             raise ConfigError(f"{mw}.policy: {m.policy!r} is not one of {', '.join(POLICIES)}")
         if m.forward_topic is not None:

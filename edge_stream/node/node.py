@@ -565,10 +565,15 @@ def load_routes(cfg: NodeConfig) -> list[Route]:
     """Load every model of a node (once; streams share it) and pick its policy. `edge_stream.load`:
     a VAD manifest gives a model whose streams carry speech events."""
     from edge_stream import load
+    from edge_stream.runtime.runner import ThreadOptions
 
     routes = []
     for m in cfg.models:
-        model = load(m.dir, providers=list(m.providers), intra_op_threads=m.threads)
+        threads = ThreadOptions(m.intra_op_spinning, m.inter_op_spinning, m.intra_op_thread_affinities)
+        try:
+            model = load(m.dir, providers=list(m.providers), intra_op_threads=m.threads, thread_options=threads)
+        except ConfigError as exc:  # the runtime names the option; say which route's
+            raise ConfigError(f"node {cfg.name!r} model {m.name!r}: {exc}") from None
         routes.append(Route(m.name, m, model, policy_for(model, m)))
         log.info("node %s: model %s (%s) on topics %s", cfg.name, m.name, model.name, ", ".join(m.topics))
     return routes

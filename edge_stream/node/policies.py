@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edge_stream.errors import ConfigError, InputError
+from edge_stream.errors import ConfigError, InputError, StreamStateError
 from edge_stream.voice.speech_gate import SpeechGate
 from edge_stream.voice.vad import VadStream
 
@@ -91,6 +91,7 @@ class PolicyOptions:
     publish_logits: str = "none"
     wait_for_end: bool = False
     barge_in: bool = False
+    prefix_text: str | None = None  # LMs: every stream starts from this prompt, run once (LMPolicy)
 
     @classmethod
     def of(cls, cfg) -> PolicyOptions:
@@ -170,8 +171,33 @@ class LMPolicy(Policy):
                   "seed": int}
     revisable = True
 
+    def __init__(self, model, cfg: PolicyOptions):
+        super().__init__(model, cfg)
+        self.prefix = self._run_prefix(cfg.prefix_text) if cfg.prefix_text else None
+
+    def _run_prefix(self, text: str):
+        """The route's `prefix_text` encoded and run once, at start: a snapshot every stream of the
+        route opens from (its KV entries shared, runtime open_stream(prefix=...)). ConfigError when
+        the route's streams could not start from it."""
+        if self.model.tokenizer is None:
+            raise ConfigError(f"{self.model.name}: prefix_text needs a tokenizer in the model directory")
+        ids = self.model.encode(text)  # [n] int64
+        if not ids.size:
+            raise ConfigError(f"{self.model.name}: prefix_text {text!r} encodes to no tokens")
+        stream = self.model.open_stream(**self.cfg.stream_options)
+        stream.feed(ids)
+        prefix = stream.snapshot()
+        try:
+            self.model.open_stream(prefix=prefix, **self.cfg.stream_options)  # what every open will do
+        except StreamStateError as exc:
+            raise ConfigError(f"{self.model.name}: prefix_text ({ids.size} tokens): {exc}") from None
+        return prefix
+
     def open(self, stream: str, options: dict):
-        return LMStream(super().open(stream, options))
+        opts = {**self.cfg.stream_options, **options}
+        if self.prefix is not None:
+            opts["prefix"] = self.prefix
+        return LMStream(self.model.open_stream(**opts))
 
     def _encode(self, text: str) -> np.ndarray:
         if self.model.tokenizer is None:
@@ -692,6 +718,8 @@ def policy_for(model, cfg) -> Policy:
         else:
             name = "lm" if m.input.kind == "tokens" else "sequence"
     options = PolicyOptions.of(cfg)
+    if cfg.prefix_text and name != "lm":
+        raise ConfigError(f"{m.name}: prefix_text is for LM routes (policy 'lm'); this route's policy is {name!r}")
     if name == "vad" and cfg.forward_topic:
         return VadGatePolicy(model, options)
     if name in ("vad", "recognizer") and m.blocking is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from edge_stream.errors import ManifestError
 from edge_stream.runtime.kvbuffer import KVPool
 from edge_stream.runtime.manifest import Manifest, load_manifest
-from edge_stream.runtime.runner import ModelRunner
+from edge_stream.runtime.runner import ModelRunner, ThreadOptions
 
 
 class Model:
@@ -18,11 +18,11 @@ class Model:
     """
 
     def __init__(self, model_dir: str | Path, providers=None, intra_op_threads: int | None = None,
-                 manifest: Manifest | None = None):
+                 manifest: Manifest | None = None, thread_options: ThreadOptions | None = None):
         self.dir = Path(model_dir)
         self.manifest: Manifest = manifest or read_manifest(self.dir)
-        self.runner = ModelRunner(self.dir / self.manifest.model_file, self.manifest,
-                                  providers=providers, intra_op_threads=intra_op_threads)
+        self.runner = ModelRunner(self.dir / self.manifest.model_file, self.manifest, providers=providers,
+                                  intra_op_threads=intra_op_threads, thread_options=thread_options)
         self.kv_pool = KVPool()  # KV memory recycled across this model's streams (runtime/kvbuffer.py)
         self.tokenizer = None
         if self.manifest.tokenizer:
@@ -47,7 +47,8 @@ class Model:
 
     def open_stream(self, **options):
         """A new stream with its own state. Options override the manifest's defaults:
-        LMs take `kv_window`, `sink_tokens`, `max_chunk`; block models `max_chunk_samples`.
+        LMs take `kv_window`, `sink_tokens`, `max_chunk`, and `prefix=snapshot` to start from a
+        shared, already-run prompt (sequence.StreamSession); block models `max_chunk_samples`.
         (VAD event parameters: `edge_stream.load` gives a voice.vad.VadModel for those.)"""
         if self.manifest.blocking is not None:
             from edge_stream.runtime.blocks import BlockStream
@@ -68,7 +69,8 @@ def read_manifest(model_dir: str | Path) -> Manifest:
     return load_manifest(path)
 
 
-def load(model_dir: str | Path, providers=None, intra_op_threads: int | None = None) -> Model:
+def load(model_dir: str | Path, providers=None, intra_op_threads: int | None = None,
+         thread_options: ThreadOptions | None = None) -> Model:
     """Load a model directory (model.onnx + manifest.json [+ tokenizer.json]) as the runtime sees it:
     block models give bare BlockStreams. `edge_stream.load` adds the voice policy for VAD models."""
-    return Model(model_dir, providers=providers, intra_op_threads=intra_op_threads)
+    return Model(model_dir, providers=providers, intra_op_threads=intra_op_threads, thread_options=thread_options)

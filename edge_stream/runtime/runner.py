@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +67,68 @@ def resolve_providers(providers) -> list:
     return resolved
 
 
-def session_options(intra_op_threads: int | None = None, inter_op_threads: int = 1) -> ort.SessionOptions:
+@dataclass(frozen=True)
+class ThreadOptions:
+    """How ONNX Runtime's thread pools wait and where they run (launch options of the same names).
+
+    Spinning: a pool thread busy-waits for the next piece of work instead of sleeping, so a run
+    after an idle gap wakes faster, at the price of a core burnt while it spins; None keeps ORT's
+    default (on). `intra_op_thread_affinities`: ORT's syntax, one group per pool thread besides the
+    caller's (threads - 1 groups), groups split by ';', each a comma list of 1-based logical
+    processors or ranges: "1;2" pins the two workers of a 3-thread pool to CPUs 0 and 1.
+    """
+
+    intra_op_spinning: bool | None = None
+    inter_op_spinning: bool | None = None
+    intra_op_thread_affinities: str | None = None
+
+    def config_entries(self, threads: int) -> dict[str, str]:
+        """ORT session config entries for a pool of `threads` intra-op threads (0: ORT picks);
+        ConfigError naming the option when a value cannot work (ORT would only log some of them)."""
+        entries = {}
+        for name, key in (("intra_op_spinning", "session.intra_op.allow_spinning"),
+                          ("inter_op_spinning", "session.inter_op.allow_spinning")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}: expected true or false, got {value!r}")
+            entries[key] = "1" if value else "0"
+        if self.intra_op_thread_affinities is not None:
+            _check_affinities(self.intra_op_thread_affinities, threads)
+            entries["session.intra_op_thread_affinities"] = self.intra_op_thread_affinities
+        return entries
+
+
+def _check_affinities(text, threads: int) -> None:
+    where = "intra_op_thread_affinities"
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: expected a string such as \"1;2\", got {text!r}")
+    if threads < 2:
+        raise ConfigError(f"{where}: needs an explicit intra-op thread count >= 2 (threads); ORT pins the "
+                          f"pool's threads - 1 worker threads, and this pool has {threads or 'ORT-chosen'}")
+    groups = text.split(";")
+    if len(groups) != threads - 1:
+        raise ConfigError(f"{where}: expected {threads - 1} group(s) split by ';' (one per worker thread: "
+                          f"threads - 1), got {len(groups)} in {text!r}")
+    cpus = os.cpu_count() or 1
+    for group in groups:
+        for item in group.split(","):
+            m = _AFFINITY_ITEM.fullmatch(item)
+            lo, hi = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
+            if not m or not 1 <= lo <= hi <= cpus:
+                raise ConfigError(f"{where}: {item!r} in {text!r} is not a logical processor 1..{cpus} "
+                                  f"or a range of them (such as 1-{cpus})")
+
+
+_AFFINITY_ITEM = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def session_options(intra_op_threads: int | None = None, inter_op_threads: int = 1,
+                    thread_options: ThreadOptions | None = None) -> ort.SessionOptions:
     """Options for small CPUs: full graph optimisation, sequential execution,
-    threads from the argument or EDGE_STREAM_THREADS (ORT's default otherwise)."""
+    threads from the argument or EDGE_STREAM_THREADS (ORT's default otherwise),
+    spinning and affinity from `thread_options` (checked here: ConfigError names the option)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -75,6 +136,8 @@ def session_options(intra_op_threads: int | None = None, inter_op_threads: int =
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = inter_op_threads
+    for key, value in (thread_options or ThreadOptions()).config_entries(threads).items():
+        opts.add_session_config_entry(key, value)
     opts.log_severity_level = 3
     return opts
 
@@ -83,15 +146,14 @@ class ModelRunner:
     """Owns the InferenceSession and checks the manifest against the graph once at load."""
 
     def __init__(self, model_path: str | Path, manifest: Manifest, providers=None,
-                 intra_op_threads: int | None = None):
+                 intra_op_threads: int | None = None, thread_options: ThreadOptions | None = None):
         self.manifest = manifest
         self.path = Path(model_path)
         if not self.path.is_file():
             raise ManifestError(f"{self.path}: model file not found")
         self.providers = resolve_providers(providers)
-        self.session = ort.InferenceSession(
-            str(self.path), sess_options=session_options(intra_op_threads), providers=self.providers
-        )
+        options = session_options(intra_op_threads, thread_options=thread_options)  # checked before any load
+        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
         self.input_types = {i.name: ORT_TYPES.get(i.type, i.type) for i in self.session.get_inputs()}
         self.output_names_in_graph = [o.name for o in self.session.get_outputs()]
         self._check_manifest()

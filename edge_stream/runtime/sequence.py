@@ -99,18 +99,23 @@ class StreamSession:
     inputs accepted per feed call. `kv_io` (default: the manifest's) may be "concat" to
     run a shared_buffer graph the copying way, for comparison; `kv_capacity` sizes a
     shared buffer up front (entries; default: a window's span, else grown by doubling).
+    `prefix` (a snapshot of a stream of this model) starts the stream as if it had been fed
+    that stream's input: its KV entries are shared with every stream opened from it, not run
+    again nor copied until this stream writes past them (copy-on-write); `reset` returns to it.
     """
 
     def __init__(self, model, kv_window: int | None = ..., sink_tokens: int | None = None,
                  evict_block: int | None = None, max_chunk: int | None = None,
                  max_feed: int = DEFAULT_MAX_FEED, kv_io: str | None = None,
-                 kv_capacity: int | None = None, **unknown):
+                 kv_capacity: int | None = None, prefix: StreamState | None = None, **unknown):
         m = model.manifest
-        records.check_args(StreamSession.__init__, locals(), f"{m.name}: stream option", ConfigError)
+        # `prefix` is a runtime object, not an option a launch file or the wire can spell: checked below.
+        records.check_args(StreamSession.__init__, {k: v for k, v in locals().items() if k != "prefix"},
+                           f"{m.name}: stream option", ConfigError)
         if unknown:
             raise ConfigError(f"{m.name}: unknown stream option(s) {', '.join(sorted(unknown))}; sequence "
                               "streams take kv_window, sink_tokens, evict_block, max_chunk, max_feed, kv_io, "
-                              "kv_capacity")
+                              "kv_capacity, prefix")
         if kv_io not in (None, "concat", m.kv_io):
             raise ConfigError(f"{m.name}: kv_io {kv_io!r} needs a graph built for it; this one is {m.kv_io!r}")
         self.kv_io = kv_io or m.kv_io
@@ -148,7 +153,8 @@ class StreamSession:
         # One preallocated row of ones: attention masks are views of it (no per-run allocation).
         mask_dtype = NUMPY_DTYPES[self._mask.dtype] if self._mask else np.int64
         self._ones = np.ones((1, self._mask_capacity()), dtype=mask_dtype)
-        self._state = self._initial_state()
+        self._state = self._initial_state() if prefix is None else self._checked_prefix(prefix)
+        self._start = self._state  # what reset() returns to
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -170,6 +176,23 @@ class StreamSession:
                 f"{self._hard_limit} of this {self.position_encoding}-position model")
         # A chunk must fit in the window so the cache never exceeds sinks + window.
         self.max_chunk = min(self.max_chunk, w)
+
+    def _checked_prefix(self, prefix) -> StreamState:
+        """`prefix` if this stream can continue it exactly as the stream it came from would have:
+        same model, nothing evicted (a fresh stream fed its input holds every entry) and all of
+        it inside this stream's window. Raises StreamStateError saying which does not hold."""
+        name = self.manifest.name
+        if not isinstance(prefix, StreamState) or prefix.owner != id(self.model):
+            got = "a snapshot of another model" if isinstance(prefix, StreamState) else type(prefix).__name__
+            raise StreamStateError(f"{name}: prefix: expected a snapshot of a stream of this model, got {got}")
+        if prefix.evicted:
+            raise StreamStateError(f"{name}: prefix: its window evicted {prefix.evicted} entries; a shared "
+                                   "prefix must hold all of its input (open it with a larger kv_window)")
+        if self.kv_window is not None and prefix.cache_len > self.sink_tokens + self.kv_window:
+            raise StreamStateError(
+                f"{name}: prefix: {prefix.cache_len} entries do not fit this stream's sink_tokens + kv_window "
+                f"= {self.sink_tokens + self.kv_window}")
+        return prefix
 
     def _mask_capacity(self) -> int:
         if self.kv_window is not None:
@@ -351,8 +374,8 @@ class StreamSession:
         self._state = snap
 
     def reset(self) -> None:
-        """Forget everything: back to the initial state."""
-        self._state = self._initial_state()
+        """Forget everything fed since the stream opened: back to empty, or to its `prefix`."""
+        self._state = self._start
 
     # ----- the hot path ---------------------------------------------------------------------
 
