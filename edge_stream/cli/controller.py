@@ -41,6 +41,7 @@ class CommandRecord:
     cancelled: bool = False  # the speaker cancelled ("don't move", "never mind"): nothing to do
     not_understood: bool = False  # the parser was not sure enough: ask again, do nothing
     confidence: float | None = None  # the parser node's confidence in the command
+    retracted: int = 0  # deltas the parser retracted (early partial words it revised): undone by the controller
 
     def ms_after_speech_end(self, t_ns: int | None, t_speech_end_ns: int | None = None) -> float | None:
         """`t_ns` minus the end of speech (the VAD's, or the one given), in ms."""
@@ -55,6 +56,8 @@ class _Pending:
     t_first: int | None = None
     t_known: int | None = None
     t_stop: int | None = None
+    deltas: list = field(default_factory=list)  # the deltas still standing (headers), for a `retract`
+    retracted: int = 0
 
 
 class CommandTracker:
@@ -66,18 +69,18 @@ class CommandTracker:
     def update(self, header: dict) -> CommandRecord | None:
         """Take one parser output header; a CommandRecord when it was a `done`, else None."""
         kind, stream = header.get("kind"), header.get("stream")
-        if kind not in ("delta", "done") or stream is None:
+        if kind not in ("delta", "done", "retract") or stream is None:
             return None
         p = self._pending.setdefault(stream, _Pending())
         t_pub = header.get("t_pub_ns", time.time_ns())
+        if kind == "retract":  # deltas from first_seq on are void: the state is that of the others
+            kept = [d for d in p.deltas if d.get("seq", -1) < header.get("first_seq", 0)]
+            self._pending[stream] = p = _Pending(retracted=p.retracted + len(p.deltas) - len(kept))
+            for d in kept:
+                self._delta(p, d, d.get("t_pub_ns", t_pub))
+            return None
         if kind == "delta":
-            p.fields += header.get("fields", [])
-            if p.t_stop is None and "stop" in " ".join(header.get("fields", [])).split():
-                p.t_stop = t_pub
-            if p.t_first is None:
-                p.t_first = t_pub
-            if header.get("command") != p.command:
-                p.command, p.t_known = header.get("command", ""), t_pub
+            self._delta(p, header, t_pub)
             return None
         del self._pending[stream]
         final = header.get("command") or ""  # None (protocol: no command) and "" (v1) alike
@@ -87,7 +90,18 @@ class CommandTracker:
                              p.t_first if p.t_first is not None else (t_pub if final else None),
                              p.t_known if final else None, t_pub, header.get("t_speech_end_ns"),
                              p.t_stop, bool(header.get("cancelled")), bool(header.get("not_understood")),
-                             header.get("confidence"))
+                             header.get("confidence"), p.retracted)
+
+    @staticmethod
+    def _delta(p: _Pending, header: dict, t_pub: int) -> None:
+        p.deltas.append(header)
+        p.fields += header.get("fields", [])
+        if p.t_stop is None and "stop" in " ".join(header.get("fields", [])).split():
+            p.t_stop = t_pub
+        if p.t_first is None:
+            p.t_first = t_pub
+        if header.get("command") != p.command:
+            p.command, p.t_known = header.get("command", ""), t_pub
 
 
 def describe_delta(rec: Received) -> str:

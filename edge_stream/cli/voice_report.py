@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-n", type=int, default=40, help="phrases with a stop word played through it")
     p.add_argument("--launch", default="launch/voice_commands.toml")
     p.add_argument("--batch-launch", default="launch/voice_commands_batch.toml")
+    p.add_argument("--partials", action="store_true", help="also play the latency commands with early partial "
+                   "words (--partials-launch) and compare known latency and wrong commands")
+    p.add_argument("--partials-launch", default="launch/voice_commands_partials.toml")
     p.add_argument("--gap-s", type=float, default=0.7, help="silence between utterances in the real-time run")
     p.add_argument("--write", type=Path, help="put the results into this Markdown file (between markers)")
     p.add_argument("--plot", type=Path, help="draw the confidence trade-off into this PNG (the `plot` extra); "
@@ -167,8 +170,16 @@ class PolicyChain:
                 continue
             if not isinstance(out, Forward):
                 continue
-            if stage == 2 and out.kind == "chunk":
+            if stage == 2 and out.kind == "chunk" and out.fields.get("replace_last"):
+                result.words[-1] = out.text  # an early partial word revised
+            elif stage == 2 and out.kind == "chunk":
                 result.words.append(out.text)
+                result.segment_words += 1
+            elif stage == 2 and out.kind == "end":  # early partials: a partial never confirmed was not said
+                finals = out.fields.get("final_confidences")
+                if finals is not None and result.segment_words > len(finals):
+                    del result.words[len(result.words) - (result.segment_words - len(finals)):]
+                result.segment_words = 0
             policy, session = self.policies[stage], sessions[stage]
             nxt = (policy.chunk(session, out.data, out.text, out.fields) if out.kind == "chunk"
                    else policy.end(session, out.fields))
@@ -180,6 +191,7 @@ class ChainResult:
     words: list = field(default_factory=list)  # words the recognizer forwarded
     commands: list = field(default_factory=list)  # one per speech segment
     confidences: list = field(default_factory=list)  # the parser's, one per segment
+    segment_words: int = 0  # words forwarded in the segment in progress (a revised one counts once)
 
     @property
     def command(self) -> str:
@@ -321,6 +333,8 @@ def play(cases: list[Case], launch: str, gap_s: float) -> list[dict]:
     end of the stop word)."""
     from edge_stream.cli.voice_pipeline import Playlist, match, run_pipeline
 
+    if not cases:  # --latency-n 0 / --stop-n 0: accuracy only
+        return []
     playlist = Playlist.build([(c.name, c.text, c.audio, c.speech_end, c.expected) for c in cases], gap_s)
     records, t0_ns = run_pipeline(launch, playlist)
     by_utt = match(records, playlist, t0_ns)
@@ -335,7 +349,8 @@ def play(cases: list[Case], launch: str, gap_s: float) -> list[dict]:
                      "known_ms": (r.t_known_pub_ns - end) / 1e6 if r and r.t_known_pub_ns else None,
                      "done_ms": (r.t_done_pub_ns - end) / 1e6 if r else None,
                      "stop_ms": (stop - stop_end) / 1e6 if stop and stop_end else None,
-                     "stop_mid": c.stop_end is not None and c.stop_end < c.speech_end - SAMPLE_RATE // 10})
+                     "stop_mid": c.stop_end is not None and c.stop_end < c.speech_end - SAMPLE_RATE // 10,
+                     "retracted": sum(x.retracted for x in recs)})
     return rows
 
 
@@ -420,6 +435,7 @@ def report(args) -> str:
     timed_cases = round_robin(clean_cmds, args.latency_n)
     stream_rows = play(timed_cases, args.launch, args.gap_s)
     batch_rows = play(timed_cases, args.batch_launch, args.gap_s)
+    partial_rows = play(timed_cases, args.partials_launch, args.gap_s) if args.partials else None
     stop_groups = [[c for c in phrases if c.engine == e and c.condition == "clean" and c.stop_end is not None]
                    for e in engines]
     stop_rows = play(round_robin(stop_groups, args.stop_n), args.launch, args.gap_s)
@@ -444,7 +460,7 @@ def report(args) -> str:
     stream_ok = sum(h.command == h.case.expected for h in heard if h.batch is not None)
 
     cmd = (f"python -m edge_stream.cli.voice_report --utterances {args.utterances} --seed {args.seed} "
-           f"--latency-n {args.latency_n} --stop-n {args.stop_n}"
+           f"--latency-n {args.latency_n} --stop-n {args.stop_n}" + (" --partials" if args.partials else "")
            + (f" --engines {' '.join(args.engines)}" if args.engines else "")
            + (f" --write {args.write}" if args.write else ""))
     names = {e: f"{e} (held out entirely)" if e == HELD_OUT_ENGINE else f"{e} (held-out voices)" for e in engines}
@@ -543,7 +559,33 @@ def report(args) -> str:
         f"`stop` field published: {_pct(stops)} ms ({len(stops)} heard; {len(mid)} of them in the middle of the "
         f"utterance: {_pct(mid)} ms).",
     ]
+    if partial_rows is not None:
+        lines += ["", *partials_table(stream_rows, partial_rows, args.launch, args.partials_launch)]
     return "\n".join(lines) + "\n"
+
+
+def partials_table(plain: list[dict], early: list[dict], launch: str, partials_launch: str) -> list[str]:
+    """Markdown lines: the streaming pipeline with and without early partial words, on the same
+    utterances: commands right and wrong, known latency (over those both got right), retracted deltas."""
+    both = [i for i, (a, b) in enumerate(zip(plain, early)) if a["command"] == a["expected"] == b["command"]]
+
+    def row(name: str, rows: list[dict]) -> str:
+        right = sum(r["command"] == r["expected"] for r in rows)
+        wrong = sum(bool(r["command"]) and r["command"] != r["expected"] for r in rows)
+        return (f"| {name} | {right}/{len(rows)} | {wrong}/{len(rows)} | {_pct(rows[i]['known_ms'] for i in both)} | "
+                f"{_pct(rows[i]['done_ms'] for i in both)} | {sum(r['retracted'] for r in rows)} |")
+
+    return [
+        f"**Early partial words** (issue 11): the same utterances through {partials_launch} (the recognizer "
+        "forwards a word when its label leads, revises it, the parser follows with `retract`). *Wrong*: a "
+        "command that is not the expected one; *known* and *done* as above, ms (p50 / p90 / max), over the "
+        f"{len(both)} utterances both got right; *retracted*: deltas the parser took back.",
+        "",
+        "| pipeline | commands right | wrong commands | known | done | retracted |",
+        "|---|---|---|---|---|---|",
+        row(f"streaming ({launch})", plain),
+        row(f"streaming, early partials ({partials_launch})", early),
+    ]
 
 
 def write_into(path: Path, text: str) -> None:

@@ -117,6 +117,11 @@ class ModelConfig:
     # Recognizer: forward an `interrupt` when a segment's audio begins (the VAD heard speech start), so
     # a chained LM stops the reply it is speaking (barge-in).
     barge_in: bool = False
+    # Recognizer: also forward each word early, while its label still only leads (posterior >=
+    # partial_threshold, rising), marked `partial`, then revisions (`replace_last`); docs/protocol.md
+    # "Early partial words". The parser node follows them. Off: words only once final, as before.
+    partial_words: bool = False
+    partial_threshold: float = 0.2
     # Freshness (docs/protocol.md, "Stale input and deadlines"), both off when unset:
     max_age_ms: float | None = None  # a chunk older than this (from t_capture_ns, else t_pub_ns) is dropped
     deadline_ms: float | None = None  # an open stream with no input for this long gets `deadline_missed`
@@ -314,6 +319,8 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
                               f"got {m.max_new_tokens_cap}")
         if m.seed is not None and not 0 <= m.seed < 2**64:
             raise ConfigError(f"{mw}.seed: expected 0 <= seed < 2**64, got {m.seed}")
+        if not 0.0 < m.partial_threshold <= 1.0:
+            raise ConfigError(f"{mw}.partial_threshold: expected a posterior in (0, 1], got {m.partial_threshold}")
         for name in ("max_age_ms", "deadline_ms"):
             value = getattr(m, name)
             if value is not None and not value > 0:

@@ -92,6 +92,8 @@ class PolicyOptions:
     wait_for_end: bool = False
     barge_in: bool = False
     prefix_text: str | None = None  # LMs: every stream starts from this prompt, run once (LMPolicy)
+    partial_words: bool = False  # recognizer: forward words early (partial), then revisions
+    partial_threshold: float = 0.2  # recognizer, partial_words: the leading label's posterior
 
     @classmethod
     def of(cls, cfg) -> PolicyOptions:
@@ -473,8 +475,9 @@ class RecognizerStream:
     blocks: Any  # runtime BlockStream of the recognizer
     decoder: Any  # CtcDecoder
     held: list = field(default_factory=list)  # wait_for_end: the segment's audio chunks
-    words: int = 0  # words sent in this segment
+    words: int = 0  # words sent in this segment (early partials: a revised word counts once)
     heard: bool = False  # this segment's audio has begun
+    finals: list = field(default_factory=list)  # early partials: the final words' confidences, in order
 
     def reset(self) -> None:
         self.blocks.reset()
@@ -482,6 +485,7 @@ class RecognizerStream:
         self.held.clear()
         self.words = 0
         self.heard = False
+        self.finals.clear()
 
 
 class RecognizerPolicy(BlockPolicy):
@@ -489,7 +493,12 @@ class RecognizerPolicy(BlockPolicy):
     `forward_topic`, else a `word` output) as soon as greedy CTC makes it final. `end` closes the
     segment: the last partial block is zero-padded, the last word flushed, `end` forwarded (with
     the input end's `segment`, `t_speech_end_ns`, ...) when the segment had words, and the stream
-    starts afresh (the model was trained on utterances from zero state)."""
+    starts afresh (the model was trained on utterances from zero state).
+
+    Early partial words (route option `partial_words`, docs/protocol.md "Early partial words"): the
+    decoder also publishes a word while its label only leads (`partial: true`), a later label for the
+    same word goes out as a revision (same `word_index`, `replace_last: 1`), a confirmation sends
+    nothing, and the segment's `end` carries `final_confidences` (the final words' confidences)."""
 
     batchable = False  # each chunk feeds one stream's decoder; not batched
     PASS_ON = ("segment", "speech_end_sample", "t_speech_end_ns", "end_sample")  # end fields handed on
@@ -504,7 +513,8 @@ class RecognizerPolicy(BlockPolicy):
         from edge_stream.voice.ctc import CtcDecoder
 
         d = self._decoder
-        decoder = CtcDecoder(d.symbols, blank=d.blank, frame_samples=d.frame_samples)
+        threshold = self.cfg.partial_threshold if self.cfg.partial_words else None
+        decoder = CtcDecoder(d.symbols, blank=d.blank, frame_samples=d.frame_samples, partial_threshold=threshold)
         opts = {**self.cfg.stream_options, **options}
         return RecognizerStream(self.model.open_stream(**opts), decoder)
 
@@ -535,12 +545,23 @@ class RecognizerPolicy(BlockPolicy):
             words += session.decoder.finish().words
         infer_ms = _ms_since(t0)
         for w in words:
-            fields = {"word_index": session.words, "end_sample": session.decoder.frame_end_sample(w.end_frame),
+            if self.cfg.partial_words and not w.partial:
+                session.finals.append(round(w.confidence, 4))
+            if w.confirms:  # the partial already sent was right: it is final now, nothing new to say
+                continue
+            revises = w.revises and session.words > 0
+            index = session.words - 1 if revises else session.words
+            fields = {"word_index": index, "end_sample": session.decoder.frame_end_sample(w.end_frame),
                       "confidence": round(w.confidence, 4)}  # the parser node's threshold reads it
+            if revises:
+                fields["replace_last"] = 1
+            if w.partial:
+                fields["partial"] = True
             if "segment" in extra:
                 fields["segment"] = extra["segment"]
             yield Forward("chunk", "word", fields, text=w.word, infer_ms=infer_ms)
-            session.words += 1
+            if not revises:
+                session.words += 1
             infer_ms = 0.0
 
     def end(self, session, extra) -> Iterator[Output]:
@@ -555,7 +576,12 @@ class RecognizerPolicy(BlockPolicy):
         n_words = session.words
         passed = {k: extra[k] for k in self.PASS_ON if k in extra}
         if n_words:  # for the next node only: a route that does not forward publishes `done` alone
-            yield Forward("end", None, passed)
+            # Early partials: the final words' confidences; a follower holding more words than these
+            # takes its last one back (a partial no label confirmed).
+            finals = {"final_confidences": list(session.finals)} if self.cfg.partial_words else {}
+            yield Forward("end", None, {**passed, **finals})
+        if self.cfg.partial_words:
+            n_words = len(session.finals)  # the words said (an unconfirmed partial was not)
         session.reset()
         yield Output("done", {"n_words": n_words, **passed})
 
@@ -572,11 +598,15 @@ class ParserStream:
     wake_word: str | None = None  # when set, only commands after it count (stop always does)
     held: list = field(default_factory=list)  # wait_for_end: the segment's (word, confidence)
     woke_at: int | None = None  # parser token index at the wake word (None: not heard yet)
+    woke_word: int | None = None  # index (in the utterance) of the word that woke it: a revision of it undoes that
+    before: int = 0  # words of the previous utterances: a delta's `upto` is before + its word count
 
     def reset(self) -> None:
         self.parser.reset()
         self.held.clear()
         self.woke_at = None
+        self.woke_word = None
+        self.before = 0
 
 
 # From the voice report's confidence trade-off (docs/voice_commands.md, `choose_threshold`). Interim:
@@ -595,7 +625,16 @@ class CommandParserPolicy(Policy):
     end's `segment` and `t_speech_end_ns`. Launch options (route `stream_options`): `min_confidence`
     (default DEFAULT_MIN_CONFIDENCE): below it a motion command is published as `not_understood`
     (with what was heard) and `done` carries no command; `wake_word` ("robot" when `true`): only
-    fields after it count, except stop."""
+    fields after it count, except stop.
+
+    Early partial words (docs/protocol.md): a word chunk with `replace_last: 1` replaces the last
+    word (`CommandParser.revise_last_word`): a `retract` names the first delta the replaced word
+    produced, then the new word's delta. Deltas carry `upto`, a word count running across
+    utterances, so a retract never reaches an earlier utterance. Any other revision is an `input`
+    error and changes nothing. An `end` with `final_confidences` takes back words beyond that list
+    (a partial no label confirmed) and replaces the words' early confidences by it."""
+
+    revisable = True  # `replace_last: 1` only (checked here); anything else is refused
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
@@ -627,11 +666,55 @@ class CommandParserPolicy(Policy):
         if text is None:
             raise InputError(f"{self.model.name}: takes words as text chunks, got a {data.dtype} array")
         confidence = extra.get("confidence")  # the recognizer's, per word (None: a source without one)
-        for word in text.split():
+        words = text.split()
+        replace = self._replace_last(session, words, extra)  # checked before anything changes
+        for i, word in enumerate(words):
             if self.cfg.wait_for_end:
-                session.held.append((word, confidence))
+                if replace and i == 0:
+                    session.held[-1] = (word, confidence)
+                else:
+                    session.held.append((word, confidence))
                 continue
-            yield from self._push(session, word, confidence, extra)
+            if replace and i == 0:
+                yield from self._revise(session, word, confidence, extra)
+            else:
+                yield from self._push(session, word, confidence, extra)
+
+    def _replace_last(self, session, words: list, extra: dict) -> bool:
+        """Whether the chunk replaces the last word (`replace_last: 1`); InputError, before anything
+        changed, for any other revision or one with no word to replace."""
+        if "revise" in extra or ("replace_last" in extra and extra["replace_last"] != 1):
+            got = "revise" if "revise" in extra else f"replace_last {extra['replace_last']!r}"
+            raise InputError(f"{self.model.name}: the command parser revises one word at a time "
+                             f"('replace_last': 1), got {got}")
+        if "replace_last" not in extra:
+            return False
+        if not words:
+            raise InputError(f"{self.model.name}: 'replace_last' needs a word to replace the last one with")
+        if not (session.held if self.cfg.wait_for_end else session.parser.words):
+            raise InputError(f"{self.model.name}: 'replace_last': 1 but the utterance has no word to replace")
+        return True
+
+    def _upto(self, session) -> int:
+        """A delta's `upto`: the words fed to this stream so far (its utterances, the present one's too)."""
+        return session.before + len(session.parser.words)
+
+    def _woke(self, session, word: str) -> None:
+        """Note the wake word when `word` (just pushed) is it."""
+        p = session.parser
+        if session.wake_word is not None and session.woke_at is None and word.lower() == session.wake_word:
+            session.woke_at, session.woke_word = len(p.tokens), len(p.words) - 1
+
+    def _unwake(self, session) -> None:
+        """The last word is about to be replaced or taken back: if it woke the parser, it sleeps again."""
+        if session.woke_word is not None and session.woke_word == len(session.parser.words) - 1:
+            session.woke_at = session.woke_word = None
+
+    def _take_back(self, session) -> Iterator[Output]:
+        """Take the last word back (an early partial no label confirmed): retract its deltas."""
+        yield retract(self._upto(session) - 1)
+        self._unwake(session)
+        session.parser.revise_last_word(None)
 
     def _awake_tokens(self, session, tokens: list) -> list:
         """The tokens that count: all of them, or with a wake word those after it (and any stop)."""
@@ -641,14 +724,26 @@ class CommandParserPolicy(Policy):
             return ["stop"] if "stop" in tokens else []
         return tokens[session.woke_at:]
 
+    def _revise(self, session, word: str, confidence, extra: dict) -> Iterator[Output]:
+        """Replace the last word by `word`: a retract of the deltas the replaced word produced (the
+        worker publishes it only when there were some), then the new word's delta."""
+        yield retract(self._upto(session) - 1)
+        self._unwake(session)
+        t0 = time.perf_counter()
+        got = session.parser.revise_last_word(word, confidence)
+        yield from self._delta(session, word, got, extra, t0)
+
     def _push(self, session, word: str, confidence, extra: dict) -> Iterator[Output]:
+        t0 = time.perf_counter()
+        got = session.parser.push_word(word, confidence)
+        yield from self._delta(session, word, got, extra, t0)
+
+    def _delta(self, session, word: str, got: list, extra: dict, t0: float) -> Iterator[Output]:
+        """The delta for the fields `word` determined (none when held back), after noting a wake word."""
         from edge_stream.voice.command_parser import fold
 
-        t0 = time.perf_counter()
         p = session.parser
-        got = p.push_word(word, confidence)
-        if session.wake_word is not None and session.woke_at is None and word.lower() == session.wake_word:
-            session.woke_at = len(p.tokens)
+        self._woke(session, word)
         if not got:
             return
         if "stop" not in got:  # stop is never held back: not by the wake word, not by confidence
@@ -659,23 +754,33 @@ class CommandParserPolicy(Policy):
         command = fold(self._awake_tokens(session, p.tokens)).text()
         yield Output("delta", {"fields": got, "command": command, "word": word,
                                **({"segment": extra["segment"]} if "segment" in extra else {})},
-                     infer_ms=_ms_since(t0))
+                     infer_ms=_ms_since(t0), upto=self._upto(session))
 
     def end(self, session, extra) -> Iterator[Output]:
         from edge_stream.voice.command_parser import Parse, fold
 
         t0 = time.perf_counter()
         p = session.parser
+        finals = self._final_confidences(extra)
+        if finals is not None and self.cfg.wait_for_end:
+            del session.held[len(finals):]  # a partial no label confirmed was not said
+            if len(finals) == len(session.held):
+                session.held = [(w, c) for (w, _), c in zip(session.held, finals)]
         for word, confidence in session.held:  # batch baseline: every word now, then the end
             p.push_word(word, confidence)
-            if session.wake_word is not None and session.woke_at is None and word.lower() == session.wake_word:
-                session.woke_at = len(p.tokens)
+            self._woke(session, word)
         session.held.clear()
+        if finals is not None and not self.cfg.wait_for_end:
+            while len(p.words) > len(finals):
+                yield from self._take_back(session)
+            if len(finals) == len(p.words):  # the final words' confidences replace the early ones
+                p.set_word_confidences(finals)
         words = list(p.words)
+        session.before += len(words)
         p.end()
         got, confidence = p.end_fields, p.confidence
         result = fold(self._awake_tokens(session, p.last_tokens)) if session.wake_word else p.result
-        session.woke_at = None
+        session.woke_at = session.woke_word = None
         infer_ms = _ms_since(t0)
         passed = {k: extra[k] for k in ("segment", "t_speech_end_ns", "speech_end_sample") if k in extra}
         stop_only = [c.action for c in result.commands] == ["stop"]
@@ -696,6 +801,16 @@ class CommandParserPolicy(Policy):
                               "commands": [c.as_dict() for c in result.commands], "cancelled": result.cancelled,
                               "not_understood": not_understood, "confidence": round(confidence, 4),
                               "words": words, **passed}, infer_ms=infer_ms)
+
+    def _final_confidences(self, extra: dict) -> list | None:
+        """An end's `final_confidences` (early partial words), checked; None when absent."""
+        finals = extra.get("final_confidences")
+        if finals is None:
+            return None
+        if not isinstance(finals, list) or not all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                   for c in finals):
+            raise InputError(f"{self.model.name}: 'final_confidences' must be a list of numbers, got {finals!r}")
+        return [float(c) for c in finals]
 
     def describe(self, session) -> dict:
         return {"words": len(session.parser.words), "min_confidence": session.min_confidence,
@@ -720,6 +835,12 @@ def policy_for(model, cfg) -> Policy:
     options = PolicyOptions.of(cfg)
     if cfg.prefix_text and name != "lm":
         raise ConfigError(f"{m.name}: prefix_text is for LM routes (policy 'lm'); this route's policy is {name!r}")
+    if cfg.partial_words and name != "recognizer":
+        raise ConfigError(f"{m.name}: partial_words is for recognizer routes (policy 'recognizer'); "
+                          f"this route's policy is {name!r}")
+    if cfg.partial_words and cfg.wait_for_end:
+        raise ConfigError(f"{m.name}: partial_words and wait_for_end exclude each other (a waiting recognizer "
+                          "has no early words to send)")
     if name == "vad" and cfg.forward_topic:
         return VadGatePolicy(model, options)
     if name in ("vad", "recognizer") and m.blocking is None:

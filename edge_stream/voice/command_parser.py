@@ -16,7 +16,7 @@ emitted. `apply_tokens` folds any token stream into the `Command`.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -88,20 +88,52 @@ class GrammarConstraint:
             raise ManifestError(f"{name}: output grammar rejected by llguidance: {self._fresh.get_error()}")
         self._n = len(by_id)
         self._bits = lnp.allocate_token_bitmask(1, self._n)  # [1, ceil(vocab / 32)] int32, reused
-        self.matcher = self._fresh.deep_copy()
+        self.reset()
 
     def reset(self) -> None:
         self.matcher = self._fresh.deep_copy()
+        self.consumed: list[int] = []  # tokens the matcher took this utterance (what a replay needs)
 
     def consume(self, ids) -> bool:
         """Advance over tokens (heard words or chosen ones); False when the grammar refuses them."""
-        return self.matcher.consume_tokens([int(i) for i in ids]) and not self.matcher.is_error()
+        ids = [int(i) for i in ids]
+        ok = self.matcher.consume_tokens(ids) and not self.matcher.is_error()
+        if ok:
+            self.consumed += ids
+        return ok
+
+    def back_to(self, n_consumed: int) -> None:
+        """Return to the state after the first `n_consumed` tokens of the utterance: llguidance's
+        `rollback` (its documented undo of the last tokens consumed), or, from an error state
+        it cannot roll back from, a replay of those tokens from the fresh matcher."""
+        extra = len(self.consumed) - n_consumed
+        if not self.matcher.is_error() and self.matcher.rollback(extra) and not self.matcher.is_error():
+            del self.consumed[n_consumed:]
+            return
+        kept = self.consumed[:n_consumed]
+        self.reset()
+        if not self.consume(kept):  # they were accepted once, from the same state
+            raise AssertionError("command parser: grammar replay refused tokens it accepted before")
 
     def allowed(self) -> np.ndarray:
         """[vocab] bool: the tokens the grammar allows next (computed in place into one buffer)."""
         self._lnp.fill_next_token_bitmask(self.matcher, self._bits, 0)
         words = self._bits[0].view(np.uint32)
         return ((words[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(bool).reshape(-1)[:self._n]
+
+
+@dataclass(frozen=True)
+class _Undo:
+    """What one `push_word` changed, so `revise_last_word` can take it back: the parser's state
+    before the word (the stream position, the pending stop token, the command, counts)."""
+
+    position: int  # stream position before the word (its pending stop token not yet fed)
+    pending: list
+    command: Command
+    n_tokens: int
+    token_confidence: float
+    constrain: bool
+    n_consumed: int  # tokens the grammar matcher had taken
 
 
 class CommandParser:
@@ -167,10 +199,49 @@ class CommandParser:
         w = word.strip().lower()
         if not w or any(c.isspace() for c in w):
             raise InputError(f"push_word: expected one word, got {word!r}")
+        self._undo.append(_Undo(self._stream.position, list(self._pending), replace(self._command),
+                                len(self.tokens), self.token_confidence, self._constrain,
+                                len(self.constraint.consumed) if self.constraint is not None else 0))
         ids = self._prefix() + [self._input_ids.get(w, self._unk)]
         self.words.append(w)
         self.word_confidences.append(1.0 if confidence is None else float(confidence))
         return self._run(ids, stop=(self._wait,))
+
+    def revise_last_word(self, word: str | None, confidence: float | None = None) -> list[str]:
+        """Replace the utterance's last word by `word` (None: take it back): the LM stream drops
+        the word and the tokens generated after it (`feed(replace_last=...)`: the kept prefix is
+        never recomputed), the grammar and the command return to before it. Returns the fields
+        `word` determined, as `push_word` does; afterwards every result equals a fresh parser's
+        fed the resulting words."""
+        if not self._undo:
+            raise InputError("revise_last_word: the utterance has no word to revise")
+        w = None if word is None else word.strip().lower()
+        if w is not None and (not w or any(c.isspace() for c in w)):  # checked before anything changes
+            raise InputError(f"revise_last_word: expected one word or None, got {word!r}")
+        undo = self._undo.pop()
+        n_back = self._stream.position - undo.position
+        self.words.pop()
+        self.word_confidences.pop()
+        del self.tokens[undo.n_tokens:]
+        self._command, self._pending = replace(undo.command), list(undo.pending)  # copies: both change in place
+        self.token_confidence, self._constrain = undo.token_confidence, undo.constrain
+        if self.constraint is not None and undo.constrain:
+            self.constraint.back_to(undo.n_consumed)
+        if w is None:
+            self._stream.rewind(n_back)
+            return []
+        self._undo.append(undo)
+        ids = self._prefix() + [self._input_ids.get(w, self._unk)]
+        self.words.append(w)
+        self.word_confidences.append(1.0 if confidence is None else float(confidence))
+        return self._run(ids, stop=(self._wait,), replace_last=n_back)
+
+    def set_word_confidences(self, confidences) -> None:
+        """Replace the words' recognizer confidences (early partial words: by those of the final
+        words, given at the segment's end), one per word so far, in order."""
+        if len(confidences) != len(self.words):
+            raise InputError(f"set_word_confidences: {len(confidences)} confidences for {len(self.words)} words")
+        self.word_confidences = [float(c) for c in confidences]
 
     def end(self) -> str:
         """End of the utterance: emit what its end determines, return the final command text
@@ -194,6 +265,7 @@ class CommandParser:
         self.word_confidences: list[float] = []
         self.token_confidence = 1.0  # lowest probability of a chosen token
         self.tokens: list[str] = []  # every output token of this utterance, <fix> included
+        self._undo: list[_Undo] = []  # one per word: what revise_last_word restores
 
     def _prefix(self) -> list[int]:
         if not self.words:
@@ -213,8 +285,9 @@ class CommandParser:
         tok = int(np.argmax(z))
         return tok, float(probs[tok])
 
-    def _run(self, ids: list[int], stop) -> list[str]:
-        """Feed `ids` (the previous turn's stop token, then a word or <eou>) and decode until a stop token."""
+    def _run(self, ids: list[int], stop, replace_last: int = 0) -> list[str]:
+        """Feed `ids` (the previous turn's stop token, then a word or <eou>), in place of the stream's
+        last `replace_last` tokens, and decode until a stop token."""
         s = self._stream
         c = self.constraint if self._constrain else None
         # The pending stop token at the head of `ids` went through the grammar when it was chosen.
@@ -222,7 +295,7 @@ class CommandParser:
             log.warning("command parser: the grammar refused the input at word %d; unconstrained to its end",
                         len(self.words))
             self._constrain, c = False, None
-        logits = s.feed(np.asarray(ids, dtype=np.int64)).logits[-1]  # [vocab]
+        logits = s.feed(np.asarray(ids, dtype=np.int64), replace_last=replace_last).logits[-1]  # [vocab]
         got: list[str] = []
         for i in range(self.max_field_tokens + 1):
             forced = stop[0] if i == self.max_field_tokens else None  # too long: close the turn as training did

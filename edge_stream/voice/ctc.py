@@ -12,6 +12,16 @@ Each word carries a `confidence`: its label's posterior (softmax over that frame
 frame the label won, i.e. on the frame the word became final. Not the peak of the label's spike
 over later frames: waiting for the spike to end would delay every word (and "stop") by a frame or
 more. With word labels this is the recognizer's own probability that the word was said.
+
+Early partials (`partial_threshold`, off by default): a word is also published *before* its label
+wins, on the frame a non-blank label leads the other words with a rising posterior of at least the
+threshold while blank still wins (the spike is starting). It is `partial`: a later frame may show a
+different label for the same word (a `revises` event), and when a label finally wins the word is
+final: a `confirms` event when it is the partial's word (nothing new to publish), else a final
+`revises` event. The final words are exactly those of the decoder without partials; a partial that
+never wins is withdrawn by the caller at the end (`pending_partial`). Its confidence is the label's
+share of the frame's non-blank mass: "which word, given that a word starts" (blank dominates a
+rising edge, so the plain posterior would say little about the word).
 """
 
 from __future__ import annotations
@@ -28,13 +38,19 @@ from edge_stream.errors import ConfigError, InputError, ManifestError
 class WordEvent:
     """A decoded word. `end_frame`: the frame its label won (its audio is complete there);
     `final_frame`: the frame it became final (the same frame: word labels are never revised);
-    `reason`: 'label'; `confidence`: the label's posterior in [0, 1] on `end_frame` (module docstring)."""
+    `reason`: 'label'; `confidence`: the label's posterior in [0, 1] on `end_frame` (module docstring).
+    Early partials only: `partial` (the label leads but has not won; end_frame is the frame it led),
+    `revises` (replaces the word of the pending partial), `confirms` (the pending partial's word won:
+    final now, nothing new to say)."""
 
     word: str
     end_frame: int
     final_frame: int
     reason: str = "label"
     confidence: float = 1.0
+    partial: bool = False
+    revises: bool = False
+    confirms: bool = False
 
 
 @dataclass
@@ -53,7 +69,9 @@ class CtcState:
 
     last_symbol: int  # previous frame's argmax (blank at the start)
     frames: int = 0  # frames decoded so far
-    text: str = ""  # everything decoded so far
+    text: str = ""  # everything decoded so far (final words)
+    partial_symbol: int = -1  # early partials: the label of the published, not yet final word (-1: none)
+    prev_probs: np.ndarray | None = None  # early partials: the previous frame's posteriors [vocab]
 
 
 class CtcDecoder:
@@ -62,8 +80,12 @@ class CtcDecoder:
     With word labels there is no separator to wait for and the label set is the lexicon, so
     the symbols, the blank and the frame length are the whole configuration."""
 
-    def __init__(self, symbols: Iterable[str], blank: int = 0, frame_samples: int | None = None):
+    def __init__(self, symbols: Iterable[str], blank: int = 0, frame_samples: int | None = None,
+                 partial_threshold: float | None = None):
         self.symbols = list(symbols)
+        if partial_threshold is not None and not 0.0 < partial_threshold <= 1.0:
+            raise ConfigError(f"ctc: partial_threshold must be in (0, 1], got {partial_threshold!r}")
+        self.partial_threshold = partial_threshold
         if not 0 <= blank < len(self.symbols):
             raise ConfigError(f"ctc: blank id {blank} is outside the {len(self.symbols)} symbols")
         bad = [s for i, s in enumerate(self.symbols) if i != blank and (not s or any(c.isspace() for c in s))]
@@ -103,6 +125,12 @@ class CtcDecoder:
         self.state = CtcState(last_symbol=self.blank)
 
     @property
+    def pending_partial(self) -> str | None:
+        """The published partial word no label has confirmed yet (None: none)."""
+        sym = self.state.partial_symbol
+        return None if sym < 0 else self.symbols[sym]
+
+    @property
     def text(self) -> str:
         """Everything decoded so far (words separated by single spaces)."""
         return self.state.text
@@ -111,28 +139,59 @@ class CtcDecoder:
         """Decode the next frames ([n_frames, vocab] log-probs or logits: the argmax picks the label,
         a softmax of the row gives its confidence, so either works).
 
-        Returns the words decoded in them (each final at once); the state moves on by n_frames."""
+        Returns the words decoded in them (each final at once; with `partial_threshold`, also the
+        partial, revising and confirming events of the module docstring); the state moves on by n_frames."""
         if logprobs.ndim != 2 or logprobs.shape[1] != len(self.symbols):
             raise InputError(f"ctc: frames have shape {list(logprobs.shape)}, expected [n, {len(self.symbols)}]")
         best = np.argmax(logprobs, axis=1)  # [n_frames]
-        last, frame, text = self.state.last_symbol, self.state.frames, self.state.text
+        st = self.state
+        last, frame, text, partial, prev = st.last_symbol, st.frames, st.text, st.partial_symbol, st.prev_probs
+        early = self.partial_threshold is not None
         words: list[WordEvent] = []
         delta = ""
         for t, sym in enumerate(best.tolist()):
+            row = logprobs[t]  # [vocab]
+            if early:
+                probs = np.exp(row - row.max())
+                probs /= probs.sum()  # [vocab] this frame's posteriors
             if sym != last and sym != self.blank:
                 word = self.symbols[sym]
-                row = logprobs[t]  # [vocab]
                 # softmax of the winning label: 1 / sum(exp(row - row[sym])); every exponent <= 0 (argmax)
                 confidence = float(1.0 / np.exp(row - row[sym]).sum())
-                words.append(WordEvent(word, frame, frame, confidence=confidence))
+                words.append(WordEvent(word, frame, frame, confidence=confidence,
+                                       revises=partial >= 0 and partial != sym, confirms=partial == sym))
                 delta += (" " if text or delta else "") + word
+                partial = -1
+            elif early:
+                lead = self._leading(probs, last, prev)
+                if lead >= 0 and lead != partial:
+                    share = float(probs[lead] / max(1.0 - probs[self.blank], 1e-12))
+                    words.append(WordEvent(self.symbols[lead], frame, frame, confidence=min(share, 1.0),
+                                           partial=True, revises=partial >= 0))
+                    partial = lead
+            if early:
+                prev = probs
             last = sym
             frame += 1
-        self.state = CtcState(last, frame, text + delta)
+        self.state = CtcState(last, frame, text + delta, partial, prev)
         return CtcResult(delta, words)
 
+    def _leading(self, probs: np.ndarray, last: int, prev: np.ndarray | None) -> int:
+        """The label an early partial would publish on this frame, or -1: the most likely word other
+        than the one still held (`last`), at or above the threshold and rising (not a spike's tail)."""
+        masked = probs.copy()  # [vocab] small: one row
+        masked[self.blank] = -1.0
+        if last != self.blank:
+            masked[last] = -1.0
+        lead = int(np.argmax(masked))
+        p = masked[lead]
+        if p < self.partial_threshold or (prev is not None and p <= prev[lead]):
+            return -1
+        return lead
+
     def finish(self) -> CtcResult:
-        """End of the utterance: nothing is pending with word labels; the decoder resets."""
+        """End of the utterance: no final word is pending with word labels (a partial no label
+        confirmed, `pending_partial`, is the caller's to withdraw first); the decoder resets."""
         self.reset()
         return CtcResult()
 
