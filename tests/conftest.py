@@ -115,6 +115,19 @@ def vad_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lm_dir(tiny_models) -> Path:
+    """The tiny Llama (optimum graph) the node tests serve."""
+    return tiny_models("llama")[1]
+
+
+@pytest.fixture(scope="session")
+def lm(lm_dir):
+    import edge_stream as es
+
+    return es.load(lm_dir, intra_op_threads=1)
+
+
+@pytest.fixture(scope="session")
 def vad_model(vad_dir):
     import edge_stream as es
 

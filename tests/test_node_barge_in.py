@@ -14,16 +14,6 @@ LONG = 2000  # uncancelled, this greedy reply to 1 2 3 runs all of it (the tiny 
 
 
 @pytest.fixture(scope="module")
-def lm_dir(tiny_models):
-    return tiny_models("llama")[1]
-
-
-@pytest.fixture(scope="module")
-def lm(lm_dir):
-    return es.load(lm_dir, intra_op_threads=1)
-
-
-@pytest.fixture(scope="module")
 def node(lm_dir):
     base = {"dir": str(lm_dir), "publish_logits": "all", "max_new_tokens_cap": LONG}
     n = start_node([{**base, "name": "keep", "topics": ["keep"], "input_during_generation": "interrupt"},

@@ -28,11 +28,6 @@ def fresh(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lm_dir(tiny_models):
-    return tiny_models("llama")[1]
-
-
-@pytest.fixture(scope="module")
 def node(lm_dir, vad_dir):
     """An LM and two VAD routes (the second for wrong-model tests), two workers."""
     n = start_node([{"name": "lm", "dir": str(lm_dir), "topics": ["chat"], "max_new_tokens": 4,

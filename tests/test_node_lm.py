@@ -16,16 +16,6 @@ GEN = 8
 
 
 @pytest.fixture(scope="module")
-def lm_dir(tiny_models):
-    return tiny_models("llama")[1]
-
-
-@pytest.fixture(scope="module")
-def lm(lm_dir):
-    return es.load(lm_dir, intra_op_threads=1)
-
-
-@pytest.fixture(scope="module")
 def node(lm_dir, vad_dir):
     n = start_node([{"name": "lm", "dir": str(lm_dir), "topics": ["chat"], "publish_logits": "all",
                      "max_new_tokens": GEN},

@@ -15,11 +15,6 @@ GEN = 6
 
 
 @pytest.fixture(scope="module")
-def lm_dir(tiny_models):
-    return tiny_models("llama")[1]
-
-
-@pytest.fixture(scope="module")
 def node(lm_dir):
     n = start_node([{"name": "lm", "dir": str(lm_dir), "topics": ["chat"], "publish_logits": "all",
                      "max_new_tokens": GEN, "prefix_text": PREFIX}], workers=2)

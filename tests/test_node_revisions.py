@@ -8,19 +8,8 @@ import numpy as np
 import pytest
 from nodekit import clients, collect, done_for, start_node
 
-import edge_stream as es
 
 GEN = 4
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tiny_models):
-    return tiny_models("llama")[1]
-
-
-@pytest.fixture(scope="module")
-def lm(lm_dir):
-    return es.load(lm_dir, intra_op_threads=1)
 
 
 @pytest.fixture(scope="module")
