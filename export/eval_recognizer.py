@@ -170,6 +170,18 @@ def measure_rtf(model_dir: Path, audio: np.ndarray, repeats: int = 3) -> dict:
             "cpu": cpu, "runs_s": [round(t, 2) for t in times]}
 
 
+def eval_sets(n: int, seed: int, engines=None):
+    """Per evaluation set: (engine, split, `n` command phrases, a third as many non-command sentences,
+    those sentences' clean audio as the babble pool). Also the voice report's speech, so both measure
+    the same audio."""
+    for engine, split in EVAL_SETS:
+        if engines and engine not in engines:
+            continue
+        others = synth.load_set(split, max(8, n // 3), seed + 1, engine=engine, other_p=1.0)
+        yield (engine, split, synth.load_set(split, n, seed, engine=engine), others,
+               [others.clean(i) for i in range(len(others))])
+
+
 def run(model_dir: Path, n: int, seed: int, engines=None) -> dict:
     """Every set and condition; returns {"sets": {engine: {condition: figures}}, "other": ..., "rtf": ...}."""
     import edge_stream as es
@@ -177,12 +189,7 @@ def run(model_dir: Path, n: int, seed: int, engines=None) -> dict:
     model = es.load(model_dir, intra_op_threads=1)
     results: dict = {"sets": {}, "other": {}, "seed": seed}
     rtf_audio = []
-    for engine, split in EVAL_SETS:
-        if engines and engine not in engines:
-            continue
-        commands = synth.load_set(split, n, seed, engine=engine)
-        others = synth.load_set(split, max(8, n // 3), seed + 1, engine=engine, other_p=1.0)
-        pool = [others.clean(i) for i in range(len(others))]
+    for engine, split, commands, others, pool in eval_sets(n, seed, engines):
         results["sets"][engine] = {"split": split, "voices": sorted({s.voice for s in commands.specs})}
         for name, chain in CONDITIONS.items():
             t0 = time.time()

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_stream.stats import percentiles
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -93,16 +95,11 @@ def load_cases(n: int, seed: int, engines=None) -> list[Case]:
     """Every synthesizer's phrases in both conditions and its non-command sentences (clean)."""
     from edge_stream.cli.voice_pipeline import expected_command
     from edge_stream.voice.grammar import STOP_WORDS
-    from export import augment, synth
-    from export.eval_recognizer import CONDITIONS, EVAL_SETS
+    from export import augment
+    from export.eval_recognizer import CONDITIONS, eval_sets
 
     cases = []
-    for engine, split in EVAL_SETS:
-        if engines and engine not in engines:
-            continue
-        phrases = synth.load_set(split, n, seed, engine=engine)
-        sentences = synth.load_set(split, max(8, n // 3), seed + 1, engine=engine, other_p=1.0)
-        pool = [sentences.clean(i) for i in range(len(sentences))]
+    for engine, _, phrases, sentences, pool in eval_sets(n, seed, engines):
         sets = [(phrases, "phrase", cond, chain, pool) for cond, chain in CONDITIONS.items()]
         sets.append((sentences, "sentence", "clean", CONDITIONS["clean"], pool[::-1]))
         for data, kind, cond, chain, babble in sets:
@@ -359,14 +356,8 @@ def _pct(values) -> str:
     v = [x for x in values if x is not None]
     if not v:
         return "-"
-    p50, p90 = _percentiles(v, (50, 90))
+    p50, p90 = percentiles(v, (50, 90))
     return f"{p50:.0f} / {p90:.0f} / {max(v):.0f}"
-
-
-def _percentiles(values, ps) -> list[float]:
-    from edge_stream.stats import percentiles
-
-    return percentiles(values, ps)
 
 
 def plot_tradeoff(tables: dict[str, list[dict]], chosen: float, path: Path) -> str | None:
@@ -452,8 +443,8 @@ def report(args) -> str:
     timed = [i for i, (s, b) in enumerate(zip(stream_rows, batch_rows)) if s["command"] and b["command"]]
     known = [stream_rows[i]["known_ms"] for i in timed if stream_rows[i]["known_ms"] is not None]
     stops = [r["stop_ms"] for r in stop_rows if r["stop_ms"] is not None]
-    known_p50 = _percentiles(known, (50,))[0] if known else float("nan")
-    stop_p90 = _percentiles(stops, (90,))[0] if stops else float("nan")
+    known_p50 = percentiles(known, (50,))[0] if known else float("nan")
+    stop_p90 = percentiles(stops, (90,))[0] if stops else float("nan")
     batch_same = sum(h.batch == h.command for h in heard if h.batch is not None)
     batch_n = sum(h.batch is not None for h in heard)
     batch_ok = sum(h.batch == h.case.expected for h in heard if h.batch is not None)
