@@ -1,4 +1,5 @@
-"""One interface over the offline English speech synthesizers Debian packages: espeak-ng, flite, festival.
+"""One interface over offline English speech synthesizers: espeak-ng, flite and festival (Debian
+packages) and GnuSpeech (its WebAssembly build, from the npm registry).
 
     python -m export.synth --list                 # engines, voices and the proposed train/eval split
     python -m export.synth --demo /tmp/synth      # clean and augmented WAVs per engine, timings, checks
@@ -14,6 +15,10 @@ word's span in samples (the convention of `speech_data.Utterance.word_spans`):
 - festival: `festival --batch` on a generated Scheme script; word spans are the start of a word's
   first segment and the end of its last. Start-up costs ~0.7 s, so `synthesize_many` runs one
   process for a list of texts.
+- gnuspeech: an articulatory synthesizer (a tube model of the vocal tract) run by node on
+  `export/gnuspeech/say.mjs`, installed on first use by `npm ci` from its lock file. Its talkers
+  are parameters (tract length, glottal pulse, breathiness, radii): 48 drawn ones train, the
+  package's four presets are its held-out voices. Word spans from the postures' onsets.
 
 `rate` is a speaking-rate factor (1 = the voice's default, 1.25 = 25% faster) and `pitch_st` a
 shift of the voice's mean F0 in semitones. Not every voice can shift pitch (`Voice.pitch_control`);
@@ -32,6 +37,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import multiprocessing
 import shutil
 import subprocess
@@ -337,6 +343,123 @@ def _parse_festival(out: str) -> dict[str, list[tuple[str, float, float]]]:
     return times
 
 
+# -- GnuSpeech ----------------------------------------------------------------------------------
+
+GNUSPEECH_DIR = Path(__file__).parent / "gnuspeech"  # package.json, its lock file and say.mjs
+# (vocal tract cm, glottal pulse tp %, tn %, reference pitch st, breathiness %) of the package's presets
+_GNUSPEECH_PRESETS = {"male": (17.5, 40.0, 24.0, -12.0, 0.5), "female": (15.0, 40.0, 32.0, 0.0, 1.5),
+                      "large_child": (12.5, 40.0, 24.0, 2.5, 1.5), "small_child": (10.0, 40.0, 24.0, 5.0, 1.5)}
+GNUSPEECH_TRAIN_VOICES = 48
+
+
+def gnuspeech_voice(name: str) -> dict:
+    """The tube-model parameters of a GnuSpeech voice: one of the package's presets (held out), or
+    `gNN`, a training talker drawn from NN: tract length 12-19 cm with a pitch that follows it (the
+    presets' line, +-4 st), breathiness, glottal pulse shape, mouth and nose radii."""
+    if name in _GNUSPEECH_PRESETS:
+        tract, tp, tn, pitch, breath = _GNUSPEECH_PRESETS[name]
+        return {"vocal_tract_length": tract, "glottal_pulse_tp": tp, "glottal_pulse_tn": tn,
+                "reference_glottal_pitch": pitch, "breathiness": breath, "global_radius_coef": 1.0, "nose_coef": 1.0}
+    if not (name.startswith("g") and name[1:].isdigit() and int(name[1:]) < GNUSPEECH_TRAIN_VOICES):
+        raise SynthError(f"gnuspeech has no voice {name!r}: presets {', '.join(_GNUSPEECH_PRESETS)} "
+                         f"or g00-g{GNUSPEECH_TRAIN_VOICES - 1:02d}")
+    rng = np.random.default_rng([7, int(name[1:])])
+    tract = float(rng.uniform(12.0, 19.0))
+    return {"vocal_tract_length": round(tract, 2),
+            "reference_glottal_pitch": round(float(np.clip(-12.0 + 4.8 * (17.5 - tract) + rng.uniform(-4, 4), -16, 8)), 1),
+            "breathiness": round(float(rng.uniform(0.3, 3.0)), 2),
+            "glottal_pulse_tp": round(float(rng.uniform(32, 48)), 1),
+            "glottal_pulse_tn": round(float(rng.uniform(18, 36)), 1),
+            "global_radius_coef": round(float(rng.uniform(0.9, 1.1)), 3),
+            "nose_coef": round(float(rng.uniform(0.85, 1.15)), 3)}
+
+
+class GnuSpeechEngine:
+    """GnuSpeech, an articulatory synthesizer (a tube model of the vocal tract driven by posture
+    rules), through its WebAssembly build from the npm registry run by node (`gnuspeech/say.mjs`,
+    one process per synthesize_many). Why: its voices are continuous parameters (tract length,
+    glottal pulse, breathiness, radii), so it gives many talkers of a synthesis method no other
+    engine here uses. Word spans: each word's postures, from their onsets in the debug output."""
+
+    name = "gnuspeech"
+    VOICES = tuple(_GNUSPEECH_PRESETS) + tuple(f"g{i:02d}" for i in range(GNUSPEECH_TRAIN_VOICES))
+
+    def available(self) -> bool:
+        return shutil.which("node") is not None and shutil.which("npm") is not None
+
+    def voice_names(self) -> tuple[str, ...]:
+        return self.VOICES
+
+    def synthesize(self, text: str, voice: str, rate: float = 1.0, pitch_st: float = 0.0) -> Synthesis:
+        result = self.synthesize_many([(text, voice, rate, pitch_st)])[0]
+        if isinstance(result, SynthError):
+            raise result
+        return result
+
+    def _install(self) -> None:
+        if not (GNUSPEECH_DIR / "node_modules" / "@echogarden" / "gnuspeech-wasm").is_dir():
+            log.info("installing GnuSpeech (npm ci in %s)", GNUSPEECH_DIR)
+            _run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(GNUSPEECH_DIR)], "npm ci (gnuspeech)")
+
+    def synthesize_many(self, items) -> list[Synthesis | SynthError]:
+        if not items:
+            return []
+        self._install()
+        results: list[Synthesis | SynthError | None] = [None] * len(items)
+        with tempfile.TemporaryDirectory() as tmp:
+            jobs = []
+            for i, (text, voice, rate, pitch_st) in enumerate(items):
+                try:
+                    params = gnuspeech_voice(voice)
+                except SynthError as exc:
+                    results[i] = exc
+                    continue
+                jobs.append((i, {"text": text, "out": f"{tmp}/{i}.wav", "voice": params,
+                                 "tempo": round(rate, 4), "pitch_offset": round(-4.0 + pitch_st, 2)}))
+            out = _run(["node", str(GNUSPEECH_DIR / "say.mjs")], "gnuspeech",
+                       input="".join(json.dumps(j) + "\n" for _, j in jobs)).stdout.splitlines()
+            for (i, job), line in zip(jobs, out):
+                r = json.loads(line)
+                text, voice = items[i][0], items[i][1]
+                if "error" in r:
+                    results[i] = SynthError(f"gnuspeech:{voice}: {r['error']} for {text!r}")
+                    continue
+                pcm, rate_hz = read_wav(Path(r["out"]))
+                results[i] = _try(_finish, _to_16k(pcm, rate_hz), _gnuspeech_word_times(r, text, voice), text,
+                                  self.name, voice)
+        return [r if r is not None else SynthError("gnuspeech: no result") for r in results]
+
+
+def _gnuspeech_word_times(r: dict, text: str, voice: str) -> list[tuple[str, float, float]] | None:
+    """Each word's (start, end) in seconds from its postures: the phonetic string marks words with
+    /w and separates phones with _ and .; the postures (pauses ^ and # aside) are those phones in
+    order, each with an onset. A word ends at the first later onset (two postures can share one)."""
+    words = transcript(text).split()
+    phones = []
+    for part in r["stream"].split("/w")[1:]:
+        part = part.split("#")[0]  # a tone group's end
+        part = re.sub(r"/.|\\0|<end>", " ", part)  # markers: a slash and one character
+        phones.append([p for p in re.split(r"[_.\s]+", part) if p])
+    phones_per_word = [len(p) for p in phones]
+    # the rules insert postures the phonetic string lacks: glottal transitions (qz, qc, ...) and a
+    # glottal stop (gs) before a vowel
+    inserted = tuple(m for m in ("q", "gs") if not any(p.startswith(m) for ps in phones for p in ps))
+    postures = [(sym.rstrip("'"), ms / 1000.0) for sym, ms in r["postures"]]
+    spoken = [(i, t) for i, (sym, t) in enumerate(postures)
+              if sym not in ("^", "#") and not (inserted and sym.startswith(inserted))]
+    if len(phones_per_word) != len(words) or sum(phones_per_word) != len(spoken):
+        log.warning("gnuspeech:%s: %d phones in %d words, %d postures for %r; no word times", voice,
+                    sum(phones_per_word), len(phones_per_word), len(spoken), text)
+        return None
+    times, k = [], 0
+    for w, n in zip(words, phones_per_word):
+        first, last = spoken[k], spoken[k + n - 1]
+        later = [t for _, t in postures[last[0] + 1:] if t > last[1]]
+        times.append((w, first[1], later[0] if later else last[1] + 0.08))
+        k += n
+    return times
+
+
 def _try(fn, *args):
     try:
         return fn(*args)
@@ -346,7 +469,7 @@ def _try(fn, *args):
 
 # -- registry and split -------------------------------------------------------------------------
 
-ENGINES = {e.name: e for e in (EspeakEngine(), FliteEngine(), FestivalEngine())}
+ENGINES = {e.name: e for e in (EspeakEngine(), FliteEngine(), FestivalEngine(), GnuSpeechEngine())}
 HELDOUT_ENGINE = "festival"
 
 # Why festival is held out entirely: its three voices use two synthesis methods (residual-LPC
@@ -367,7 +490,9 @@ VOICES: tuple[Voice, ...] = tuple(
     + [Voice("espeak-ng", v, "eval", note="speech_data held-out accent or variant") for v in sd.HELDOUT_VOICES]
     + [Voice("flite", v, _FLITE_SPLIT[v], v not in FliteEngine.NO_PITCH, _FLITE_NOTES[v])
        for v in FliteEngine.VOICES]
-    + [Voice("festival", v, "heldout-engine", v not in FestivalEngine.NO_PITCH) for v in FestivalEngine.VOICES])
+    + [Voice("festival", v, "heldout-engine", v not in FestivalEngine.NO_PITCH) for v in FestivalEngine.VOICES]
+    + [Voice("gnuspeech", v, "eval", note="the package's preset") for v in _GNUSPEECH_PRESETS]
+    + [Voice("gnuspeech", f"g{i:02d}", "train") for i in range(GNUSPEECH_TRAIN_VOICES)])
 
 
 def voices(split: str | None = None, engine: str | None = None) -> tuple[Voice, ...]:
@@ -465,7 +590,8 @@ def build_set(split: str, n: int, seed: int, workers: int = 2, chunk: int = 50, 
 
 
 def cache_path(split: str, n: int, seed: int, engine: str | None = None, other_p: float = 0.0) -> Path:
-    key = hashlib.sha256(json.dumps([DATA_VERSION, split, n, seed, [str(v) + v.split for v in VOICES],
+    drawn = [v for v in voices(split, engine) if engine or split != "train" or TRAIN_ENGINE_WEIGHTS.get(v.engine)]
+    key = hashlib.sha256(json.dumps([DATA_VERSION, split, n, seed, [str(v) + v.split for v in drawn],
                                      sd.DATA_VERSION, engine, other_p, sd.phrase_source_key()]).encode())
     tag = f"{split}-{engine}" if engine else split
     return CACHE_DIR / f"{tag}-{n}-{seed}-{key.hexdigest()[:10]}.npz"

@@ -3,9 +3,11 @@
     nice -n 10 python -m export.train_recognizer -o models/command-recognizer           # full recipe, 1 torch thread
     nice -n 10 python -m export.train_recognizer -o models/command-recognizer --resume  # go on after an interruption
     python -m export.train_recognizer -o /tmp/rec --smoke                             # a few steps, for CI
+    nice -n 10 python -m export.train_recognizer -o DIR --init-from CKPT --lr 1e-3 ...  # a fine-tuning leg
 
-Data (issue 10): clean speech of two synthesizers, espeak-ng's training voices and flite's awb and
-rms (`export.synth`, split "train"; festival and the held-out voices never train), cached once;
+Data (issue 10): clean speech of three synthesizers, espeak-ng's training voices, flite's awb and
+rms, and GnuSpeech's 48 drawn talkers (`export.synth`, split "train"; festival and the held-out voices
+never train), cached once;
 commands from the grammar (`speech_data.make_phrase`) and a share of non-command sentences
 (`speech_data.other_sentence`) whose out-of-vocabulary words are the `<unk>` label, so the model
 learns to say `<unk>` rather than force a command word. Every time an utterance is used it goes
@@ -64,7 +66,8 @@ UNK_ID = SYMBOLS.index(sd.UNK_WORD)  # the label of every word outside the gramm
 # ("three meters metres"); so training targets use one spelling and the exported graph folds the
 # other's probability into it (`Recognizer.spelling`), so it is never emitted.
 SAME_SOUND = {"metre": "meter", "metres": "meters"}
-LOG_FLOOR = 1e-6  # added to mel power before the log
+LOG_FLOOR = 1e-5  # added to mel power before the log: about the training noise floor's (-70 dBFS), so
+# digital-zero silence looks like a quiet microphone, not a level no training audio had
 PROB_FLOOR = 1e-10  # smallest output probability (a folded-away spelling); keeps the log finite
 
 
@@ -519,13 +522,26 @@ def receptive_field_ms(cfg: RecognizerConfig) -> int:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_utts: int = 12000  # clean utterances synthesized once (export.synth split "train")
+    train_utts: int = 12000  # clean utterances synthesized once (export.synth split "train": espeak-ng, flite)
     other_p: float = 0.15  # share of them that are non-command sentences
     seed: int = 0
+    gnuspeech_utts: int = 4000  # and GnuSpeech's training talkers (a set of its own, so the first stays cached)
 
 
 def load_training_set(dcfg: DataConfig) -> sd.SpeechSet:
-    return synth.load_set("train", dcfg.train_utts, dcfg.seed, other_p=dcfg.other_p)
+    main = synth.load_set("train", dcfg.train_utts, dcfg.seed, other_p=dcfg.other_p)
+    if not dcfg.gnuspeech_utts:
+        return main
+    return concat_sets(main, synth.load_set("train", dcfg.gnuspeech_utts, dcfg.seed, engine="gnuspeech",
+                                            other_p=dcfg.other_p))
+
+
+def concat_sets(*sets: sd.SpeechSet) -> sd.SpeechSet:
+    """One SpeechSet holding the utterances of several, in order."""
+    lengths = np.concatenate([np.diff(d.offsets) for d in sets])
+    return sd.SpeechSet([s for d in sets for s in d.specs], np.concatenate([d.audio for d in sets]),
+                        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                        [w for d in sets for w in d.word_spans])
 
 
 def main(argv=None) -> None:
@@ -551,6 +567,11 @@ def main(argv=None) -> None:
     parser.add_argument("--no-eval", action="store_true", help="export and check parity only")
     parser.add_argument("--light-from", type=int, default=None,
                         help="from this step on, train on the milder LIGHT_CHAIN (a last, settling phase)")
+    parser.add_argument("--gnuspeech-utts", type=int, default=DataConfig.gnuspeech_utts,
+                        help="GnuSpeech training utterances added to --train-utts (0: none)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from this checkpoint's weights with a new optimizer and schedule "
+                             "(a fine-tuning leg on new data); its normalisation is kept")
     args = parser.parse_args(argv)
     import torch
 
@@ -559,7 +580,8 @@ def main(argv=None) -> None:
     if args.smoke:
         args.train_utts, args.eval_utts, args.steps, args.max_wer, args.batch_s = 24, 4, 3, 1e9, 8.0
     t_start = time.time()
-    dcfg = DataConfig(args.train_utts, args.other_p if not args.smoke else 0.2, args.seed)
+    dcfg = DataConfig(args.train_utts, args.other_p if not args.smoke else 0.2, args.seed,
+                      args.gnuspeech_utts if not args.smoke else 0)
     tcfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=args.warmup, batch_s=args.batch_s, seed=args.seed)
     cfg = RecognizerConfig()
     train_set = load_training_set(dcfg)
@@ -584,6 +606,12 @@ def main(argv=None) -> None:
             print(f"extending the run from {saved['steps']} to {tcfg.steps} steps", flush=True)
             extended_from = saved.get("extended_from") or saved["steps"]
         model.load_state_dict(resume["model"])  # its normalisation included
+    elif args.init_from is not None:
+        start = torch.load(args.init_from, weights_only=False)
+        if start["config"] != asdict(cfg):
+            sys.exit(f"--init-from: checkpoint config {start['config']} differs from this recipe's {asdict(cfg)}")
+        model.load_state_dict(start["model"])
+        print(f"fine-tuning from {args.init_from} (trained {start['step']} steps)", flush=True)
     else:
         fit_normalisation(model, train_set, args.seed, n=20 if args.smoke else 200)
     if not args.smoke:
@@ -597,7 +625,8 @@ def main(argv=None) -> None:
     command = "python -m export.train_recognizer " + " ".join(argv if argv is not None else sys.argv[1:])
     training = {"command": command, "parameters": n_params, "config": asdict(cfg), "data": asdict(dcfg),
                 "training": {**asdict(tcfg), "threads": args.threads, "workers": args.workers, **summary,
-                             "extended_from": extended_from, "light_from": args.light_from},
+                             "extended_from": extended_from, "light_from": args.light_from,
+                             "init_from": str(args.init_from) if args.init_from else None},
                 "train_utterances": len(train_set), "train_kinds": _kinds(train_set),
                 "symbols": len(SYMBOLS), "export_s": round(time.time() - t_start)}
     if args.smoke:

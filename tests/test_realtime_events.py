@@ -57,3 +57,28 @@ def test_the_parser_outputs_become_command_events_with_latency_from_the_end_of_s
                                     "t_speech_end_ns": 300_000_000}, 350_000_000)
     assert done["type"] == "command.done" and done["item_id"] == "item_s1_0_0"
     assert (done["known_latency_ms"], done["latency_ms"]) == (-100.0, 50.0)  # known before the end of speech
+
+
+def test_early_partial_words_revise_the_transcript_and_retract_command_previews():
+    """The recognizer's early partials (replace_last, final_confidences) and the parser's retract
+    reach a Realtime client as our own events; the completed transcript holds the revised words."""
+    ev = realtime.SessionEvents("s1")
+    ev.translate("vad", {"kind": "event", "event": "speech_start", "sample": 0}, 0)
+    for word in ("turn", "lift"):
+        ev.translate("words", {"kind": "chunk", "segment": 0, "text": word}, 0)
+    ev.translate("parser", {"kind": "delta", "segment": 0, "fields": ["turn"], "command": "turn"}, 10)
+    revised, = ev.translate("words", {"kind": "chunk", "segment": 0, "text": "left", "replace_last": 1}, 20)
+    assert revised == {"type": "transcription.revised", "item_id": "item_s1_0_0", "replaced": 1, "words": ["left"],
+                       "transcript": "turn left"}
+    retract, = ev.translate("parser", {"kind": "retract", "first_seq": 7, "position": 1}, 30)
+    assert retract == {"type": "command.retract", "item_id": "item_s1_0_0", "first_seq": 7, "position": 1}
+    ev.translate("words", {"kind": "chunk", "segment": 0, "text": "ninety"}, 40)
+    taken, = ev.translate("words", {"kind": "end", "segment": 0, "final_confidences": [0.9, 0.8]}, 50)
+    assert (taken["replaced"], taken["words"], taken["transcript"]) == (1, [], "turn left")
+    assert ev.translate("words", {"kind": "end", "segment": 0, "final_confidences": [0.9, 0.8]}, 60) == []
+    completed, = ev.translate("recognizer", {"kind": "done", "segment": 0}, 70)
+    assert completed["transcript"] == "turn left"
+    # a revision reaching past the words heard is no revision: the word is appended
+    ev.translate("vad", {"kind": "event", "event": "speech_start", "sample": 0}, 80)
+    appended, = ev.translate("words", {"kind": "chunk", "segment": 1, "text": "stop", "replace_last": 1}, 90)
+    assert appended["type"] == "conversation.item.input_audio_transcription.delta" and appended["delta"] == "stop"

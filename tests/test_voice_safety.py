@@ -275,6 +275,29 @@ def test_wake_word_must_come_before_a_command_but_not_before_stop(parser_model):
     assert _say(policy, session, "stop")[-1].fields["command"] == "stop"
 
 
+@pytest.mark.parametrize("text", ["well", "can you", "alright", "no now"])
+def test_a_command_the_grammar_does_not_read_from_the_words_is_not_understood(parser_model, text):
+    """The parser network reads "move forward" into lone fillers a recognizer made of other speech;
+    the grammar's own rules read no command there, so the node asks again instead of moving."""
+    policy, session = _policy(parser_model, min_confidence=0.0)
+    outs = _say(policy, session, text)
+    nu = next(o.fields for o in outs if o.kind == "not_understood")
+    assert nu["reason"] == "grammar" and nu["heard"] == text.split() and nu["command"].startswith("move")
+    assert outs[-1].fields["command"] is None and outs[-1].fields["not_understood"]
+    # the same words without the check: the guess the check held back is published
+    policy, session = _policy(parser_model, min_confidence=0.0, grammar_check=False)
+    assert _say(policy, session, text)[-1].fields["command"] == nu["command"]
+
+
+def test_the_grammar_check_passes_commands_the_grammar_reads(parser_model):
+    policy, session = _policy(parser_model, min_confidence=0.0)
+    for text, command in (("please turn left ninety degrees", "turn left 90 deg"),
+                          ("go forward two meters then turn right", "move forward 2.0 m then turn right"),
+                          ("stop", "stop")):
+        outs = _say(policy, session, text)
+        assert not any(o.kind == "not_understood" for o in outs) and outs[-1].fields["command"] == command
+
+
 def test_negation_reports_cancelled_and_no_command(parser_model):
     policy, session = _policy(parser_model)
     done = _say(policy, session, "don't move")[-1].fields
@@ -288,3 +311,5 @@ def test_parser_options_are_checked_at_open(parser_model):
         _policy(parser_model, min_confidence=2)
     with pytest.raises(ConfigError, match="takes options"):
         _policy(parser_model, threshold=0.5)
+    with pytest.raises(ConfigError, match="grammar_check"):
+        _policy(parser_model, grammar_check="yes")

@@ -159,11 +159,16 @@ class PolicyChain:
         """Feed each Forward of stage `stage` to the next policy, as a chained node would take it."""
         from edge_stream.node.policies import Forward
 
+        withheld = ""  # the command of a `not_understood`, which comes just before its `done`
         for out in outs:
             if stage == 3:
-                if out.kind == "done":
-                    result.commands.append(out.fields["command"] or "")
+                if out.kind == "not_understood":
+                    withheld = out.fields["command"]  # only the grammar check refuses here (min_confidence 0)
+                elif out.kind == "done":
+                    refused = bool(out.fields.get("not_understood"))
+                    result.commands.append(withheld if refused else out.fields["command"] or "")
                     result.confidences.append(out.fields.get("confidence", 1.0))
+                    result.refused.append(refused)
                 continue
             if not isinstance(out, Forward):
                 continue
@@ -188,6 +193,7 @@ class ChainResult:
     words: list = field(default_factory=list)  # words the recognizer forwarded
     commands: list = field(default_factory=list)  # one per speech segment
     confidences: list = field(default_factory=list)  # the parser's, one per segment
+    refused: list = field(default_factory=list)  # per segment: not published, the grammar reads the words otherwise
     segment_words: int = 0  # words forwarded in the segment in progress (a revised one counts once)
 
     @property
@@ -200,25 +206,32 @@ class ChainResult:
         """The confidence of `command` (1.0 when there is none)."""
         return next((f for c, f in zip(reversed(self.commands), reversed(self.confidences)) if c), 1.0)
 
+    @property
+    def is_refused(self) -> bool:
+        """Whether `command` was held back by the parser's grammar check (`not_understood`, reason grammar)."""
+        return next((r for c, r in zip(reversed(self.commands), reversed(self.refused)) if c), False)
+
 
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-def outcome(command: str, confidence: float, expected: str, threshold: float) -> str:
+def outcome(command: str, confidence: float, expected: str, threshold: float, refused: bool = False) -> str:
     """What the robot gets at `threshold`: 'exact', 'wrong', 'not understood' (asked again) or
-    'nothing' (no command published). A stop is never held back (CommandParserPolicy)."""
+    'nothing' (no command published). A stop is never held back (CommandParserPolicy); a command
+    the grammar check refused is asked again at every threshold."""
     if not command:
         return "nothing" if expected else "exact"
-    if confidence < threshold and command != "stop":
+    if (refused or confidence < threshold) and command != "stop":
         return "not understood"
     return "exact" if command == expected else "wrong"
 
 
-def tradeoff(rows: list[tuple[str, float, str]], thresholds=THRESHOLDS) -> list[dict]:
-    """Shares of exact / wrong / not understood / nothing per threshold over (command, confidence, expected)."""
+def tradeoff(rows: list[tuple[str, float, str, bool]], thresholds=THRESHOLDS) -> list[dict]:
+    """Shares of exact / wrong / not understood / nothing per threshold over (command, confidence,
+    expected, refused)."""
     out = []
     for t in thresholds:
-        kinds = [outcome(c, f, e, t) for c, f, e in rows]
+        kinds = [outcome(c, f, e, t, r) for c, f, e, r in rows]
         out.append({"threshold": t, **{k: kinds.count(k) / max(1, len(kinds))
                                        for k in ("exact", "wrong", "not understood", "nothing")}})
     return out
@@ -256,10 +269,13 @@ class Heard:
     confidence: float
     words: list  # what the recognizer forwarded
     batch: str | None = None  # the batch baseline's command (clean phrases only)
+    refused: bool = False  # the grammar check held the command back
 
     def published(self, threshold: float) -> str:
         """The command the parser node publishes at `threshold` ('' when none: not understood or silent)."""
-        return self.command if self.command and (self.confidence >= threshold or self.command == "stop") else ""
+        if self.command == "stop":
+            return self.command
+        return self.command if self.command and not self.refused and self.confidence >= threshold else ""
 
 
 def hear(cases: list[Case], launch: str, parser_options: dict | None = None, batch: bool = False) -> list[Heard]:
@@ -271,7 +287,7 @@ def hear(cases: list[Case], launch: str, parser_options: dict | None = None, bat
     for k, c in enumerate(cases):
         r = stream.run(c.audio)
         b = waits.run(c.audio).command if waits and c.kind == "phrase" and c.condition == "clean" else None
-        out.append(Heard(c, r.command, r.confidence, r.words, b))
+        out.append(Heard(c, r.command, r.confidence, r.words, b, r.is_refused))
         if (k + 1) % 200 == 0:
             print(f"  {k + 1}/{len(cases)} utterances ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
@@ -279,7 +295,7 @@ def hear(cases: list[Case], launch: str, parser_options: dict | None = None, bat
 
 def set_figures(heard: list[Heard], threshold: float) -> dict:
     """Outcome shares, recognizer WER and unasked motion of one set of phrases at `threshold`."""
-    kinds = [outcome(h.command, h.confidence, h.case.expected, threshold) for h in heard]
+    kinds = [outcome(h.command, h.confidence, h.case.expected, threshold, h.refused) for h in heard]
     ref = sum(len(h.case.text.split()) for h in heard)
     errors = sum(edit_distance(h.case.text.split(), h.words) for h in heard)
     calm = [h for h in heard if not is_motion(h.case.expected)]
@@ -409,9 +425,9 @@ def report(args) -> str:
     heard_wake = hear(sentences, args.launch, {"wake_word": "robot"})
     held = [h for h in heard if h.case.engine == HELD_OUT_ENGINE]
     tuning = [h for h in heard if h.case.engine != HELD_OUT_ENGINE] or heard
-    tune_table = tradeoff([(h.command, h.confidence, h.case.expected) for h in tuning])
+    tune_table = tradeoff([(h.command, h.confidence, h.case.expected, h.refused) for h in tuning])
     threshold = choose_threshold(tune_table)
-    held_table = tradeoff([(h.command, h.confidence, h.case.expected) for h in held]) if held else []
+    held_table = tradeoff([(h.command, h.confidence, h.case.expected, h.refused) for h in held]) if held else []
     plot = args.plot or (args.write.with_name("voice_commands_tradeoff.png") if args.write else None)
     if plot is not None:
         why = plot_tradeoff({"training synthesizers' held-out voices": tune_table,

@@ -596,6 +596,7 @@ class ParserStream:
     parser: Any  # CommandParser
     min_confidence: float = 0.0  # below it a command becomes `not_understood`
     wake_word: str | None = None  # when set, only commands after it count (stop always does)
+    grammar_check: bool = True  # a command the grammar's rules do not read from the same words is not published
     held: list = field(default_factory=list)  # wait_for_end: the segment's (word, confidence)
     woke_at: int | None = None  # parser token index at the wake word (None: not heard yet)
     woke_word: int | None = None  # index (in the utterance) of the word that woke it: a revision of it undoes that
@@ -614,7 +615,7 @@ class ParserStream:
 # would ask again on every committed test WAV (confidences 0.64-0.87); 0.5 halves wrong commands
 # there (58% -> 23%). Re-choose from the report once the recognizer trained on the grammar lands.
 DEFAULT_MIN_CONFIDENCE = 0.5
-PARSER_OPTIONS = ("min_confidence", "wake_word")
+PARSER_OPTIONS = ("min_confidence", "wake_word", "grammar_check")
 
 
 class CommandParserPolicy(Policy):
@@ -625,7 +626,11 @@ class CommandParserPolicy(Policy):
     end's `segment` and `t_speech_end_ns`. Launch options (route `stream_options`): `min_confidence`
     (default DEFAULT_MIN_CONFIDENCE): below it a motion command is published as `not_understood`
     (with what was heard) and `done` carries no command; `wake_word` ("robot" when `true`): only
-    fields after it count, except stop.
+    fields after it count, except stop; `grammar_check` (default true): the parser's command must be
+    the one the grammar's own rules (`grammar.command_of`) read from the same words, else it is
+    `not_understood` with `reason: "grammar"`. Why: the parser is a network trained on the grammar
+    and generalises past it on misheard words ("well" -> move forward); where the two readings of
+    the words differ, the words were not a command of the grammar and a guess is worse than asking.
 
     Early partial words (docs/protocol.md): a word chunk with `replace_last: 1` replaces the last
     word (`CommandParser.revise_last_word`): a `retract` names the first delta the replaced word
@@ -660,7 +665,10 @@ class CommandParserPolicy(Policy):
             wake = "robot"
         if wake is not None and wake is not False and (not isinstance(wake, str) or len(wake.split()) != 1):
             raise ConfigError(f"{self.model.name}: wake_word: expected one word or true, got {wake!r}")
-        return ParserStream(CommandParser(self.model), float(conf), wake.lower() if wake else None)
+        check = opts.get("grammar_check", True)
+        if not isinstance(check, bool):
+            raise ConfigError(f"{self.model.name}: grammar_check: expected true or false, got {check!r}")
+        return ParserStream(CommandParser(self.model), float(conf), wake.lower() if wake else None, check)
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
         if text is None:
@@ -758,6 +766,7 @@ class CommandParserPolicy(Policy):
 
     def end(self, session, extra) -> Iterator[Output]:
         from edge_stream.voice.command_parser import Parse, fold
+        from edge_stream.voice.grammar import command_of
 
         t0 = time.perf_counter()
         p = session.parser
@@ -780,12 +789,19 @@ class CommandParserPolicy(Policy):
         p.end()
         got, confidence = p.end_fields, p.confidence
         result = fold(self._awake_tokens(session, p.last_tokens)) if session.wake_word else p.result
+        awake_words = words[session.woke_word:] if session.wake_word and session.woke_word is not None else words
         session.woke_at = session.woke_word = None
         infer_ms = _ms_since(t0)
         passed = {k: extra[k] for k in ("segment", "t_speech_end_ns", "speech_end_sample") if k in extra}
         stop_only = [c.action for c in result.commands] == ["stop"]
-        if result.commands and not stop_only and confidence < session.min_confidence:
-            yield Output("not_understood", {"heard": words, "confidence": round(confidence, 4),
+        reason = None
+        if result.commands and not stop_only:
+            if confidence < session.min_confidence:
+                reason = "confidence"
+            elif session.grammar_check and command_of(awake_words).text() != result.text():
+                reason = "grammar"
+        if reason is not None:
+            yield Output("not_understood", {"heard": words, "confidence": round(confidence, 4), "reason": reason,
                                             "command": result.text(), **passed}, infer_ms=infer_ms)
             infer_ms, result = 0.0, Parse()
             not_understood = True
@@ -814,7 +830,7 @@ class CommandParserPolicy(Policy):
 
     def describe(self, session) -> dict:
         return {"words": len(session.parser.words), "min_confidence": session.min_confidence,
-                "wake_word": session.wake_word}
+                "wake_word": session.wake_word, "grammar_check": session.grammar_check}
 
 
 POLICY_CLASSES = {"lm": LMPolicy, "vad": BlockPolicy, "sequence": SequencePolicy, "recognizer": RecognizerPolicy,

@@ -192,10 +192,23 @@ class SessionEvents:
         if ((role == "words" and kind == "chunk") or (role == "recognizer" and kind == "word")) \
                 and isinstance(h.get("text"), str):
             seg = self.segment(h.get("segment"))
+            replace = h.get("replace_last")
+            if isinstance(replace, int) and not isinstance(replace, bool) and 0 < replace <= len(seg.words):
+                # an early partial word revised (docs/protocol.md "Revisions"): Realtime deltas only
+                # append, so the corrected transcript goes out whole in our own event
+                seg.words[len(seg.words) - replace:] = [h["text"]]
+                return [self._revised(seg, replace)]
             delta = h["text"] if not seg.words else " " + h["text"]
             seg.words.append(h["text"])
             return [{"type": "conversation.item.input_audio_transcription.delta", "item_id": seg.item_id,
                      "content_index": 0, "delta": delta}]
+        if role == "words" and kind == "end" and isinstance(h.get("final_confidences"), list):
+            seg = self.segment(h.get("segment"))
+            unconfirmed = len(seg.words) - len(h["final_confidences"])
+            if unconfirmed > 0:  # partial words no label confirmed were not said
+                del seg.words[len(h["final_confidences"]):]
+                return [self._revised(seg, unconfirmed, taken_back=True)]
+            return []
         if role == "recognizer" and kind == "done":
             seg = self.segment(h.get("segment"))
             end = h.get("speech_end_sample")
@@ -209,6 +222,13 @@ class SessionEvents:
         if role == "lm":
             return self._lm(kind, h)
         return []
+
+    @staticmethod
+    def _revised(seg: _Segment, replaced: int, taken_back: bool = False) -> dict:
+        """`transcription.revised`: the last `replaced` words of the item's transcript so far were
+        replaced (or taken back) and `transcript` is what it now reads."""
+        return {"type": "transcription.revised", "item_id": seg.item_id, "replaced": replaced,
+                "words": [] if taken_back else seg.words[-1:], "transcript": " ".join(seg.words)}
 
     def _vad(self, h: dict) -> list[dict]:
         if h.get("kind") != "event" or h.get("event") not in ("speech_start", "speech_end"):
@@ -235,10 +255,14 @@ class SessionEvents:
         def after_end(t_ns):
             return round((t_ns - end) / 1e6, 1) if isinstance(end, int) and t_ns is not None else None
 
+        if kind == "retract":  # the deltas from `first_seq` on came from a word now replaced: void
+            seg.t_known_ns = None
+            return [{"type": "command.retract", "item_id": seg.item_id, "first_seq": h.get("first_seq"),
+                     "position": h.get("position")}]
         if kind == "not_understood":
             return [{"type": "command.not_understood", "item_id": seg.item_id, "heard": h.get("heard", []),
                      "confidence": h.get("confidence"), "command": h.get("command"),
-                     "latency_ms": after_end(t_recv_ns)}]
+                     "reason": h.get("reason", "confidence"), "latency_ms": after_end(t_recv_ns)}]
         if kind != "done":
             return []
         final = h.get("command")

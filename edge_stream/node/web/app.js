@@ -108,6 +108,13 @@ function onEvent(e) {
       item(e.item_id).words.push(e.delta.trim());
       showHeard(e.item_id);
       break;
+    case "transcription.revised":  // an early partial word replaced or taken back
+      item(e.item_id).words = e.transcript ? e.transcript.split(" ") : [];
+      if (current === e.item_id) showHeard(e.item_id);
+      break;
+    case "command.retract":  // the preview came from a replaced word: the next delta or done says what holds
+      if (current === e.item_id) showCommand("…", "preview", []);
+      break;
     case "conversation.item.input_audio_transcription.completed":
       item(e.item_id).words = e.transcript ? e.transcript.split(" ") : [];
       if (current === e.item_id) showHeard(e.item_id);
