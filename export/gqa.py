@@ -1,6 +1,6 @@
 """The fused-attention export path: onnxruntime-genai's model builder.
 
-    python -m export.hf SRC -o OUT --graph gqa [--precision fp32|int8|int4|fp16]
+    python -m export.hf SRC -o OUT --graph gqa [--precision fp32|int8|int4|fp16] [--kv-precision fp32|int8]
 
 The builder writes one graph per decoder with a fused QKV MatMul, RMSNorms fused with
 their residual adds, and GroupQueryAttention with rotary inside: about 10 nodes per layer
@@ -14,18 +14,28 @@ activations on CPU); int8 is the fp32 graph with every MatMul weight quantised t
 8 bits per block (MatMulNBits, `quantize_nbits`); fp16 is the builder's CUDA build.
 The output folder is also an onnxruntime-genai model folder (genai_config.json), so
 peers can be measured on the very same files.
+
+KV precision: fp32 (default) keeps the builder's float cache. int8 (`quantize_kv`) makes
+every past/present KV tensor int8 with static symmetric scales, one per (kv head, channel),
+that GroupQueryAttention itself applies (`kv_cache_bit_width=8`, PER_CHANNEL `k_scale` /
+`v_scale` initializers; ORT's CPU kernel takes int8 caches, not uint8): a quarter of the
+cache bytes read per decode step. The scales are calibrated on the fp32-KV graph
+(`kv_absmax`) and recorded in the manifest beside the graph's own (introspect reads them
+back). genai_config.json is not told about the int8 cache: onnxruntime-genai cannot run
+such a folder as it stands.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from edge_stream.errors import ConfigError
+from export.builder_env import builder_python
 
 log = logging.getLogger("export.gqa")
 
@@ -50,10 +60,21 @@ def builder_missing() -> str | None:
     return None
 
 
-def build(src: str, out: Path, precision: str, device: str = "cpu") -> None:
-    """Run the model builder on SRC (a local Hugging Face folder) into OUT."""
+def check_options(precision: str, kv_precision: str = "fp32") -> None:
+    """ConfigError naming the option where the gqa graph cannot be built so."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision: the gqa graph takes {', '.join(PRECISIONS)}, got {precision!r}")
+    if kv_precision not in KV_PRECISIONS:
+        raise ConfigError(f"--kv-precision: the gqa graph takes {', '.join(KV_PRECISIONS)}, got {kv_precision!r}")
+    if kv_precision == "int8" and precision == "fp16":
+        raise ConfigError("--kv-precision int8: ORT's CPU GroupQueryAttention takes an int8 cache with fp32 "
+                          "activations; fp16 is the CUDA build (use --precision fp32, int8 or int4)")
+
+
+def build(src: str, out: Path, precision: str, device: str = "cpu", kv_precision: str = "fp32") -> None:
+    """Run the model builder on SRC (a local Hugging Face folder) into OUT; with kv_precision
+    int8, calibrate the KV scales on the built graph and make its cache int8."""
+    check_options(precision, kv_precision)
     missing = builder_missing()
     if missing:
         raise ConfigError(f"--graph gqa needs onnxruntime-genai's model builder: {missing}")
@@ -67,7 +88,8 @@ def build(src: str, out: Path, precision: str, device: str = "cpu") -> None:
     if device != provider:
         log.warning("%s gqa graphs are built for the %s provider", precision, provider)
     cache = out / ".builder-cache"
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+    # The builder runs in its own environment: it needs transformers 5, optimum-onnx < 4.58.
+    cmd = [str(builder_python()), "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
            "-p", BUILDER_PRECISION[precision], "-e", provider, "-c", str(cache)]
     log.info("      %s", " ".join(cmd[1:]))
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -75,9 +97,34 @@ def build(src: str, out: Path, precision: str, device: str = "cpu") -> None:
     if proc.returncode != 0 or not (out / "model.onnx").is_file():
         last = [line[:300] for line in proc.stderr.strip().splitlines()[-6:]]
         raise RuntimeError(f"model builder failed (exit {proc.returncode}): " + "\n".join(last))
+    fix_kv_head_size(out / "model.onnx", json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["head_size"])
     add_position_ids(out / "model.onnx")
     if precision == "int8":
         quantize_nbits(out / "model.onnx", bits=8, block_size=INT8_BLOCK, accuracy_level=ACCURACY_LEVEL_INT8)
+    if kv_precision == "int8":
+        absmax = kv_absmax(out)
+        quantize_kv(out / "model.onnx", absmax)
+
+
+def fix_kv_head_size(model_path: Path, head_size: int) -> None:
+    """Write the head size into the KV inputs' and outputs' last axis.
+
+    onnxruntime-genai 0.18's builder leaves it symbolic (`kv_cache_dim`) so that one graph
+    serves float and compressed caches; the manifest reads each state's initial shape
+    from the graph, and an unnamed axis that is neither batch nor sequence has none.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    changed = False
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name.startswith(("past_key_values.", "present.")):
+            dim = value.type.tensor_type.shape.dim[-1]  # [batch, kv_heads, seq, head_size]
+            if dim.dim_param:
+                dim.dim_value = head_size  # clears dim_param (a oneof)
+                changed = True
+    if changed:
+        onnx.save(model, str(model_path))  # weights stay in the external data file it names
 
 
 POSITION_IDS_INPUT = 9  # GroupQueryAttention's optional position_ids (rotary positions)
@@ -137,3 +184,118 @@ def quantize_nbits(model_path: Path, bits: int, block_size: int, accuracy_level:
     data = model_path.with_name(model_path.name + ".data")
     data.unlink(missing_ok=True)
     onnx.save(quantizer.model.model, str(model_path), save_as_external_data=True, location=data.name)
+
+
+# ----- int8 KV cache ---------------------------------------------------------------------------
+
+KV_PRECISIONS = ("fp32", "int8")
+K_SCALE_INPUT, V_SCALE_INPUT = 12, 13  # GroupQueryAttention's optional k_scale, v_scale
+INT8_MAX = 127.0
+KV_CALIBRATION_TOKENS = 1024
+# Entries beyond the calibrated range saturate (ORT clamps to [-128, 127]); the headroom covers
+# values the calibration run did not see, at the cost of resolution (2.0: one bit). Saturation
+# costs more than resolution: on the 30-layer SmolLM2-135M shape (fp32 weights, int8 KV, 180
+# tokens vs PyTorch) mean KL was 6.3e-2 at headroom 1.0, 1.9e-2 at 1.25, 6.0e-3 at 1.5, 3.7e-3
+# at 2.0, 4.9e-3 at 2.5 and 5.7e-3 at 3.0 (1024 calibration tokens; 512 or 2048 at 2.0: 3.2e-3,
+# 3.1e-3); int8 weights alone give 4.1e-3 there. The 2-layer tiny Llama prefers less (KL
+# 0.5-1.2e-5 at 1.25, 1.5-3e-5 at 2.0): deep models, which compound saturated entries, decide.
+KV_SCALE_HEADROOM = 2.0
+CALIBRATION_TEXT = (
+    "The robot arm picks up the red block and places it on the shelf. Move forward two meters, "
+    "then turn left ninety degrees and stop. Streaming inference processes input as it arrives, "
+    "chunk by chunk, and keeps every piece of model state as an explicit input and output. "
+    "Temperature 21.5 degrees, humidity 40 percent, battery 87 percent. What is the weather like "
+    "today? Please summarise the meeting notes in three sentences and list the open questions. "
+)
+
+
+def kv_absmax(model_dir: Path, n: int = KV_CALIBRATION_TOKENS, seed: int = 0) -> dict:
+    """Per kv state input: the largest |entry| per (kv head, channel) that a run of `n`
+    calibration tokens through the (fp32-KV) graph in `model_dir` writes, [kv_heads, head_dim].
+
+    Tokens: the model's tokenizer on CALIBRATION_TEXT (repeated) for half, random ids for the
+    rest: text gives a real model its typical activations, random ids its rarer rows.
+    Keys are stored after rotary, which turns channel i and i + head_dim/2 into each other by
+    a position-dependent angle: the pair's norm, not each channel's value, is what every
+    position shares, so both channels of a key pair get the pair's largest norm."""
+    import numpy as np
+    import onnx
+
+    from edge_stream.runtime.introspect import draft_manifest
+    from edge_stream.runtime.model import Model
+
+    gqa = _gqa_nodes(onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph)
+    keys = {n.input[3] for n in gqa}
+    manifest = draft_manifest(model_dir)  # no manifest.json yet: export_hf writes it after the build
+    model = Model(model_dir, manifest=manifest)
+    n = min(n, manifest.limits.max_positions or n)  # a rotary table's rows bound the positions
+    text = model.encode(CALIBRATION_TEXT) if model.tokenizer is not None else np.zeros(0, np.int64)
+    text = np.resize(text, n // 2) if text.size else text
+    rand = np.random.default_rng(seed).integers(0, manifest.input.vocab_size, n - text.size, dtype=np.int64)
+    stream = model.open_stream(kv_window=None, max_chunk=n)
+    stream.feed(np.concatenate([text, rand]))
+    out = {}
+    for spec, state in zip(manifest.kv_states, stream.state.states):  # [1, kv_heads, n, head_dim]
+        x = np.abs(np.asarray(state, dtype=np.float32))[0]
+        if spec.input in keys:  # rotary pairs (i, i + head_dim/2): quantize_kv checks the layout
+            half = x.shape[-1] // 2
+            norm = np.sqrt(x[..., :half] ** 2 + x[..., half:] ** 2)  # [kv_heads, n, head_dim/2]
+            x = np.concatenate([norm, norm], axis=-1)
+        out[spec.input] = x.max(axis=1)  # [kv_heads, head_dim]
+    return out
+
+
+def _gqa_nodes(graph) -> list:
+    """The graph's GroupQueryAttention nodes; RuntimeError where one cannot take kv_absmax's scales."""
+    import onnx
+
+    nodes = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    if not nodes:
+        raise RuntimeError("int8 KV: the graph has no GroupQueryAttention node")
+    for node in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("rotary_interleaved", 0):  # key pairs would be (2i, 2i + 1)
+            raise RuntimeError(f"int8 KV: {node.name} rotates interleaved pairs; kv_absmax pairs i and i + d/2")
+        if len(node.input) < 5 or not node.input[3] or not node.input[4]:
+            raise RuntimeError(f"int8 KV: {node.name} takes no past key/value")
+    return nodes
+
+
+def quantize_kv(model_path: Path, absmax: dict, headroom: float = KV_SCALE_HEADROOM) -> dict:
+    """Make every GroupQueryAttention's past/present KV int8 with PER_CHANNEL scales
+    (absmax * headroom / 127, [1, kv_heads, 1, head_dim] initializers), in place.
+    Returns the scales per kv state input."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(model_path), load_external_data=False)  # weights stay in their data file
+    graph = model.graph
+    gqa = _gqa_nodes(graph)
+    kv_names = {n.input[3] for n in gqa} | {n.input[4] for n in gqa}
+    if set(absmax) != kv_names:
+        raise RuntimeError(f"kv calibration covers {sorted(absmax)[:4]}..., the graph's GQA nodes take "
+                           f"{sorted(kv_names)[:4]}...")
+    scales = {}
+    for node in gqa:
+        for past, present, idx in ((node.input[3], node.output[1], K_SCALE_INPUT),
+                                   (node.input[4], node.output[2], V_SCALE_INPUT)):
+            # A channel that never moved gets the smallest normal scale, not 0 (1/0 in the kernel).
+            scale = np.maximum(absmax[past] * headroom / INT8_MAX, np.finfo(np.float32).tiny)
+            scale = scale.astype(np.float32)[None, :, None, :]  # [1, kv_heads, 1, head_dim]
+            name = f"{past}.scale"
+            graph.initializer.append(numpy_helper.from_array(scale, name))
+            while len(node.input) <= idx:
+                node.input.append("")
+            node.input[idx] = name
+            scales[past] = scale
+            for value in list(graph.input) + list(graph.output):
+                if value.name in (past, present):
+                    value.type.tensor_type.elem_type = TensorProto.INT8
+        node.attribute.extend([helper.make_attribute("kv_cache_bit_width", 8),
+                               helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                               helper.make_attribute("v_quant_type", "PER_CHANNEL")])
+    onnx.save(model, str(model_path))  # the scales are small: inside model.onnx, beside the graph
+    log.info("      int8 KV cache: %d states, scales %.3g..%.3g", len(scales),
+             min(float(s.min()) for s in scales.values()), max(float(s.max()) for s in scales.values()))
+    return scales

@@ -1,7 +1,7 @@
 """Export a Hugging Face causal LM to an edge-stream model directory.
 
     python -m export.hf SRC -o OUT [--graph optimum|gqa] [--precision fp32|int8|int4|fp16]
-                        [--device cpu|cuda] [--chunkings N] [--no-check]
+                        [--kv-precision fp32|int8] [--device cpu|cuda] [--chunkings N] [--no-check]
 
 SRC is a local folder (a hub id works where a network exists for --graph optimum).
 Two graphs:
@@ -15,6 +15,9 @@ Two graphs:
   (decode 0.6x of optimum's here), for the architectures the builder knows (Llama,
   Qwen2, Mistral, Phi, Gemma ...); `position_ids` are wired into its rotary, so windows
   evict as on optimum's graph (re-encoding once at the cos/sin table's end).
+  `--kv-precision int8` (gqa only) stores the KV cache as int8 with calibrated per-channel
+  scales that GroupQueryAttention applies itself (`export.gqa.quantize_kv`); the manifest
+  records `kv_precision` and each state's `scale`.
 OUT gets model.onnx (+ external data),
 manifest.json and the tokenizer files. Every export ends with `export.parity`
 and exits non-zero when the streamed logits are out of tolerance.
@@ -168,12 +171,16 @@ def copy_side_files(src: str, out: Path) -> list[str]:
 
 
 def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = "cpu",
-              chunkings: int = 4, check: bool = True, seed: int = 0, graph: str = "optimum"):
+              chunkings: int = 4, check: bool = True, seed: int = 0, graph: str = "optimum",
+              kv_precision: str = "fp32"):
     """Export SRC into OUT; returns the ParityReport (None with check=False)."""
     if graph not in GRAPHS:
         raise ConfigError(f"--graph: expected one of {', '.join(GRAPHS)}, got {graph!r}")
     if graph == "gqa":
-        return _export_gqa(src, Path(out), precision, device, chunkings, check, seed)
+        return _export_gqa(src, Path(out), precision, device, chunkings, check, seed, kv_precision)
+    if kv_precision != "fp32":
+        raise ConfigError(f"--kv-precision {kv_precision}: --graph gqa only (GroupQueryAttention applies the "
+                          "KV scales); optimum's graph keeps a float cache")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device != "cuda":
@@ -209,21 +216,22 @@ def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = 
                                 "task": "text-generation-with-past"})
 
 
-def _export_gqa(src: str, out: Path, precision: str, device: str, chunkings: int, check: bool, seed: int):
+def _export_gqa(src: str, out: Path, precision: str, device: str, chunkings: int, check: bool, seed: int,
+                kv_precision: str = "fp32"):
     """export_hf for --graph gqa: the model builder, then the same manifest and parity steps."""
     from export import gqa
 
-    if precision not in gqa.PRECISIONS:
-        raise ConfigError(f"--precision: the gqa graph takes {', '.join(gqa.PRECISIONS)}, got {precision!r}")
+    gqa.check_options(precision, kv_precision)  # before anything is written
     out = _empty_out(out)
     steps = 3 if check else 2
-    t = _step(1, steps, f"onnxruntime-genai model builder on {src} ({precision}, GroupQueryAttention)")
-    gqa.build(src, out, precision, device)
+    t = _step(1, steps, f"onnxruntime-genai model builder on {src} ({precision}, GroupQueryAttention, "
+                        f"{kv_precision} KV cache)")
+    gqa.build(src, out, precision, device, kv_precision=kv_precision)
     log.info("      built in %.1f s", time.perf_counter() - t)
-    import onnxruntime_genai
+    from export.builder_env import GENAI_VERSION  # the release the builder ran at
 
     return _manifest_and_check(src, out, precision, device, 2, steps, chunkings, check, seed,
-                               {"exporter": f"onnxruntime-genai {onnxruntime_genai.__version__} model builder"})
+                               {"exporter": f"onnxruntime-genai {GENAI_VERSION} model builder"})
 
 
 def _empty_out(out: Path) -> Path:
@@ -274,6 +282,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fused attention with an in-place KV buffer (faster)")
     parser.add_argument("--precision", choices=("fp32", "int8", "int4", "fp16"), default="fp32",
                         help="int4: --graph gqa only")
+    parser.add_argument("--kv-precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: --graph gqa only; the KV cache as int8 with calibrated per-channel scales")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="execution provider the export targets (fp16 is for cuda)")
     parser.add_argument("--chunkings", type=int, default=4, help="random chunkings in the parity check")
@@ -283,9 +293,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     report = export_hf(args.src, args.out, precision=args.precision, device=args.device,
-                       chunkings=args.chunkings, check=not args.no_check, seed=args.seed, graph=args.graph)
+                       chunkings=args.chunkings, check=not args.no_check, seed=args.seed, graph=args.graph,
+                       kv_precision=args.kv_precision)
     if report is None:
-        print(f"exported {args.src} -> {args.out} ({args.precision}); parity check skipped")
+        print(f"exported {args.src} -> {args.out} ({args.precision}, {args.kv_precision} KV); parity check skipped")
         return 0
     print(report.summary())
     return 0 if report.passed else 1

@@ -84,6 +84,20 @@ def gqa(tiny_models, loaded_models, tiny_root):
     return es.load(out, intra_op_threads=1), loaded_models("llama")[1]
 
 
+@pytest.fixture(scope="session")
+def gqa_kv8(gqa, tiny_models, tiny_root):
+    """The tiny Llama exported with `--graph gqa --kv-precision int8`: the same fp32 weights as
+    `gqa`, its KV cache int8 with calibrated per-channel scales."""
+    import edge_stream as es
+    from export.hf import export_hf
+
+    hf_dir, _ = tiny_models("llama")
+    out = tiny_root / "llama-gqa-kv8"
+    if not (out / "manifest.json").exists():
+        export_hf(str(hf_dir), out, graph="gqa", kv_precision="int8", check=False)
+    return es.load(out, intra_op_threads=1)
+
+
 PARSER_DIR = Path(__file__).resolve().parent.parent / "models" / "command-parser"  # committed
 
 

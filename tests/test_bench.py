@@ -114,9 +114,16 @@ def test_decode_reports_ms_per_token_against_the_bandwidth_floor(quick_report):
         assert "bare-gqa-fp32" not in r["engines"]  # quick mode leaves the bare loop out
         assert r["ratios"]["ours-gqa-int4/genai-int4"] > 0 and isinstance(r["vs_genai"]["pass"], bool)
         pairs = {"ours-gqa-fp32/genai-fp32", "ours-gqa-int4/genai-int4"}
-        assert set(r["vs_genai"]["lockstep_ratios"]) == set(r["vs_genai"]["paired"]) == pairs
-        for v in r["vs_genai"]["paired"].values():
-            assert v["ours_ms"]["p50"] > 0 and v["peer_ms"]["p50"] > 0 and v["ratio"]["n"] == v["ours_ms"]["n"] > 0
+        assert set(r["vs_genai"]["lockstep_ratios"]) == set(r["vs_genai"]["patterns"]) == pairs
+        for pair, by_pattern in r["vs_genai"]["patterns"].items():
+            assert set(by_pattern) == {"back_to_back", "idle_gaps"}
+            ours = pair.split("/")[0]
+            for v in by_pattern.values():  # our session with spinning on and off, genai as it ships
+                assert set(v["ms"]) == {f"{ours} spin-on", f"{ours} spin-off", pair.split("/")[1]}
+                assert {d["n"] for d in v["ms"].values()} == {v["rounds"] * v["block"]}  # the same steps for each
+                assert v["ratio_spin_on"] > 0 and v["ratio_spin_off"] > 0
+                assert all(cpu > 0 for cpu in v["cpu_ms_per_step"].values())
+                assert len(v["by_load_order"]) == len(bench_lm.LOAD_ORDERS)  # every side loaded last once
 
 
 def test_window_reports_latency_and_memory_at_both_points(quick_report):

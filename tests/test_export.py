@@ -197,6 +197,24 @@ def test_gqa_quantised_exports_use_matmulnbits_and_pass_their_bounds(gqa_exports
     assert es.load_manifest(out).precision == precision
 
 
+def test_the_model_builder_runs_beside_optimum_in_its_own_environment():
+    """genai's builder needs transformers 5, optimum-onnx < 4.58: the builder's venv has the one,
+    this environment keeps the other, and both share the rest (torch from here)."""
+    from export.builder_env import GENAI_VERSION, builder_python
+    from export.gqa import builder_missing
+
+    if builder_missing():
+        pytest.skip(builder_missing())
+    probe = "import onnxruntime_genai, torch, transformers; print(onnxruntime_genai.__version__, transformers.__version__, torch.__file__)"
+    genai, theirs, torch_file = subprocess.run([str(builder_python()), "-c", probe], capture_output=True,
+                                               text=True, check=True).stdout.split()
+    torch = pytest.importorskip("torch")  # the export extra
+    transformers = pytest.importorskip("transformers")
+    assert genai == GENAI_VERSION and int(theirs.split(".")[0]) >= 5
+    assert int(transformers.__version__.split(".")[0]) == 4  # optimum-onnx's range, here
+    assert Path(torch_file) == Path(torch.__file__)  # shared, not installed twice
+
+
 def test_int4_needs_the_gqa_graph(tiny_models, tmp_path):
     hf_dir, _ = tiny_models("llama")
     proc = subprocess.run([sys.executable, "-m", "export.hf", str(hf_dir), "-o", str(tmp_path / "x"),

@@ -1,6 +1,6 @@
 """Speed figures of the streaming runtime and its peers, measured in one run on the machine at hand.
 
-    python -m edge_stream.bench [--scenario ...] [--precision fp32 int8] [--gqa-precision fp32 int8 int4]
+    python -m edge_stream.bench [--scenario ...] [--precision fp32 int8] [--gqa-precision fp32 int8 int4 int8-kv8]
                             [--peers genai torch] [--quick] [--threads 2] [--json FILE] [--plot DIR]
 
 Scenarios (`--scenario` picks them by name; all by default):
@@ -18,7 +18,7 @@ Scenarios (`--scenario` picks them by name; all by default):
             process memory at 2k vs `--tokens` tokens (int8 only by default).
   node      the node (own process, tcp loopback): chunk published -> first output received
             minus model run time, p50/p99 at 100 and 1,000 chunks/s over 4 streams, and a
-            bare relay as the floor (bench/node.py). Goal: p99 <= 1 ms at 1,000 chunks/s.
+            bare relay as the floor (bench/node.py). Goal: p50 <= 1.1x, p99 <= 1.3x the relay's at 1,000 chunks/s.
   revise    revising the last k of N tokens (feed(chunk, replace_last=k)) vs refeeding all N,
             and a chunk arriving at a node while its stream generates: time to its entry into
             the KV cache vs one decode step (bench/revise.py). Goal: refeed/revise >= 50 at
@@ -37,8 +37,9 @@ per node rate) to finish in about a minute once models are built. The reference 
 a Llama with SmolLM2-135M's shape and random weights (`export.tiny_models`), built once
 into `--cache-dir` by `export.hf` in two graphs: `--precision` builds the optimum graph
 (concat KV; int8 = dynamic quantisation of the MatMul weights), `--gqa-precision` the gqa
-graph (onnxruntime-genai's model builder, KV in one shared buffer; int8/int4 = MatMulNBits),
-which genai also runs, from the same folder. Building needs the `export` and `peers`
+graph (onnxruntime-genai's model builder, KV in one shared buffer; int8/int4 = MatMulNBits;
+int8-kv8 = int8 weights and an int8 KV cache, `export.hf --kv-precision int8`), which genai
+also runs, from the same folder (not int8-kv8). Building needs the `export` and `peers`
 extras; running ours needs neither.
 """
 
@@ -68,7 +69,7 @@ SCHEMA = "edge-stream/bench@1"
 DEFAULT_MODEL = "smollm2-135m-shape"
 DEFAULT_CACHE = Path(".cache/bench-models")
 PRECISIONS = ("fp32", "int8")  # optimum graph
-GQA_PRECISIONS = ("fp32", "int8", "int4")  # gqa graph
+GQA_PRECISIONS = ("fp32", "int8", "int4", "int8-kv8")  # gqa graph; -kv8: and an int8 KV cache
 SCENARIO_NAMES = ("overhead", "ttft", "decode", "window", "revise", "node", "vad", "gateway")
 GOALS = {"overhead": "median stream/bare <= 1.05", "window": "far/near within 1.10 (latency p50, RSS, peak RSS)"}
 
@@ -238,7 +239,17 @@ def machine_info(threads: int) -> dict:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "intra_op_threads": threads,
+        "onnxruntime_genai": _version("onnxruntime-genai"), "load_average": os.getloadavg(),  # at the start
     }
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 # ----- models ----------------------------------------------------------------------------------
@@ -256,8 +267,9 @@ def ensure_model(kind: str, label: str, cache_dir: Path) -> Path:
     Built into a temporary folder and renamed, so an interrupted build is never reused.
     """
     graph, precision = ("gqa", label[4:]) if label.startswith("gqa-") else ("optimum", label)
+    precision, kv8, _ = precision.partition("-kv8")  # "int8-kv8": int8 weights, int8 KV cache
     out = cache_dir / f"{kind}-{label}"
-    if (out / "manifest.json").is_file():
+    if (out / "manifest.json").is_file() and not (graph == "gqa" and _other_builder(out)):
         return out
     from edge_stream.runtime.manifest import load_manifest
     from export.gqa import builder_missing
@@ -274,12 +286,21 @@ def ensure_model(kind: str, label: str, cache_dir: Path) -> Path:
     tmp = cache_dir / f".{kind}-{label}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    export_hf(str(hf_dir), tmp, precision=precision, check=False, graph=graph)
+    export_hf(str(hf_dir), tmp, precision=precision, check=False, graph=graph, kv_precision="int8" if kv8 else "fp32")
     replace(load_manifest(tmp), name=out.name).save(tmp)  # export_hf named it after the temporary folder
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log.info("built %s in %.0f s", out, time.perf_counter() - t0)
     return out
+
+
+def _other_builder(model_dir: Path) -> bool:
+    """A gqa build written by another onnxruntime-genai release than the one measured now
+    (the peer runs the folder its own builder writes: rebuilt)."""
+    from export.builder_env import GENAI_VERSION
+
+    source = json.loads((model_dir / "manifest.json").read_text()).get("source", {})
+    return f"onnxruntime-genai {GENAI_VERSION} " not in source.get("exporter", "")
 
 
 def model_bytes(model_dir: Path) -> int:
@@ -703,10 +724,17 @@ def format_table(report: dict) -> str:
         if r["ratios"]:
             lines.append("  ours/peer: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items()))
         if "vs_genai" in r:
-            for pair, v in r["vs_genai"]["paired"].items():
-                q = v["ratio"]
-                lines.append(f"  paired steps {pair}: ours {v['ours_ms']['p50']:.1f} ms, genai {v['peer_ms']['p50']:.1f} ms, "
-                             f"ratio p10/p50/p90 {q['p10']:.3f}/{q['p50']:.3f}/{q['p90']:.3f}")
+            lines.append("  ours/genai on the same file: ms p50 per step (ours spinning on / off / genai), ratio "
+                         "(spinning on / off), CPU ms per step (on / off / genai)")
+            for pair, by_pattern in r["vs_genai"]["patterns"].items():
+                for pattern, v in by_pattern.items():
+                    ms = "".join(f"{x['p50']:>7.1f}" for x in v["ms"].values())  # spinning on, off, genai
+                    cpu = "".join(f"{x:>7.1f}" for x in v["cpu_ms_per_step"].values())
+                    lines.append(f"  {pair:<28}{pattern:<14}{ms}{v['ratio_spin_on']:>8.2f}{v['ratio_spin_off']:>7.2f}"
+                                 f"   {cpu}")
+                    lines.append("      ratios on/off by load order: " + ", ".join(
+                        f"{order[7:]} {q['ratio_spin_on']:.2f}/{q['ratio_spin_off']:.2f}"
+                        for order, q in v["by_load_order"].items()))
             lines.append(f"  ({r['vs_genai']['goal']}: {'PASS' if r['vs_genai']['pass'] else 'FAIL'})")
         if "int8_over_fp32" in r:
             q = r["int8_over_fp32"]
@@ -734,6 +762,12 @@ def format_table(report: dict) -> str:
             o = v["overhead_ms"]
             lines.append(f"  {label:<16}{o['p50']:>8.3f}{o['p99']:>8.3f}{o['max']:>8.2f}{v['infer_ms']['p50']:>11.3f}"
                          f"{v['received']:>8}/{v['sent']:<6}")
+        vs = r.get("vs_relay")
+        if vs is not None:
+            cpu = vs["cpu_us_per_chunk"]
+            lines.append(f"  node/relay at {r['baseline_relay']['rate']}/s: p50 {vs['overhead_ratio']['p50']:.2f}x, "
+                         f"p99 {vs['overhead_ratio']['p99']:.2f}x"
+                         + (f"; CPU per chunk {cpu['node']:.0f} vs {cpu['relay']:.0f} us" if None not in cpu.values() else ""))
         lines.append(f"  ({r['goal']}: {'PASS' if r['pass'] else 'FAIL'})")
     if "gateway" in res:
         from edge_stream.bench.gateway import format_gateway
@@ -766,7 +800,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="peers measured beside ours in ttft/decode (default: genai torch; none: --peers)")
     p.add_argument("--gqa-precision", nargs="*", choices=list(GQA_PRECISIONS),
                    help="gqa builds (export.hf --graph gqa) to measure with our runtime and genai's "
-                        "(default fp32 int8 int4; quick int4; none: --gqa-precision)")
+                        "(default fp32 int8 int4 int8-kv8; quick int4; none: --gqa-precision)")
     p.add_argument("--ttft-lengths", nargs="+", type=int, help="ttft: input lengths (default 64 ... 2048)")
     p.add_argument("--ttft-repeats", type=int, help="ttft: passes over every length (default 2)")
     p.add_argument("--no-ttft-solo", action="store_true",

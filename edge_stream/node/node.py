@@ -3,7 +3,11 @@
 Threads (the only ones):
 - the socket loop (`Node._loop`) validates input at the boundary (wire.decode_input),
   tracks sequence numbers, keeps the stream table (TTL, max_streams), answers control
-  requests and publishes errors and stats. It never runs a model.
+  requests and publishes errors and stats. It runs a model only in one case: a short chunk
+  (at most INLINE_MAX_SAMPLES) of a block model (the VAD) whose worker is idle, when no
+  other input is waiting (`Worker.run_now`): handing it to the worker would cost more
+  (waking a thread, passing the GIL) than the run. Under load, chunks go to the worker,
+  which batches them.
 - `workers` inference threads (worker.Worker): ONNX Runtime releases the GIL, so
   models run there while the loop keeps reading. A stream always lands on the
   same worker (crc32 of its name), which keeps its chunks in order. Chunks of block
@@ -17,7 +21,9 @@ Who owns what (the one place this is written down):
 - a stream's worker, from then on: StreamEntry `session`, `out_seq`, `forward_seq` and `derived`
   (what a `retract` names), the closed streams' numbering (`Worker.closed_seqs`), its jobs and the
   generations paused for input between two tokens (`Worker.paused`); each worker's own PUSH socket
-  to the loop.
+  to the loop. "The worker" here means whoever holds its `turn` lock: the worker thread while it
+  runs jobs, or the loop inside `Worker.run_now` (only while every job submitted to that worker
+  is finished and nothing runs there).
 - shared under `OutputPort.lock`: the output XPUB (workers publish directly: no thread hop),
   the errors seq, the subscriptions read off the XPUB.
 - shared without a lock: `Stats` counters (a lost increment only blurs stats), the stop
@@ -72,6 +78,9 @@ log = logging.getLogger(__name__)
 _POLL_MS = 100  # longest the loop sleeps: bounds shutdown time and stats jitter
 _SEEN_PUBLISHERS = 8  # pub_ids remembered per stream (restarted sensors leave old ones behind)
 _CONTROL_OPS = ("status", "open", "close", "reset", "rewind")
+# Longest chunk (elements) of a block model the loop runs itself when the stream's worker is idle:
+# 8 blocks of Silero's 512 samples, about 1 ms of model time, the longest the loop then stops reading.
+INLINE_MAX_SAMPLES = 4096
 STATUS_MAX_STREAMS = 64  # streams in one `status` reply (a page: `offset`, `limit`); keeps it far below 64 KiB
 
 
@@ -256,12 +265,15 @@ class Node:
                 self._drain(self.ctl, self._on_control)
 
     def _drain(self, sock, handle, copy=True):
+        recv = _recv_frames if not copy else _recv_copied
         for _ in range(DRAIN):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+                frames = recv(sock)
             except zmq.Again:
                 return
             self._guarded(handle, frames)
+            if not sock.getsockopt(_EVENTS) & _POLLIN:  # nothing more: cheaper than a recv raising Again
+                return
 
     def _guarded(self, handle, arg) -> None:
         """Run one loop step; an exception (a bug of ours: input is validated before use) becomes an
@@ -330,7 +342,7 @@ class Node:
                   "models": sorted(self.by_name), "topics": sorted(self.by_topic),
                   "chunks_in": st.chunks_in, "outputs_out": st.outputs_out, "errors": st.errors,
                   "dropped": st.dropped, "gaps": st.gaps, "duplicates": st.duplicates,
-                  "evicted": st.evicted, "refused": st.refused, "batched": st.batched,
+                  "evicted": st.evicted, "refused": st.refused, "batched": st.batched, "ran_on_loop": st.ran_on_loop,
                   "boot_id": self.boot_id, "stale": st.stale, "deadline_missed": st.deadline_missed,
                   "queue_depths": [w.jobs.qsize() for w in self.workers], "latency_ms": st.latency(),
                   "workers": [{"alive": w.is_alive(), "queue_depth": w.jobs.qsize(),
@@ -393,7 +405,17 @@ class Node:
         self._arm_deadline(entry, None if msg.kind == "end" else entry.last_seen_s)
         if msg.kind == "close":
             self.streams.pop(entry.name, None)
-        entry.worker.submit(Job(entry, msg.kind, msg))
+        job = Job(entry, msg.kind, msg)
+        if self._inline(entry, msg) and entry.worker.run_now(job):
+            self.stats.ran_on_loop += 1
+            return
+        entry.worker.submit(job)
+
+    def _inline(self, entry: StreamEntry, msg: wire.InMessage) -> bool:
+        """Whether the loop may run this chunk itself (see the module docstring): a short chunk of a
+        block model, and no other input waiting (that would wait for the run; the worker batches)."""
+        return (msg.kind == "chunk" and entry.route.policy.batchable and msg.data is not None
+                and msg.data.size <= INLINE_MAX_SAMPLES and not self.sub.getsockopt(_EVENTS) & _POLLIN)
 
     def _count_rejected(self, stream, pub_id, seq) -> None:
         """A rejected message whose numbering was readable still counts towards its publisher's seq on
@@ -559,6 +581,25 @@ class Node:
                 "streams": {n: {"model": (e := self.streams[n]).route.name, "chunks": e.chunks,
                                 "idle_s": round(now - e.last_seen_s, 3)} for n in page},
                 "max_streams": self.cfg.max_streams, "endpoints": self.endpoints}
+
+
+_RECV_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enums cost ~1 us an operation
+
+
+def _recv_copied(sock: zmq.Socket) -> list[bytes]:
+    return sock.recv_multipart(zmq.NOBLOCK)
+
+
+def _recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
+    """`sock.recv_multipart(zmq.NOBLOCK, copy=False)` without its getsockopt(RCVMORE) and flag enums
+    per frame (2 us a message instead of 5); zmq.Again when nothing is waiting."""
+    frame = sock.recv(_RECV_NOBLOCK, copy=False)
+    frames = [frame]
+    while frame.more:  # the parts of one message arrive together
+        frame = sock.recv(_RECV_NOBLOCK, copy=False)
+        frames.append(frame)
+    return frames
 
 
 def load_routes(cfg: NodeConfig) -> list[Route]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ DTYPES = {
     "int64": np.dtype("<i8"),
     "uint8": np.dtype("u1"),
 }
+_WIRE_NAMES = {dt: name for name, dt in DTYPES.items()}  # little-endian dtype -> its name
 INPUT_KINDS = ("chunk", "end", "reset", "close", "interrupt")
 MAX_RANK = 4
 MAX_NAME_LEN = 128
@@ -41,6 +43,9 @@ REQUIRED = {"v": int, "stream": str, "pub_id": str, "seq": int, "kind": str, "t_
 # msgpack integers are accepted, and the error says how a JavaScript client sends one.
 _NS_HINT = "; send a msgpack integer of ns since the Unix epoch (JavaScript: a BigInt, packed as int64)"
 RESERVED = {"v", "stream", "pub_id", "seq", "kind", "t_capture_ns", "t_pub_ns", "dtype", "shape", "text"}
+# Every msgpack bin value starts with one of these bytes (bin 8, 16, 32). A header in which none occurs
+# holds no bin value; one in which some does (inside a timestamp or a string, mostly) is walked.
+_BIN_MARKERS = re.compile(b"[\xc4-\xc6]")
 
 
 def topic_frame(topic: str) -> bytes:
@@ -119,7 +124,8 @@ def unpack_header(raw: bytes, limits: Limits = Limits(), max_array_len: int = MA
         raise reject(ProtocolError, f"header is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict):
         raise reject(ProtocolError, f"header must be a msgpack map, got {type(header).__name__}")
-    _no_bin(header)
+    if _BIN_MARKERS.search(raw) is not None:
+        _no_bin(header)
     return header
 
 
@@ -169,9 +175,9 @@ def decode_input(frames: list[bytes] | list, limits: Limits = Limits()) -> InMes
     if "v" in h and h["v"] != VERSION:
         raise fail(f"protocol version {h['v']!r} is not supported; this node speaks v{VERSION}")
     for name, typ in REQUIRED.items():
-        if name not in h:
-            raise fail(f"header field '{name}' is missing")
-        if not isinstance(h[name], typ) or isinstance(h[name], bool):
+        if type(h.get(name)) is not typ:  # msgpack gives exact types; a bool is no int here
+            if name not in h:
+                raise fail(f"header field '{name}' is missing")
             hint = _NS_HINT if name.endswith("_ns") else ""
             raise fail(f"header field '{name}' must be {typ.__name__}, got {type(h[name]).__name__}{hint}")
     try:
@@ -236,7 +242,7 @@ def _decode_array(h: dict, payload: list, limits: Limits, fail, strict: bool = T
     if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise fail(f"dtype {dtype_name!r} is not allowed; allowed: {', '.join(DTYPES)}")
     if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            or not all(type(d) is int and d >= 0 for d in shape)):  # exact int: a bool is no size
         raise fail(f"shape must be a list of 1-{MAX_RANK} non-negative ints, got {shape!r}")
     if len(payload) != 1:
         raise fail(f"a chunk carries exactly one payload frame, got {len(payload)}")
@@ -292,19 +298,24 @@ def encode_control_reply(request: dict, fields: dict) -> bytes:
 def as_wire_array(data) -> tuple[np.ndarray, str]:
     """(C-contiguous little-endian array, dtype name); ProtocolError for dtypes outside the whitelist."""
     arr = np.asarray(data)
+    name = _WIRE_NAMES.get(arr.dtype)
+    if name is not None and arr.flags.c_contiguous:  # the common case: sent as it is
+        return arr, name
     for name, dt in DTYPES.items():
         if arr.dtype.newbyteorder("<") == dt:  # any byte order; sent little-endian
             return np.ascontiguousarray(arr, dtype=dt), name
     raise ProtocolError(f"dtype {arr.dtype} is not allowed on the wire; allowed: {', '.join(DTYPES)}")
 
 
-def encode_output(topic: str, header: dict, data: np.ndarray | None = None) -> list:
-    """Frames of one output message (node -> controllers); the header already has v/stream/kind etc."""
+def encode_output(topic: str | bytes, header: dict, data: np.ndarray | None = None) -> list:
+    """Frames of one output message (node -> controllers); the header already has v/stream/kind etc.
+    `topic`: its name, or the frame `topic_frame` made of it (a caller that keeps it per stream)."""
+    frame = topic if isinstance(topic, bytes) else topic_frame(topic)
     if data is None:
-        return [topic_frame(topic), pack(header)]
+        return [frame, pack(header)]
     arr, name = as_wire_array(data)
     header["dtype"], header["shape"] = name, list(arr.shape)
-    return [topic_frame(topic), pack(header), arr]
+    return [frame, pack(header), arr]
 
 
 @dataclass

@@ -5,6 +5,10 @@ touches (no back-reference to the Node): the `OutputPort` it publishes on,
 the `Stats` it bumps, the node's stop event and the `ReplyChannel` its
 control replies go back on. Which thread owns which state is written down
 once, in edge_stream/node/node.py's module docstring.
+
+A short chunk of a block model (the VAD) that reaches an idle worker runs on
+the socket loop itself (`Worker.run_now`): the thread hop to the worker
+(waking it, handing it the GIL) cost more than the ~0.1 ms model run.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ BEAT_S = 1.0  # an idle worker still goes round its loop this often, so its hear
 # closed (or evicted) and reopened continues its seq instead of restarting at 0 (about 200 bytes each).
 CLOSED_SEQS_KEPT = 4096
 DERIVED_KEPT = 65536  # outputs per stream a `retract` can still name (a revision reaches at most this far)
+# Flags as plain ints: pyzmq's send_multipart combines its flag enums in Python for every frame.
+_SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_SEND_LAST = int(zmq.NOBLOCK)
 
 
 class Stats:
@@ -47,6 +54,7 @@ class Stats:
         self.chunks_in = self.outputs_out = self.errors = self.dropped = 0
         self.gaps = self.duplicates = self.evicted = self.refused = 0
         self.batched = 0  # chunks that ran in a batch with chunks of other streams
+        self.ran_on_loop = 0  # chunks the socket loop ran itself (Worker.run_now)
         self.stale = 0  # chunks dropped as older than their model's max_age_ms
         self.deadline_missed = 0  # deadline_missed events (an open stream silent past deadline_ms)
         self.samples = {"queue_ms": collections.deque(maxlen=4096), "infer_ms": collections.deque(maxlen=4096),
@@ -86,9 +94,14 @@ class OutputPort:
         self._changed = threading.Condition()
 
     def send(self, frames) -> None:
+        """Publish one message (frames: topic, header, payload?), frame by frame. The last one may be
+        a payload: copy=False lets pyzmq copy it under 64 KiB and send a larger one (LM logits) in place."""
         with self.lock:
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                send = self.sock.send
+                for frame in frames[:-1]:  # a PUB socket takes all parts of a message or none
+                    send(frame, _SEND_MORE)
+                send(frames[-1], _SEND_LAST, copy=False)
                 self.stats.outputs_out += 1
             except zmq.Again:  # not at a subscriber's HWM (the XPUB drops per pipe there, unseen): a
                 self.stats.dropped += 1  # message the socket refused outright
@@ -173,6 +186,7 @@ class StreamEntry:
     chunks: int = 0
     session: Any = None  # the runtime stream (opened by the loop, then the worker's alone)
     out_seq: int | None = None  # seq of this stream's next output (None: not yet taken from the worker)
+    out_topic: bytes | None = None  # its output topic frame (the worker's, made at its first output)
     forward_seq: int | None = None  # seq of its next forwarded message (node chaining)
     deadline_s: float | None = None  # monotonic time its `deadline_missed` is due (None: not armed)
     # (upto, seq) of its published outputs that derive from stream input (Output.upto), oldest first,
@@ -215,9 +229,32 @@ class Worker(threading.Thread):
         # as duplicates downstream); a stream never changes worker.
         self.closed_seqs: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self.beat_s = time.monotonic()  # last time round the loop (stats: `last_beat_s`)
+        # The turn: whoever holds it may touch the state of this worker's streams. The worker thread
+        # holds it while it runs jobs; the loop takes it in `run_now`, only when the worker is idle.
+        self.turn = threading.Lock()
+        self.submitted = 0  # jobs put on `jobs` so far (loop thread)
+        self._taken = 0  # jobs taken off `jobs` (under the turn)
+        self._idle_at = 0  # `_taken` when nothing last ran or waited here (under the turn)
 
     def submit(self, job: Job) -> None:
+        """Queue `job` for the worker thread. Called by the loop only: `submitted` is its count."""
+        self.submitted += 1
         self.jobs.put(job)
+
+    def run_now(self, job: Job) -> bool:
+        """Run a chunk job to its last output on the calling thread (the loop), if this worker is idle:
+        every job submitted to it taken and finished, nothing running. False: it is busy (or the loop
+        just lost the race for the turn); submit the job instead, which keeps the stream's order."""
+        if not self.turn.acquire(blocking=False):
+            return False
+        try:
+            if self._idle_at != self.submitted:
+                return False
+            self._begin(job)
+            self._finish(job)
+            return True
+        finally:
+            self.turn.release()
 
     def run(self):
         self.push = self.replies.connect()
@@ -242,14 +279,22 @@ class Worker(threading.Thread):
 
     def _turn(self) -> bool:
         """Take the queued jobs, run them, step every running job once. True: stop now."""
+        with self.turn:
+            running = bool(self.active)
         try:
-            job = self.jobs.get(timeout=BEAT_S) if not self.active else self._get_nowait()
+            job = self.jobs.get(timeout=BEAT_S) if not running else self._get_nowait()
         except queue.Empty:
             return self.stop.is_set()
+        with self.turn:
+            return self._run_jobs(job)
+
+    def _run_jobs(self, job) -> bool:
+        """`_turn`'s work, under the turn, from the first job taken (None: none)."""
         batch: list[Job] = []  # pending chunks of block models, one per stream, in arrival order
         while job is not None:
             if job is STOP or self.stop.is_set():  # stopping: queued work is abandoned
                 return True
+            self._taken += 1
             if not self._batchable(job, batch):
                 # Jobs taken earlier run first, so every stream keeps its order.
                 self._run_batch(batch)
@@ -262,6 +307,8 @@ class Worker(threading.Thread):
         self._run_batch(batch)
         for name in list(self.active):
             self._step(name)
+        if not (self.active or self.backlog or self.paused):
+            self._idle_at = self._taken
         return False
 
     def _get_nowait(self):
@@ -287,6 +334,7 @@ class Worker(threading.Thread):
         for jobs in by_route.values():
             if len(jobs) == 1:
                 self._accept(jobs[0])
+                self._finish(jobs[0])
                 continue
             t_start = time.time_ns()
             try:
@@ -295,12 +343,21 @@ class Worker(threading.Thread):
             except Exception:  # a refused chunk or a failed run; nothing was committed, so
                 for job in jobs:  # each job runs alone and reports its own error
                     self._accept(job)
+                    self._finish(job)
                 continue
             self.stats.batched += len(jobs)
             for job, outs in zip(jobs, outputs):
                 self.stats.samples["queue_ms"].append((t_start - job.msg.t_recv_ns) / 1e6)
                 self.active[job.entry.name] = (job, iter(outs))
-                self._step(job.entry.name)
+                self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        """Publish every output of `job` (running) now. For a block model's chunk, whose few outputs (a
+        result, its speech events) exist together: left running to be stepped one per turn, its stream
+        could not join the next batch, and under load every later chunk of it would run alone."""
+        name = job.entry.name
+        while name in self.active and self.active[name][0] is job:
+            self._step(name)
 
     def _accept(self, job: Job):
         """Start `job` now, or queue it behind the stream's running job (ordering). Input for a stream
@@ -531,7 +588,9 @@ class Worker(threading.Thread):
         header.update(out.fields)
         header["t_pub_ns"] = t_pub
         entry.out_seq += 1
-        return wire.encode_output(self.output_topic.format(stream=entry.name), header, out.data)
+        if entry.out_topic is None:
+            entry.out_topic = wire.topic_frame(self.output_topic.format(stream=entry.name))
+        return wire.encode_output(entry.out_topic, header, out.data)
 
     def _forward_frames(self, entry: StreamEntry, job: Job, fwd: Forward, topic: str) -> list:
         """An *input* message for the next node, from this node's pub_id with its own seq per stream,

@@ -281,7 +281,9 @@ class BlockStream:
         """Make one feed's results the stream's state (only after all its runs succeeded)."""
         start = self._blocks_run * self.block
         names = self.runner.returned_outputs
-        if n_blocks:
+        if n_blocks == 1:  # the usual chunk of one block: ORT's arrays as they are (never written to)
+            outputs = dict(zip(names, per_block[0]))  # [1, ...]
+        elif n_blocks:
             outputs = {name: np.concatenate([r[j] for r in per_block], axis=0)  # [n_blocks, ...]
                        for j, name in enumerate(names)}
         else:

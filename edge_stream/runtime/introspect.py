@@ -17,7 +17,16 @@ from pathlib import Path
 import onnxruntime as ort
 
 from edge_stream.errors import ManifestError
-from edge_stream.runtime.manifest import MANIFEST_FILE, AuxSpec, InputSpec, Limits, Manifest, OutputSpec, StateSpec
+from edge_stream.runtime.manifest import (
+    KV_DTYPES,
+    MANIFEST_FILE,
+    AuxSpec,
+    InputSpec,
+    Limits,
+    Manifest,
+    OutputSpec,
+    StateSpec,
+)
 from edge_stream.runtime.runner import ORT_TYPES
 
 # Model families by how they encode positions (config.json `model_type`).
@@ -140,8 +149,9 @@ def _find_state_pairs(info: ModelInfo) -> dict[str, str]:
     return pairs
 
 
-def _state_spec(inp: TensorInfo, out_name: str) -> StateSpec:
-    """kv if a dim is a 'past' length (it grows by the chunk); recurrent otherwise."""
+def _state_spec(inp: TensorInfo, out_name: str, sizes: dict[str, int]) -> StateSpec:
+    """kv if a dim is a 'past' length (it grows by the chunk); recurrent otherwise. `sizes`:
+    symbolic dims whose size the side files give (`_sized_dims`)."""
     shape = list(inp.shape)
     seq_axis = next((i for i, d in enumerate(shape) if isinstance(d, str) and "past" in d.lower()), None)
     batch_axis = next((i for i, d in enumerate(shape) if isinstance(d, str) and "batch" in d.lower()), None)
@@ -156,6 +166,8 @@ def _state_spec(inp: TensorInfo, out_name: str) -> StateSpec:
             initial.append(1)
         elif isinstance(d, int):
             initial.append(d)
+        elif d in sizes:
+            initial.append(sizes[d])
         else:
             raise ManifestError(
                 f"state input {inp.name!r}: axis {i} is symbolic ({_dim_str(d)}) and is neither the batch "
@@ -166,6 +178,15 @@ def _state_spec(inp: TensorInfo, out_name: str) -> StateSpec:
 
 
 # --- side files (config.json, generation_config.json, genai_config.json) ------
+
+def _sized_dims(model_dir: Path) -> dict[str, int]:
+    """Symbolic state dims a side file sizes: onnxruntime-genai 0.18's builder leaves the KV
+    head axis symbolic (`kv_cache_dim`: one graph for float and compressed caches), and its
+    genai_config.json gives the head size."""
+    decoder = _read_json(model_dir / "genai_config.json").get("model", {}).get("decoder", {})
+    head_size = decoder.get("head_size")
+    return {"kv_cache_dim": head_size} if isinstance(head_size, int) else {}
+
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
@@ -231,7 +252,8 @@ def draft_manifest(model_path: str | Path) -> Manifest:
     info = describe(model_path)
     model_dir = info.path.parent
     pairs = _find_state_pairs(info)
-    states = tuple(_state_spec(info.input(i), o) for i, o in pairs.items())
+    sizes = _sized_dims(model_dir)
+    states = tuple(_state_spec(info.input(i), o, sizes) for i, o in pairs.items())
     state_outputs = set(pairs.values())
 
     stream_input = None
@@ -278,7 +300,10 @@ def draft_manifest(model_path: str | Path) -> Manifest:
     elif any(s.kind == "kv" for s in states):
         limits = Limits(max_positions=side.max_positions, position_encoding="implicit")
 
-    kv_io, rotary_table = _attention_graph(info.path, states)
+    kv_io, rotary_table, scales = _attention_graph(info.path, states)
+    states = tuple(replace(s, scale=scales[s.input]) if s.input in scales else s for s in states)
+    kv = [s for s in states if s.kind == "kv"]
+    kv_precision = {v: k for k, v in KV_DTYPES.items()}.get(kv[0].dtype) if kv else None
     if rotary_table and limits.position_encoding == "rotary":
         limits = replace(limits, position_encoding="rotary_table")
     source = {"derived_by": "edge_stream.runtime.introspect", "onnx": info.path.name}
@@ -289,24 +314,46 @@ def draft_manifest(model_path: str | Path) -> Manifest:
     name = model_dir.resolve().name if info.path.name == "model.onnx" else info.path.stem
     return Manifest(name=name, input=stream_input, states=states, outputs=outputs, aux=tuple(aux),
                     limits=limits, model_file=info.path.name, tokenizer=tokenizer,
-                    stop_token_ids=stop_ids, kv_io=kv_io, source=source)
+                    stop_token_ids=stop_ids, kv_io=kv_io, kv_precision=kv_precision, source=source)
 
 
-def _attention_graph(path: Path, states) -> tuple[str, bool]:
-    """(kv_io, rotary_table) from the graph's GroupQueryAttention nodes, reading the graph, not
-    its weights: 'shared_buffer' where every kv state feeds one (it takes past and present
-    as one buffer), else 'concat'; rotary_table where they rotate from cos/sin caches
-    (do_rotary=1), whose rows bound the positions."""
+def _attention_graph(path: Path, states) -> tuple[str, bool, dict]:
+    """(kv_io, rotary_table, scales) from the graph's GroupQueryAttention nodes, reading the
+    graph, not its weights: 'shared_buffer' where every kv state feeds one (it takes past and
+    present as one buffer), else 'concat'; rotary_table where they rotate from cos/sin caches
+    (do_rotary=1), whose rows bound the positions; scales: past input -> its k_scale/v_scale
+    values (flattened) where the node keeps an 8-bit cache (kv_cache_bit_width=8)."""
     kv_inputs = {s.input for s in states if s.kind == "kv"}
     if not kv_inputs:
-        return "concat", False
+        return "concat", False, {}
+    import numpy as np
     import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(str(path), load_external_data=False).graph
     gqa = [node for node in graph.node if node.op_type == "GroupQueryAttention"]
     fed_to_gqa = {name for node in gqa for name in node.input}
     rotary = any(a.name == "do_rotary" and a.i == 1 for node in gqa for a in node.attribute)
-    return ("shared_buffer" if kv_inputs <= fed_to_gqa else "concat"), rotary
+    inits = {t.name: t for t in graph.initializer}
+    by_input = {s.input: s for s in states}
+    scales = {}
+    for node in gqa:
+        if not any(a.name == "kv_cache_bit_width" and a.i == 8 for a in node.attribute):
+            continue
+        for past, idx in ((3, GQA_K_SCALE), (4, GQA_V_SCALE)):
+            name = node.input[idx] if len(node.input) > idx else ""
+            if name not in inits:
+                raise ManifestError(f"{path.name}: {node.name} keeps an 8-bit KV cache but its "
+                                    f"{'k' if past == 3 else 'v'}_scale is not a constant of the graph")
+            spec = by_input[node.input[past]]
+            entry = [1 if i == spec.seq_axis else d for i, d in enumerate(spec.shape)]  # one position
+            # PER_TENSOR ([1]) and PER_CHANNEL ([1, kv_heads, 1, head_dim]) alike: one value per element
+            values = np.broadcast_to(numpy_helper.to_array(inits[name], base_dir=str(path.parent)), entry)
+            scales[spec.input] = tuple(float(x) for x in values.ravel())
+    return ("shared_buffer" if kv_inputs <= fed_to_gqa else "concat"), rotary, scales
+
+
+GQA_K_SCALE, GQA_V_SCALE = 12, 13  # GroupQueryAttention's k_scale and v_scale inputs
 
 
 def _stream_input(inp: TensorInfo) -> InputSpec | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 # one preallocated buffer and writes the chunk's entries in place, at the cache length
 # the attention mask gives.
 KV_IO = ("concat", "shared_buffer")
+# What a kv state's entries are: float ones as they are; int8 ones are entry * scale, with one
+# static scale per (kv head, channel) that the graph applies itself (GroupQueryAttention's
+# k_scale/v_scale) and the manifest records beside it (StateSpec.scale).
+KV_PRECISIONS = ("fp32", "fp16", "int8")
+KV_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class StateSpec:
 
     `kv` states grow along `seq_axis` by the chunk length each run; `recurrent`
     states keep `shape`. `shape` is the initial shape with batch 1 (seq 0 for kv).
+    `scale` (int8 kv states only): value = entry * scale, one scale per element of a
+    position's entry ([kv_heads, head_dim] flattened), the graph's own k_scale/v_scale.
     """
 
     input: str
@@ -62,6 +70,12 @@ class StateSpec:
     dtype: str = "float32"
     seq_axis: int | None = None
     batch_axis: int = 0
+    scale: tuple[float, ...] | None = None
+
+    @property
+    def entry_shape(self) -> tuple[int, ...]:
+        """The shape of one position's entry: `shape` without its batch and seq axes."""
+        return tuple(d for i, d in enumerate(self.shape) if i not in (self.seq_axis, self.batch_axis))
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ class Manifest:
     stop_token_ids: tuple[int, ...] = ()
     precision: str = "fp32"
     kv_io: str = "concat"
+    kv_precision: str | None = None  # KV_PRECISIONS; None: no kv states
     source: dict = field(default_factory=dict)
     schema: str = SCHEMA
 
@@ -247,6 +262,7 @@ def manifest_from_dict(d: dict) -> Manifest:
         _choice(events.kind, ("vad",), "manifest.events.kind")
 
     kv_io = _choice(d.get("kv_io", "concat"), KV_IO, "manifest.kv_io")
+    kv_precision = _kv_precision(d.get("kv_precision"), states)
     if kv_io == "shared_buffer" and not any(s.kind == "kv" for s in states):
         raise ManifestError("manifest.kv_io: 'shared_buffer' needs kv states")
 
@@ -268,9 +284,43 @@ def manifest_from_dict(d: dict) -> Manifest:
         stop_token_ids=tuple(int(t) for t in d.get("stop_token_ids", ())),
         precision=d.get("precision", "fp32"),
         kv_io=kv_io,
+        kv_precision=kv_precision,
         source=d.get("source", {}),
         schema=schema,
     )
+
+
+def _kv_precision(value, states) -> str | None:
+    """The manifest's kv_precision, checked against its kv states' dtypes and scales; derived
+    from the dtypes where a manifest (written before the field existed) leaves it out."""
+    kv = [(i, s) for i, s in enumerate(states) if s.kind == "kv"]
+    for i, s in enumerate(states):
+        if s.scale is not None and (s.kind != "kv" or s.dtype != "int8"):
+            raise ManifestError(f"manifest.states[{i}].scale: only int8 kv states have a scale; "
+                                f"{s.input!r} is a {s.dtype} {s.kind} state")
+    if not kv:
+        if value is not None:
+            raise ManifestError(f"manifest.kv_precision: {value!r} given, but the model has no kv states")
+        return None
+    if value is None:
+        by_dtype = {v: k for k, v in KV_DTYPES.items()}
+        value = by_dtype.get(kv[0][1].dtype, "fp32")
+    _choice(value, KV_PRECISIONS, "manifest.kv_precision")
+    for i, s in kv:
+        where = f"manifest.states[{i}]"
+        if s.dtype != KV_DTYPES[value]:
+            raise ManifestError(f"{where}.dtype: kv_precision {value} stores kv states as {KV_DTYPES[value]}, "
+                                f"{s.input!r} is {s.dtype}")
+        if value != "int8":
+            continue
+        n = math.prod(s.entry_shape)
+        if s.scale is None or len(s.scale) != n:
+            got = "none" if s.scale is None else f"{len(s.scale)} values"
+            raise ManifestError(f"{where}.scale: an int8 kv state needs one scale per element of an entry "
+                                f"({' x '.join(map(str, s.entry_shape))} = {n}), got {got}")
+        if not all(math.isfinite(x) and x > 0 for x in s.scale):
+            raise ManifestError(f"{where}.scale: scales must be finite and > 0")
+    return value
 
 
 def load_manifest(model_dir: str | Path) -> Manifest:

@@ -67,13 +67,19 @@ def resolve_providers(providers) -> list:
     return resolved
 
 
+DEFAULT_SPINNING = False  # ORT's pools when spinning is not set (ThreadOptions: why)
+
+
 @dataclass(frozen=True)
 class ThreadOptions:
     """How ONNX Runtime's thread pools wait and where they run (launch options of the same names).
 
-    Spinning: a pool thread busy-waits for the next piece of work instead of sleeping, so a run
-    after an idle gap wakes faster, at the price of a core burnt while it spins; None keeps ORT's
-    default (on). `intra_op_thread_affinities`: ORT's syntax, one group per pool thread besides the
+    Spinning: a pool thread busy-waits for the next piece of work instead of sleeping, at the price
+    of a core burnt while it spins; None: DEFAULT_SPINNING (off; ORT's own default is on). Measured
+    on the same gqa file as onnxruntime-genai (docs/benchmarks.md, "Decode vs onnxruntime-genai 0.18"):
+    after the idle gaps of a node's single decode steps, a pool with spinning on burnt 2.3-3.8x the
+    CPU of one with it off and, on 2 cores shared with other work, stepped slower.
+    `intra_op_thread_affinities`: ORT's syntax, one group per pool thread besides the
     caller's (threads - 1 groups), groups split by ';', each a comma list of 1-based logical
     processors or ranges: "1;2" pins the two workers of a 3-thread pool to CPUs 0 and 1.
     """
@@ -90,7 +96,7 @@ class ThreadOptions:
                           ("inter_op_spinning", "session.inter_op.allow_spinning")):
             value = getattr(self, name)
             if value is None:
-                continue
+                value = DEFAULT_SPINNING
             if not isinstance(value, bool):
                 raise ConfigError(f"{name}: expected true or false, got {value!r}")
             entries[key] = "1" if value else "0"

@@ -71,7 +71,7 @@ class VadEvents:
         triggered, temp_end, current = self.state.triggered, self.state.temp_end, self.state.current_sample
         window = self.block
         events: list[dict] = []
-        for p in probs:
+        for p in probs.tolist() if isinstance(probs, np.ndarray) else probs:  # Python floats: a faster loop
             p = float(p)
             current += window
             if p >= self.threshold and temp_end:
