@@ -3,7 +3,7 @@
     python -m export.eval_recognizer models/command-recognizer             # report, metrics.json, MODEL_CARD.md
     python -m export.eval_recognizer models/command-recognizer --utts 100  # quicker, fewer utterances
 
-Sets (export.synth, cached in .cache/synth/): commands by espeak-ng's and flite's held-out voices
+Sets (export.synth, cached in .cache/synth/): commands by espeak-ng's, flite's and GnuSpeech's held-out voices
 (split "eval": voices no training utterance used) and by festival, the synthesizer held out of
 training entirely (split "heldout-engine"); plus non-command sentences of each, to see how often
 out-of-vocabulary words come out as `<unk>`. Conditions (export.augment.random_chain from
@@ -244,6 +244,8 @@ def write_model_card(model_dir: Path, metrics: dict) -> Path:
     kinds = ", ".join(f"{k} {v}" for k, v in t.get("train_kinds", {}).items())
     rtf = e["rtf"]
     command = t.get("command", "python -m export.train_recognizer").replace(" --resume", "")
+    gnu = (f"; and a set of its own of GnuSpeech's {synth.GNUSPEECH_TRAIN_VOICES} drawn talkers (its presets are held out)"
+           if t.get("data", {}).get("gnuspeech_utts") else "")
     resumed = ""
     if "--resume" in t.get("command", ""):
         resumed = "This model's run was interrupted and continued with `--resume`"
@@ -274,7 +276,7 @@ on top; each decoded word carries a `confidence` (its label's posterior on the f
 ## Data
 Clean speech synthesized once and cached (`export/synth.py`, split "train"): espeak-ng's
 {len(sd.TRAIN_VOICES)} training voices ({len(sd.TRAIN_ACCENTS)} accents x {len(sd.TRAIN_VARIANTS)} variants) and flite's awb and rms, half the
-utterances each, rate x0.8-1.25, pitch +-4 semitones where the voice allows; {t.get('train_utterances', '?')} utterances
+utterances each{gnu}, rate x0.8-1.25, pitch +-4 semitones where the voice allows; {t.get('train_utterances', '?')} utterances
 ({kinds}): commands from the grammar and {t.get('data', {}).get('other_p', 0):.0%} non-command sentences.
 Festival (kal_diphone, ked_diphone, cmu_us_slt_arctic_hts) never trains, nor do flite's kal, kal16 and
 slt (same recordings as festival's voices) or speech_data's held-out espeak-ng voices.
