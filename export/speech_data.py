@@ -250,6 +250,12 @@ class SpeechSet:
     offsets: np.ndarray  # [n + 1] int64
     word_spans: list[list[tuple[str, int, int]]]
 
+    @classmethod
+    def of_clips(cls, specs: list, clips: list, word_spans: list) -> "SpeechSet":
+        """A set from each utterance's int16 audio, stored contiguously."""
+        offsets = np.concatenate([[0], np.cumsum([len(c) for c in clips])]).astype(np.int64)
+        return cls(specs, np.concatenate(clips), offsets, word_spans)
+
     def __len__(self) -> int:
         return len(self.specs)
 
@@ -272,8 +278,7 @@ def build_set(split: str, n: int, seed: int, workers: int = 2) -> SpeechSet:
     print(f"{split}: synthesized {n} utterances in {time.time() - t0:.0f} s "
           f"({sum(len(u.audio) for u in utts) / SAMPLE_RATE / 3600:.2f} h of speech)")
     pcm = [np.clip(np.round(u.audio * 32768.0), -32768, 32767).astype(np.int16) for u in utts]
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pcm])]).astype(np.int64)
-    return SpeechSet(specs, np.concatenate(pcm), offsets, [u.word_spans for u in utts])
+    return SpeechSet.of_clips(specs, pcm, [u.word_spans for u in utts])
 
 
 def cache_path(split: str, n: int, seed: int) -> Path:

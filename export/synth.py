@@ -276,10 +276,7 @@ class FestivalEngine:
         return _festival_voices()
 
     def synthesize(self, text: str, voice: str, rate: float = 1.0, pitch_st: float = 0.0) -> Synthesis:
-        result = self.synthesize_many([(text, voice, rate, pitch_st)])[0]
-        if isinstance(result, SynthError):
-            raise result
-        return result
+        return _one(self, text, voice, rate, pitch_st)
 
     def synthesize_many(self, items) -> list[Synthesis | SynthError]:
         """[(text, voice, rate, pitch_st)] -> a Synthesis or a SynthError for each, in one process."""
@@ -391,10 +388,7 @@ class GnuSpeechEngine:
         return self.VOICES
 
     def synthesize(self, text: str, voice: str, rate: float = 1.0, pitch_st: float = 0.0) -> Synthesis:
-        result = self.synthesize_many([(text, voice, rate, pitch_st)])[0]
-        if isinstance(result, SynthError):
-            raise result
-        return result
+        return _one(self, text, voice, rate, pitch_st)
 
     def _install(self) -> None:
         if not (GNUSPEECH_DIR / "node_modules" / "@echogarden" / "gnuspeech-wasm").is_dir():
@@ -458,6 +452,14 @@ def _gnuspeech_word_times(r: dict, text: str, voice: str) -> list[tuple[str, flo
         times.append((w, first[1], later[0] if later else last[1] + 0.08))
         k += n
     return times
+
+
+def _one(engine, text: str, voice: str, rate: float, pitch_st: float) -> Synthesis:
+    """One text through an engine whose verb is synthesize_many (one process per call)."""
+    result = engine.synthesize_many([(text, voice, rate, pitch_st)])[0]
+    if isinstance(result, SynthError):
+        raise result
+    return result
 
 
 def _try(fn, *args):
@@ -584,9 +586,7 @@ def build_set(split: str, n: int, seed: int, workers: int = 2, chunk: int = 50, 
     log.info("%s%s: synthesized %d of %d utterances in %.0f s (%.2f h of speech)", split,
              f" ({engine})" if engine else "", len(done), n, time.time() - t0,
              sum(len(s.audio) for _, s in done) / SAMPLE_RATE / 3600)
-    offsets = np.concatenate([[0], np.cumsum([len(s.audio) for _, s in done])]).astype(np.int64)
-    return SpeechSet([sp for sp, _ in done], np.concatenate([s.audio for _, s in done]), offsets,
-                     [s.word_spans for _, s in done])
+    return SpeechSet.of_clips([sp for sp, _ in done], [s.audio for _, s in done], [s.word_spans for _, s in done])
 
 
 def cache_path(split: str, n: int, seed: int, engine: str | None = None, other_p: float = 0.0) -> Path:

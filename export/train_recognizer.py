@@ -538,10 +538,9 @@ def load_training_set(dcfg: DataConfig) -> sd.SpeechSet:
 
 def concat_sets(*sets: sd.SpeechSet) -> sd.SpeechSet:
     """One SpeechSet holding the utterances of several, in order."""
-    lengths = np.concatenate([np.diff(d.offsets) for d in sets])
-    return sd.SpeechSet([s for d in sets for s in d.specs], np.concatenate([d.audio for d in sets]),
-                        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                        [w for d in sets for w in d.word_spans])
+    return sd.SpeechSet.of_clips([s for d in sets for s in d.specs],
+                                 [d.audio[d.offsets[i]:d.offsets[i + 1]] for d in sets for i in range(len(d))],
+                                 [w for d in sets for w in d.word_spans])
 
 
 def main(argv=None) -> None:

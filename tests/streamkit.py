@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -64,3 +66,24 @@ def window_mask(sizes, sinks, window, evict_block) -> torch.Tensor:
     mask = torch.zeros(1, 1, total, total)
     mask[0, 0][~torch.from_numpy(allow)] = torch.finfo(torch.float32).min
     return mask
+
+
+def in_threads(fn, n: int = 2) -> list:
+    """fn(0) ... fn(n - 1), each in its own thread, all at once; their results in order. An exception
+    in any thread is raised here."""
+    results, errors = [None] * n, []
+
+    def run(i):
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from streamkit import TOL, chunk_sizes, feed_in_chunks, reference_logits, window_mask
+from streamkit import TOL, chunk_sizes, feed_in_chunks, in_threads, reference_logits, window_mask
 
 import edge_stream as es
 from edge_stream.runtime.kvbuffer import KVBuffer
@@ -141,22 +141,13 @@ def test_two_streams_restored_from_one_snapshot_run_concurrently(gqa, monkeypatc
         return verdict
 
     monkeypatch.setattr(KVBuffer, "_free", free_after_both_arrive)
-    results, errors = [None, None], []
 
     def run(i):
-        try:
-            stream = model.open_stream()
-            stream.restore(snap)
-            results[i] = np.concatenate([stream.feed(tails[i][j:j + 3]).logits for j in range(0, 30, 3)])
-        except Exception as exc:  # reported below
-            errors.append(exc)
+        stream = model.open_stream()
+        stream.restore(snap)
+        return np.concatenate([stream.feed(tails[i][j:j + 3]).logits for j in range(0, 30, 3)])
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = in_threads(run)
     for tail, got in zip(tails, results):
         np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([a, tail]))[25:], atol=TOL, rtol=0)
     assert barrier.broken  # both reached the check together and the second was held off until the first decided

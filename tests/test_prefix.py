@@ -4,11 +4,9 @@ shared-buffer layout (the gqa export), without running or copying the prefix at 
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
-from streamkit import TOL, feed_in_chunks, reference_logits
+from streamkit import TOL, feed_in_chunks, in_threads, reference_logits
 
 import edge_stream as es
 
@@ -183,20 +181,11 @@ def test_streams_from_one_prefix_feed_concurrently_from_two_threads(lm):
     p = ids(model, 30, 38)
     snap = prefix_of(model, p)
     tails = [ids(model, 30, 39), ids(model, 30, 40)]
-    results, errors = [None, None], []
 
     def run(i):
-        try:
-            stream = model.open_stream(prefix=snap)
-            results[i] = np.concatenate([stream.feed(tails[i][j:j + 3]).logits for j in range(0, 30, 3)])
-        except Exception as exc:  # reported below
-            errors.append(exc)
+        stream = model.open_stream(prefix=snap)
+        return np.concatenate([stream.feed(tails[i][j:j + 3]).logits for j in range(0, 30, 3)])
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = in_threads(run)
     for tail, got in zip(tails, results):
         np.testing.assert_allclose(got, reference_logits(ref, np.concatenate([p, tail]))[30:], atol=TOL, rtol=0)

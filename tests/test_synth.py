@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 
 from export import synth
@@ -28,7 +27,6 @@ def test_gnuspeech_speaks_every_word_with_a_span_in_order(spoken):
     for s in spoken:
         assert not isinstance(s, synth.SynthError), s
         assert s.word_spans is not None
-        words = [w for w, _, _ in s.word_spans]
         starts = [a for _, a, _ in s.word_spans]
         assert starts == sorted(starts) and all(0 <= a < b <= len(s.audio) for _, a, b in s.word_spans)
     assert [w for w, _, _ in spoken[0].word_spans] == ["don't", "move", "then", "turn", "left", "ninety", "degrees"]

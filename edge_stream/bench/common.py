@@ -26,6 +26,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_one_model_launch(path: Path, node: str, ep_in: str, ep_out: str, model: str, model_dir, topics: list,
+                           **options) -> Path:
+    """A launch file of one node serving one model (the node benchmarks'): `options` are the model
+    route's settings (str, int, float or bool)."""
+    def toml(v):
+        return ("true" if v else "false") if isinstance(v, bool) else f'"{v}"' if isinstance(v, str) else str(v)
+
+    lines = ["[[node]]", f'name = "{node}"', f'input.bind = ["{ep_in}"]', f'output.bind = ["{ep_out}"]',
+             "[[node.models]]", f'name = "{model}"', f'dir = "{Path(model_dir).resolve()}"',
+             "topics = [" + ", ".join(f'"{t}"' for t in topics) + "]"]
+    path.write_text("\n".join(lines + [f"{k} = {toml(v)}" for k, v in options.items()]) + "\n")
+    return path
+
+
 def run_node_process(launch: Path):
     """`edge-stream run launch` in its own process (as on a robot: the benchmark's threads must not
     share its GIL); returns the Popen once the node printed its ready line."""

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_stream.bench.common import free_port, run_node_process
+from edge_stream.bench.common import free_port, run_node_process, write_one_model_launch
 from edge_stream.node.client import Publisher, Subscriber
 from edge_stream.stats import percentiles
 
@@ -47,16 +47,7 @@ def start_node_process(vad_dir: str, transport: str, folder: Path) -> tuple[subp
         ep_in, ep_out = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
     else:
         ep_in, ep_out = f"ipc://{folder}/in", f"ipc://{folder}/out"
-    launch = folder / "bench.toml"
-    launch.write_text(f"""[[node]]
-name = "bench"
-input.bind = ["{ep_in}"]
-output.bind = ["{ep_out}"]
-[[node.models]]
-name = "vad"
-dir = "{Path(vad_dir).resolve()}"
-topics = ["mic"]
-""")
+    launch = write_one_model_launch(folder / "bench.toml", "bench", ep_in, ep_out, "vad", vad_dir, ["mic"])
     proc = run_node_process(launch)
     return proc, ep_in, ep_out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_stream.bench.common import free_port, run_node_process
+from edge_stream.bench.common import free_port, run_node_process, write_one_model_launch
 from edge_stream.stats import dist, percentiles
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,9 @@ def input_during_generation(model, mode: str, chunks: int, prompt: int, chunk_to
 
     with tempfile.TemporaryDirectory() as tmp:
         ep_in, ep_out = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
-        launch = Path(tmp) / "revise.toml"
-        launch.write_text(f"""[[node]]
-name = "bench-revise"
-input.bind = ["{ep_in}"]
-output.bind = ["{ep_out}"]
-[[node.models]]
-name = "lm"
-dir = "{Path(model.dir).resolve()}"
-topics = ["chat"]
-threads = {threads}
-max_new_tokens_cap = 100000
-input_during_generation = "{mode}"
-""")
+        launch = write_one_model_launch(Path(tmp) / "revise.toml", "bench-revise", ep_in, ep_out, "lm", model.dir,
+                                        ["chat"], threads=threads, max_new_tokens_cap=100000,
+                                        input_during_generation=mode)
         proc = run_node_process(launch)
         try:
             sub = Subscriber(["out/"], connect=[ep_out], prefix=True)

@@ -312,9 +312,12 @@ def set_figures(heard: list[Heard], threshold: float) -> dict:
 def grammar_check_line(phrases: list[Heard], sentences: list[Heard], threshold: float) -> str:
     """What the parser's grammar check did at `threshold`: the commands it held back, by what they
     would have been (right, wrong, a command from a non-command sentence)."""
-    refused = [h for h in phrases if h.refused and h.command != "stop" and h.confidence >= threshold]
+    def held_back(h: Heard) -> bool:  # the threshold alone would have published it
+        return h.refused and h.command != "stop" and h.confidence >= threshold
+
+    refused = [h for h in phrases if held_back(h)]
     right = sum(h.command == h.case.expected for h in refused)
-    from_sentences = sum(h.refused and h.command != "stop" and h.confidence >= threshold for h in sentences)
+    from_sentences = sum(map(held_back, sentences))
     return (f"Grammar check (`grammar_check`: a command the grammar's rules do not read from the same words "
             f"is asked again): at min_confidence {threshold:.2f} it held back {len(refused)} of {len(phrases)} "
             f"phrases' commands, {len(refused) - right} of them wrong and {right} right, and {from_sentences} "
