@@ -9,9 +9,11 @@ buffer, which the runtime binds once and ORT appends to in place (manifest
 `kv_io: shared_buffer`). `add_position_ids` gives its rotary explicit positions, so a
 sliding window evicts without recomputing (`rotary_table`, see StreamSession).
 
-Precisions: fp32 and int4 are the builder's own (int4: MatMulNBits, block 32, int8
-activations on CPU); int8 is the fp32 graph with every MatMul weight quantised to
-8 bits per block (MatMulNBits, `quantize_nbits`); fp16 is the builder's CUDA build.
+Precisions: fp32, int8 and int4 are the builder's own (int8/int4: MatMulNBits, symmetric
+8 or 4 bits per block of 32, activations quantised to int8 per block inside the kernel,
+accuracy level 4); int8-qgemm is the builder's int8 with every MatMulNBits turned into
+DynamicQuantizeMatMul with per-channel int8 weights (export.qgemm: ORT's u8s8 integer GEMM,
+2-3x faster on a chunk, activations quantised per tensor); fp16 is the builder's CUDA build.
 The output folder is also an onnxruntime-genai model folder (genai_config.json), so
 peers can be measured on the very same files.
 
@@ -36,18 +38,16 @@ from pathlib import Path
 
 from edge_stream.errors import ConfigError
 from export.builder_env import builder_python
+from export.qgemm import to_qgemm
 
 log = logging.getLogger("export.gqa")
 
-PRECISIONS = ("fp32", "int8", "int4", "fp16")
-BUILDER_PRECISION = {"fp32": "fp32", "int8": "fp32", "int4": "int4", "fp16": "fp16"}
-# 8-bit weights per block of 32 along K, symmetric, int8 activations (accuracy level 4:
-# VNNI/AMX integer dot products on x86). On the SmolLM2-135M shape, blocks of 32 and 128
-# decoded at the same speed (10.9 ms per token each, fp32 24.6 ms, int4 8.0 ms, one model
-# at a time), so the finer blocks, for their accuracy.
-
-INT8_BLOCK = 32
-ACCURACY_LEVEL_INT8 = 4
+PRECISIONS = ("fp32", "int8", "int8-qgemm", "int4", "fp16")
+# The builder's int8 is 8-bit weights per block of 32 along K, symmetric, int8 activations
+# (accuracy level 4: VNNI integer dot products on x86), as our own quantisation of its fp32
+# graph used to be, without writing the fp32 graph first (a 3B fp32 graph is 12 GB). On the
+# SmolLM2-135M shape, blocks of 32 and 128 decoded at the same speed.
+BUILDER_PRECISION = {"fp32": "fp32", "int8": "int8", "int8-qgemm": "int8", "int4": "int4", "fp16": "fp16"}
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # any one: the builder loads a tokenizer
@@ -71,7 +71,8 @@ def check_options(precision: str, kv_precision: str = "fp32") -> None:
                           "activations; fp16 is the CUDA build (use --precision fp32, int8 or int4)")
 
 
-def build(src: str, out: Path, precision: str, device: str = "cpu", kv_precision: str = "fp32") -> None:
+def build(src: str, out: Path, precision: str, device: str = "cpu", kv_precision: str = "fp32",
+          logits_to_keep: bool = False) -> None:
     """Run the model builder on SRC (a local Hugging Face folder) into OUT; with kv_precision
     int8, calibrate the KV scales on the built graph and make its cache int8."""
     check_options(precision, kv_precision)
@@ -99,8 +100,10 @@ def build(src: str, out: Path, precision: str, device: str = "cpu", kv_precision
         raise RuntimeError(f"model builder failed (exit {proc.returncode}): " + "\n".join(last))
     fix_kv_head_size(out / "model.onnx", json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["head_size"])
     add_position_ids(out / "model.onnx")
-    if precision == "int8":
-        quantize_nbits(out / "model.onnx", bits=8, block_size=INT8_BLOCK, accuracy_level=ACCURACY_LEVEL_INT8)
+    if logits_to_keep:
+        add_logits_to_keep(out / "model.onnx")
+    if precision == "int8-qgemm":
+        to_qgemm(out / "model.onnx")
     if kv_precision == "int8":
         absmax = kv_absmax(out)
         quantize_kv(out / "model.onnx", absmax)
@@ -160,30 +163,51 @@ def add_position_ids(model_path: Path) -> None:
     onnx.save(model, str(model_path))  # weights stay in the external data file it names
 
 
-def quantize_nbits(model_path: Path, bits: int, block_size: int, accuracy_level: int) -> None:
-    """Quantise every constant MatMul weight to `bits` per block (MatMulNBits), in place.
+LOGITS_TO_KEEP = "logits_to_keep"
+LM_HEADS = ("MatMul", "MatMulNBits", "DynamicQuantizeMatMul")
 
-    Weight-only: activations stay fp32 between ops and are quantised to int8 inside the
-    MatMul at accuracy level 4. The embedding Gather keeps fp32 rows (one row per token).
+
+def add_logits_to_keep(model_path: Path) -> None:
+    """Give the lm_head an input `logits_to_keep` [1] (int64): logits only for the run's last k
+    positions (k = 0: all of them).
+
+    A stream that only generates needs the last position's logits; the lm_head over a whole
+    chunk is the largest matmul of a small model (SmolLM2-135M: 28M of its 135M weights, a
+    fifth of a batch prefill) and a tenth of a 16-token chunk at Qwen2.5-1.5B. The runtime
+    fills it (manifest aux `logits_to_keep`): the run's length, or 1 on a stream opened with
+    logits="last". It is a required input: ORT's IO binding (the shared KV buffer) cannot bind
+    an input that has a default, so onnxruntime-genai, which does not know it, cannot run a
+    folder built with it (export.hf --logits-to-keep; off by default for that reason).
     """
+    import numpy as np
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnx import TensorProto, helper, numpy_helper
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.WARNING)  # the quantizer logs a line per node on the root logger
-    try:
-        model = onnx.load(str(model_path))
-        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True,
-                                              accuracy_level=accuracy_level, bits=bits)
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
-                                         accuracy_level=accuracy_level, algo_config=config)
-        quantizer.process()
-    finally:
-        root.setLevel(level)
-    data = model_path.with_name(model_path.name + ".data")
-    data.unlink(missing_ok=True)
-    onnx.save(quantizer.model.model, str(model_path), save_as_external_data=True, location=data.name)
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph = model.graph
+    if any(i.name == LOGITS_TO_KEEP for i in graph.input):
+        return
+    head = next((n for n in graph.node if "logits" in n.output), None)
+    if head is None or head.op_type not in LM_HEADS:
+        raise RuntimeError(f"--logits-to-keep: no lm_head matmul writes 'logits' "
+                           f"({head.op_type if head else 'no such output'})")
+    graph.input.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
+    graph.initializer.extend([numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64),
+                                                      "/logits_to_keep/ends"),
+                              numpy_helper.from_array(np.array([1], np.int64), "/logits_to_keep/axes")])
+    nodes = [helper.make_node("Neg", [LOGITS_TO_KEEP], ["/logits_to_keep/starts"], name="/logits_to_keep/Neg"),
+             helper.make_node("Slice", [head.input[0], "/logits_to_keep/starts", "/logits_to_keep/ends",
+                                        "/logits_to_keep/axes"], ["/logits_to_keep/hidden"],
+                              name="/logits_to_keep/Slice")]
+    head.input[0] = "/logits_to_keep/hidden"
+    at = list(graph.node).index(head)
+    for i, node in enumerate(nodes):
+        graph.node.insert(at + i, node)
+    logits = next(o for o in graph.output if o.name == "logits")
+    dims = logits.type.tensor_type.shape.dim  # [batch, sequence, vocab]: now k rows of the sequence
+    if len(dims) == 3:
+        dims[1].dim_param = "logits_length"
+    onnx.save(model, str(model_path))  # weights stay in the external data file it names
 
 
 # ----- int8 KV cache ---------------------------------------------------------------------------

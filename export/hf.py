@@ -1,7 +1,8 @@
 """Export a Hugging Face causal LM to an edge-stream model directory.
 
-    python -m export.hf SRC -o OUT [--graph optimum|gqa] [--precision fp32|int8|int4|fp16]
-                        [--kv-precision fp32|int8] [--device cpu|cuda] [--chunkings N] [--no-check]
+    python -m export.hf SRC -o OUT [--graph optimum|gqa] [--precision fp32|int8|int8-qgemm|int4|fp16]
+                        [--kv-precision fp32|int8] [--logits-to-keep] [--device cpu|cuda] [--chunkings N]
+                        [--no-check]
 
 SRC is a local folder (a hub id works where a network exists for --graph optimum).
 Two graphs:
@@ -17,7 +18,9 @@ Two graphs:
   evict as on optimum's graph (re-encoding once at the cos/sin table's end).
   `--kv-precision int8` (gqa only) stores the KV cache as int8 with calibrated per-channel
   scales that GroupQueryAttention applies itself (`export.gqa.quantize_kv`); the manifest
-  records `kv_precision` and each state's `scale`.
+  records `kv_precision` and each state's `scale`. `--logits-to-keep` (gqa only) adds an
+  input that lets a stream opened with logits="last" run the lm_head for its last position
+  only (`export.gqa.add_logits_to_keep`).
 OUT gets model.onnx (+ external data),
 manifest.json and the tokenizer files. Every export ends with `export.parity`
 and exits non-zero when the streamed logits are out of tolerance.
@@ -172,12 +175,14 @@ def copy_side_files(src: str, out: Path) -> list[str]:
 
 def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = "cpu",
               chunkings: int = 4, check: bool = True, seed: int = 0, graph: str = "optimum",
-              kv_precision: str = "fp32"):
+              kv_precision: str = "fp32", logits_to_keep: bool = False):
     """Export SRC into OUT; returns the ParityReport (None with check=False)."""
     if graph not in GRAPHS:
         raise ConfigError(f"--graph: expected one of {', '.join(GRAPHS)}, got {graph!r}")
     if graph == "gqa":
-        return _export_gqa(src, Path(out), precision, device, chunkings, check, seed, kv_precision)
+        return _export_gqa(src, Path(out), precision, device, chunkings, check, seed, kv_precision, logits_to_keep)
+    if logits_to_keep:
+        raise ConfigError("--logits-to-keep: --graph gqa only")
     if kv_precision != "fp32":
         raise ConfigError(f"--kv-precision {kv_precision}: --graph gqa only (GroupQueryAttention applies the "
                           "KV scales); optimum's graph keeps a float cache")
@@ -217,7 +222,7 @@ def export_hf(src: str, out: str | Path, precision: str = "fp32", device: str = 
 
 
 def _export_gqa(src: str, out: Path, precision: str, device: str, chunkings: int, check: bool, seed: int,
-                kv_precision: str = "fp32"):
+                kv_precision: str = "fp32", logits_to_keep: bool = False):
     """export_hf for --graph gqa: the model builder, then the same manifest and parity steps."""
     from export import gqa
 
@@ -226,7 +231,7 @@ def _export_gqa(src: str, out: Path, precision: str, device: str, chunkings: int
     steps = 3 if check else 2
     t = _step(1, steps, f"onnxruntime-genai model builder on {src} ({precision}, GroupQueryAttention, "
                         f"{kv_precision} KV cache)")
-    gqa.build(src, out, precision, device, kv_precision=kv_precision)
+    gqa.build(src, out, precision, device, kv_precision=kv_precision, logits_to_keep=logits_to_keep)
     log.info("      built in %.1f s", time.perf_counter() - t)
     from export.builder_env import GENAI_VERSION  # the release the builder ran at
 
@@ -280,10 +285,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", choices=GRAPHS, default="optimum",
                         help="optimum: any architecture, explicit positions; gqa: onnxruntime-genai's builder, "
                              "fused attention with an in-place KV buffer (faster)")
-    parser.add_argument("--precision", choices=("fp32", "int8", "int4", "fp16"), default="fp32",
-                        help="int4: --graph gqa only")
+    parser.add_argument("--precision", choices=("fp32", "int8", "int8-qgemm", "int4", "fp16"), default="fp32",
+                        help="int4, int8-qgemm: --graph gqa only (int8-qgemm: per-channel int8 weights for ORT's "
+                             "integer GEMM, 2-3x faster chunks, activations quantised per tensor; see export/qgemm.py)")
     parser.add_argument("--kv-precision", choices=("fp32", "int8"), default="fp32",
                         help="int8: --graph gqa only; the KV cache as int8 with calibrated per-channel scales")
+    parser.add_argument("--logits-to-keep", action="store_true",
+                        help="gqa only: a logits_to_keep input, so streams opened with logits=\"last\" run the "
+                             "lm_head for one position, not the whole chunk (onnxruntime-genai cannot run the folder)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="execution provider the export targets (fp16 is for cuda)")
     parser.add_argument("--chunkings", type=int, default=4, help="random chunkings in the parity check")
@@ -294,7 +303,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     report = export_hf(args.src, args.out, precision=args.precision, device=args.device,
                        chunkings=args.chunkings, check=not args.no_check, seed=args.seed, graph=args.graph,
-                       kv_precision=args.kv_precision)
+                       kv_precision=args.kv_precision, logits_to_keep=args.logits_to_keep)
     if report is None:
         print(f"exported {args.src} -> {args.out} ({args.precision}, {args.kv_precision} KV); parity check skipped")
         return 0

@@ -72,11 +72,14 @@ TOLERANCES = {
     "fp32": Tolerance(max_abs=1e-4),
     "fp16": Tolerance(top1=0.98, top1_confident=0.99, kl_mean=5e-5),
     "int8": Tolerance(top1=0.85, top1_confident=0.98, kl_mean=3e-2),
+    # int8-qgemm: per-channel int8 weights, activations per tensor (export.qgemm); see below.
+    "int8-qgemm": Tolerance(top1=0.85, top1_confident=0.98, kl_mean=3e-2),
     "int4": Tolerance(top1=0.7, top1_confident=0.9, kl_mean=0.1),
     # +kv8: an int8 KV cache (export.gqa.quantize_kv) besides the weights' precision; see below.
     "fp32+kv8": Tolerance(top1=0.85, top1_confident=0.98, kl_mean=3e-2),
     "int8+kv8": Tolerance(top1=0.85, top1_confident=0.98, kl_mean=3e-2),
     "int4+kv8": Tolerance(top1=0.7, top1_confident=0.9, kl_mean=0.1),
+    "int8-qgemm+kv8": Tolerance(top1=0.85, top1_confident=0.98, kl_mean=3e-2),
 }
 
 

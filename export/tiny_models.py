@@ -29,7 +29,24 @@ CONFIGS = {
                                num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                                max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True,
                                rms_norm_eps=1e-5),
+    # Qwen2.5-0.5B, 1.5B and 3B's shapes: the realistic sizes (bench.sizes). Tied embeddings,
+    # 2 kv heads of 128 channels, a 151936-entry vocabulary.
+    "qwen2.5-0.5b-shape": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                               num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                               max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True,
+                               rms_norm_eps=1e-6, use_sliding_window=False),
+    "qwen2.5-1.5b-shape": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                               num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                               max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True,
+                               rms_norm_eps=1e-6, use_sliding_window=False),
+    "qwen2.5-3b-shape": dict(model_type="qwen2", vocab_size=151936, hidden_size=2048, intermediate_size=11008,
+                             num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                             max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True,
+                             rms_norm_eps=1e-6, use_sliding_window=False),
 }
+# Kinds saved in bfloat16: a 3B model in fp32 (12 GB) does not fit this machine's memory
+# comfortably beside its export. Speed figures do not depend on the weights' source precision.
+BF16_KINDS = ("qwen2.5-1.5b-shape", "qwen2.5-3b-shape")
 
 # Training text for the tokenizer: English, robot commands, and multi-byte UTF-8
 # (accents, CJK, emoji) so detokenization has split characters to get right.
@@ -76,7 +93,8 @@ def build_tiny(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
     spec.update(bos_token_id=eos, eos_token_id=eos)
     config = AutoConfig.for_model(**spec)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    dtype = torch.bfloat16 if kind in BF16_KINDS else torch.float32
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype).eval()
     # Random init gives near-flat logits; widen them so top-1 is well defined in parity checks.
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)

@@ -197,6 +197,68 @@ def test_gqa_quantised_exports_use_matmulnbits_and_pass_their_bounds(gqa_exports
     assert es.load_manifest(out).precision == precision
 
 
+def test_gqa_int8_qgemm_export_runs_integer_gemm_and_passes_its_bounds(gqa_exports):
+    """int8-qgemm: every weight matmul is DynamicQuantizeMatMul with per-channel int8 weights (no
+    MatMulNBits left), the streamed logits pass the int8-qgemm bounds against PyTorch, and the
+    graph's logits stay close to the builder's own int8 build it was converted from."""
+    import onnx
+
+    out, report = gqa_exports("llama", "int8-qgemm")
+    assert report.passed, report.summary()
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    kinds = [n.op_type for n in graph.node]
+    assert "MatMulNBits" not in kinds and "MatMul" not in kinds and kinds.count("DynamicQuantizeMatMul") >= 5
+    inits = {t.name: t for t in graph.initializer}
+    for node in (n for n in graph.node if n.op_type == "DynamicQuantizeMatMul"):
+        weight, scale = inits[node.input[1]], inits[node.input[2]]
+        assert weight.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [weight.dims[1]]  # per channel
+    assert es.load_manifest(out).precision == "int8-qgemm"
+    nbits_out, nbits_report = gqa_exports("llama", "int8")
+    assert report.kl_mean < 10 * max(nbits_report.kl_mean, 1e-5)  # same order as the block-wise int8
+
+
+def test_qgemm_conversion_reproduces_matmulnbits_weights(tmp_path):
+    """export.qgemm reads MatMulNBits' packed blocks (8 and 4 bits) back into the weight ORT multiplies
+    by: ORT's own MatMulNBits output equals x @ nbits_weight(...), and the per-channel int8 graph
+    it writes stays within int8 rounding of it."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from export.qgemm import nbits_weight, to_qgemm
+
+    rng = np.random.default_rng(0)
+    k, n = 96, 40  # K not a multiple of the 32-block: the last block is padded
+    w = rng.normal(size=(k, n)).astype(np.float32)
+    x = rng.normal(size=(5, k)).astype(np.float32)
+    for bits in (8, 4):
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+                                  [numpy_helper.from_array(w, "W")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=0, bits=bits)
+        quant = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=True, algo_config=config)
+        quant.process()
+        path = tmp_path / f"nbits{bits}.onnx"
+        onnx.save(quant.model.model, str(path))
+        qgraph = quant.model.model.graph
+        node = next(nd for nd in qgraph.node if nd.op_type == "MatMulNBits")
+        inits = {t.name: numpy_helper.to_array(t) for t in qgraph.initializer}
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        zp = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else None
+        w_nbits = nbits_weight(inits[node.input[1]], inits[node.input[2]], zp, k, n, bits, attrs["block_size"])
+        y_nbits = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+        np.testing.assert_allclose(x @ w_nbits, y_nbits, rtol=1e-4, atol=1e-4)
+        assert np.abs(w_nbits - w).max() <= np.abs(w).max() / (2 ** (bits - 1) - 1)  # it is the weight
+
+        assert to_qgemm(path) == 1
+        y_qgemm = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+        scale = np.abs(y_nbits).max()
+        assert np.abs(y_qgemm - y_nbits).max() < 0.03 * scale  # int8 weights and activations
+
+
 def test_the_model_builder_runs_beside_optimum_in_its_own_environment():
     """genai's builder needs transformers 5, optimum-onnx < 4.58: the builder's venv has the one,
     this environment keeps the other, and both share the rest (torch from here)."""

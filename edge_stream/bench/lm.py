@@ -219,8 +219,11 @@ class BareGqaEngine:
         self.logits = m.output_for("logits")
         pos = m.aux_for("position_ids")
         self.positions = pos.name if pos else None
+        keep = m.aux_for("logits_to_keep")
+        self.keep = keep.name if keep else None
 
     def reset(self, capacity: int) -> None:
+        self._one = np.ones(1, dtype=np.int64)  # logits_to_keep [1]; kept alive through the runs
         self.buffers = []
         self.io = self.session.io_binding()  # kv bound once; per run only the inputs and logits
         for s in self.kv:
@@ -240,6 +243,8 @@ class BareGqaEngine:
         positions = np.arange(self.total, self.total + ids.shape[1])[None]  # [1, n]; kept alive through the run
         if self.positions is not None:  # rotary positions (the gqa export adds them)
             self.io.bind_cpu_input(self.positions, positions)
+        if self.keep is not None:  # the last position's logits: all this loop reads
+            self.io.bind_cpu_input(self.keep, self._one)
         self.io.bind_output(self.logits)
         self.session.run_with_iobinding(self.io)
         self.last = self.io.get_outputs()[len(self.kv)].numpy()[0, -1]  # [vocab]

@@ -260,13 +260,15 @@ class BuildSkipped(Exception):
 
 
 def ensure_model(kind: str, label: str, cache_dir: Path) -> Path:
-    """The model directory for `kind` at `label` ("int8": optimum graph; "gqa-int8": gqa graph),
+    """The model directory for `kind` at `label` ("int8": optimum graph; "gqa-int8": gqa graph;
+    "-kv8": an int8 KV cache; "-last": a logits_to_keep input, `export.hf --logits-to-keep`),
     built into `cache_dir` on first use with `export.hf` (its parity check skipped: speed
     does not depend on weight values).
 
     Built into a temporary folder and renamed, so an interrupted build is never reused.
     """
     graph, precision = ("gqa", label[4:]) if label.startswith("gqa-") else ("optimum", label)
+    precision, last, _ = precision.partition("-last")  # "-last": a logits_to_keep input (gqa)
     precision, kv8, _ = precision.partition("-kv8")  # "int8-kv8": int8 weights, int8 KV cache
     out = cache_dir / f"{kind}-{label}"
     if (out / "manifest.json").is_file() and not (graph == "gqa" and _other_builder(out)):
@@ -278,6 +280,8 @@ def ensure_model(kind: str, label: str, cache_dir: Path) -> Path:
 
     if graph == "gqa" and builder_missing():
         raise BuildSkipped(builder_missing())
+    if last and (cache_dir / f"{kind}-{label[:-len('-last')]}" / "manifest.json").is_file():
+        return _with_logits_to_keep(cache_dir / f"{kind}-{label[:-len('-last')]}", out)
     cache_dir.mkdir(parents=True, exist_ok=True)
     hf_dir = cache_dir / f"{kind}-hf"
     if not (hf_dir / "config.json").is_file():
@@ -286,11 +290,32 @@ def ensure_model(kind: str, label: str, cache_dir: Path) -> Path:
     tmp = cache_dir / f".{kind}-{label}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    export_hf(str(hf_dir), tmp, precision=precision, check=False, graph=graph, kv_precision="int8" if kv8 else "fp32")
+    export_hf(str(hf_dir), tmp, precision=precision, check=False, graph=graph, kv_precision="int8" if kv8 else "fp32",
+              logits_to_keep=bool(last))
     replace(load_manifest(tmp), name=out.name).save(tmp)  # export_hf named it after the temporary folder
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log.info("built %s in %.0f s", out, time.perf_counter() - t0)
+    return out
+
+
+def _with_logits_to_keep(src: Path, out: Path) -> Path:
+    """`out`: the build in `src` with a logits_to_keep input (export.gqa.add_logits_to_keep), its
+    weights file hard-linked, not copied or rebuilt (the builder takes minutes at 3B)."""
+    from edge_stream.runtime.introspect import draft_manifest
+    from edge_stream.runtime.manifest import load_manifest
+    from export.gqa import add_logits_to_keep
+
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            (os.link if f.name.endswith(".data") else shutil.copy2)(f, tmp / f.name)
+    add_logits_to_keep(tmp / "model.onnx")  # rewrites model.onnx only: the linked data is never written
+    replace(load_manifest(src), name=out.name, aux=draft_manifest(tmp).aux).save(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     return out
 
 
@@ -328,6 +353,8 @@ def bare_feeds(model, states, past: int, first: int, chunk: np.ndarray) -> dict:
     for a in m.aux:
         if a.fill == "constant":
             feeds[a.name] = np.asarray(a.value)
+        elif a.fill == "logits_to_keep":
+            feeds[a.name] = np.array([n], dtype=np.int64)  # every position's logits, as StreamSession's default
     for spec, value in zip(m.states, states):
         feeds[spec.input] = value  # kv: [1, kv_heads, past, head_dim]
     return feeds
@@ -437,6 +464,7 @@ class _Overhead:
 
         mask, pos = m.aux_for("attention_mask"), m.aux_for("position_ids")
         consts = {a.name: np.asarray(a.value) for a in m.aux if a.fill == "constant"}
+        consts.update({a.name: np.array([1], dtype=np.int64) for a in m.aux if a.fill == "logits_to_keep"})
         ones = np.ones((1, snap.cache_len + n), dtype=np.int64)  # attention masks are views of it
 
         def by_hand():

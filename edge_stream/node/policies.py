@@ -175,6 +175,9 @@ class LMPolicy(Policy):
 
     def __init__(self, model, cfg: PolicyOptions):
         super().__init__(model, cfg)
+        # Only the last position's logits unless they are published: on a graph with a
+        # logits_to_keep input the lm_head then runs for one position per chunk, not all of them.
+        self.stream_options = {"logits": "all" if cfg.publish_logits == "all" else "last", **cfg.stream_options}
         self.prefix = self._run_prefix(cfg.prefix_text) if cfg.prefix_text else None
 
     def _run_prefix(self, text: str):
@@ -186,17 +189,17 @@ class LMPolicy(Policy):
         ids = self.model.encode(text)  # [n] int64
         if not ids.size:
             raise ConfigError(f"{self.model.name}: prefix_text {text!r} encodes to no tokens")
-        stream = self.model.open_stream(**self.cfg.stream_options)
+        stream = self.model.open_stream(**self.stream_options)
         stream.feed(ids)
         prefix = stream.snapshot()
         try:
-            self.model.open_stream(prefix=prefix, **self.cfg.stream_options)  # what every open will do
+            self.model.open_stream(prefix=prefix, **self.stream_options)  # what every open will do
         except StreamStateError as exc:
             raise ConfigError(f"{self.model.name}: prefix_text ({ids.size} tokens): {exc}") from None
         return prefix
 
     def open(self, stream: str, options: dict):
-        opts = {**self.cfg.stream_options, **options}
+        opts = {**self.stream_options, **options}
         if self.prefix is not None:
             opts["prefix"] = self.prefix
         return LMStream(self.model.open_stream(**opts))
@@ -226,7 +229,7 @@ class LMPolicy(Policy):
         t0 = time.perf_counter()
         if ids.size:
             out = session.stream.feed(ids, replace_last=replace)
-            start, n, logits = out.start, len(out.logits), out.logits
+            start, n, logits = out.start, len(ids), out.logits
             del out
         else:  # a revision that only takes tokens back (the new text is a prefix of the old)
             session.stream.rewind(replace)

@@ -266,6 +266,8 @@ def draft_manifest(model_path: str | Path) -> Manifest:
             aux.append(AuxSpec(inp.name, "attention_mask", inp.dtype))
         elif lname == "position_ids":
             aux.append(AuxSpec(inp.name, "position_ids", inp.dtype))
+        elif lname == "logits_to_keep":
+            aux.append(AuxSpec(inp.name, "logits_to_keep", inp.dtype))
         elif lname in SAMPLE_RATE_INPUTS and len(inp.shape) <= 1:
             aux.append(AuxSpec(inp.name, "constant", inp.dtype, value=DEFAULT_SAMPLE_RATE))
         elif lname == "use_cache_branch":
@@ -276,7 +278,7 @@ def draft_manifest(model_path: str | Path) -> Manifest:
         else:
             raise ManifestError(
                 f"{info.path.name}: input {inp.name!r} ({inp.dtype} {list(inp.shape)}) has no known role; "
-                f"known: token/sample/frame stream inputs, attention_mask, position_ids, sr, state pairs "
+                f"known: token/sample/frame stream inputs, attention_mask, position_ids, logits_to_keep, sr, state pairs "
                 f"like past_key_values.N.key -> present.N.key or state -> stateN; write manifest.json by hand")
     if stream_input is None:
         raise ManifestError(f"{info.path.name}: no stream input (input_ids, input, input_features) found")

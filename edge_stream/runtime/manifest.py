@@ -24,7 +24,9 @@ MANIFEST_FILE = "manifest.json"
 
 INPUT_KINDS = ("tokens", "frames", "samples")
 STATE_KINDS = ("kv", "recurrent")
-AUX_FILLS = ("attention_mask", "position_ids", "constant")
+# logits_to_keep: how many of the run's last positions get logits (int64 [1]); the runtime
+# fills the run's length, or 1 for a stream opened with logits="last" (export.gqa.add_logits_to_keep).
+AUX_FILLS = ("attention_mask", "position_ids", "constant", "logits_to_keep")
 OUTPUT_ROLES = ("logits", "probability", "features")
 # rotary: computed in-graph from position_ids, any position; rotary_table: from a cos/sin
 # table of max_positions rows (GroupQueryAttention), so positions stay below it like learned ones.
@@ -80,7 +82,8 @@ class StateSpec:
 
 @dataclass(frozen=True)
 class AuxSpec:
-    """An input the runtime fills itself: attention_mask, position_ids or a constant (e.g. `sr`)."""
+    """An input the runtime fills itself: attention_mask, position_ids, logits_to_keep or a
+    constant (e.g. `sr`)."""
 
     name: str
     fill: str

@@ -134,7 +134,10 @@ def session_options(intra_op_threads: int | None = None, inter_op_threads: int =
                     thread_options: ThreadOptions | None = None) -> ort.SessionOptions:
     """Options for small CPUs: full graph optimisation, sequential execution,
     threads from the argument or EDGE_STREAM_THREADS (ORT's default otherwise),
-    spinning and affinity from `thread_options` (checked here: ConfigError names the option)."""
+    spinning and affinity from `thread_options` (checked here: ConfigError names the option).
+    EDGE_STREAM_ORT_PROFILE=PREFIX turns on ORT's profiler: every run's node timings go to
+    PREFIX_<date>.json, written when the session ends (`session.end_profiling()`), as the
+    benchmarks read them (bench.profile)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -145,6 +148,10 @@ def session_options(intra_op_threads: int | None = None, inter_op_threads: int =
     for key, value in (thread_options or ThreadOptions()).config_entries(threads).items():
         opts.add_session_config_entry(key, value)
     opts.log_severity_level = 3
+    profile = os.environ.get("EDGE_STREAM_ORT_PROFILE")
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile
     return opts
 
 

@@ -32,6 +32,7 @@ from edge_stream.runtime.runner import NUMPY_DTYPES
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FEED = 1 << 16  # tokens or frames accepted by one feed() call
+LOGITS = ("all", "last")  # stream option `logits`: rows of logits a feed returns
 _NO_TOKENS = np.zeros(0, dtype=np.int64)
 _TOKEN_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
 
@@ -74,7 +75,8 @@ class ChunkOutput:
 
     @property
     def logits(self) -> np.ndarray:
-        """[n, vocab] logits, one row per input of the chunk."""
+        """[n, vocab] logits, one row per input of the chunk ([1, vocab], the last input's, on a
+        stream opened with logits="last")."""
         if self.logits_name is None:
             raise StreamStateError("this model has no output with role 'logits'")
         return self.outputs[self.logits_name]
@@ -102,12 +104,16 @@ class StreamSession:
     `prefix` (a snapshot of a stream of this model) starts the stream as if it had been fed
     that stream's input: its KV entries are shared with every stream opened from it, not run
     again nor copied until this stream writes past them (copy-on-write); `reset` returns to it.
+    `logits`: "all" (one row per input) or "last" (only each feed's last row, all a generation
+    needs): on a graph with a `logits_to_keep` input (export.gqa) the lm_head then runs for one
+    position instead of the whole chunk; elsewhere the row is cut from the full output.
     """
 
     def __init__(self, model, kv_window: int | None = ..., sink_tokens: int | None = None,
                  evict_block: int | None = None, max_chunk: int | None = None,
                  max_feed: int = DEFAULT_MAX_FEED, kv_io: str | None = None,
-                 kv_capacity: int | None = None, prefix: StreamState | None = None, **unknown):
+                 kv_capacity: int | None = None, prefix: StreamState | None = None, logits: str = "all",
+                 **unknown):
         m = model.manifest
         # `prefix` is a runtime object, not an option a launch file or the wire can spell: checked below.
         records.check_args(StreamSession.__init__, {k: v for k, v in locals().items() if k != "prefix"},
@@ -115,7 +121,10 @@ class StreamSession:
         if unknown:
             raise ConfigError(f"{m.name}: unknown stream option(s) {', '.join(sorted(unknown))}; sequence "
                               "streams take kv_window, sink_tokens, evict_block, max_chunk, max_feed, kv_io, "
-                              "kv_capacity, prefix")
+                              "kv_capacity, prefix, logits")
+        if logits not in LOGITS:
+            raise ConfigError(f"{m.name}: logits: expected one of {', '.join(LOGITS)}, got {logits!r}")
+        self.logits = logits
         if kv_io not in (None, "concat", m.kv_io):
             raise ConfigError(f"{m.name}: kv_io {kv_io!r} needs a graph built for it; this one is {m.kv_io!r}")
         self.kv_io = kv_io or m.kv_io
@@ -143,6 +152,8 @@ class StreamSession:
         self._shared = self.kv_io == "shared_buffer"
         self._has_recurrent = any(s.kind == "recurrent" for s in m.states)
         self._logits_name = m.output_for("logits")
+        self._keep = m.aux_for("logits_to_keep")
+        self._last_only = logits == "last" and self._logits_name is not None
         self._n_returned = len(self.runner.returned_outputs)
         # Positions the model sees must stay < max_positions for learned tables; models
         # that derive positions from the cache length (no position_ids) also need it.
@@ -257,7 +268,7 @@ class StreamSession:
         self._state = st
         skip = int(pending.size)
         if skip:  # rows of the re-run pending tokens belong to an earlier call
-            outputs = {k: v[skip:] for k, v in outputs.items()}
+            outputs = {k: v if self._last_only and k == self._logits_name else v[skip:] for k, v in outputs.items()}
         return ChunkOutput(outputs=outputs, start=start, logits_name=self._logits_name)
 
     @property
@@ -389,7 +400,8 @@ class StreamSession:
         for i in range(0, n, self.max_chunk):
             st, outs = self._run_piece(st, rows[i:i + self.max_chunk])
             parts.append(outs)
-        return st, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # copy: joins pieces
+        last = self._logits_name if self._last_only else None  # its row: the last piece's
+        return st, {k: parts[-1][k] if k == last else np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _run_piece(self, st: StreamState, rows: np.ndarray):
         """One ORT run over `rows` (<= max_chunk inputs); returns the new state and the chunk's outputs."""
@@ -399,6 +411,8 @@ class StreamSession:
         feeds, positions = self._input_feeds(st, rows)
         returned, states, kv = self._run_states(st, feeds, s)
         outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, returned)}  # drop batch axis
+        if self._last_only and self._keep is None:
+            outputs[self._logits_name] = outputs[self._logits_name][-1:]  # [1, vocab]
         if self._kv_index:
             cache_inputs = np.concatenate([st.cache_inputs, rows])  # copy: small, ids or frames
             cache_positions = np.concatenate([st.cache_positions, positions])
@@ -450,6 +464,8 @@ class StreamSession:
         positions = np.arange(first, first + s, dtype=np.int64)
         if self._pos is not None:
             feeds[self._pos.name] = positions[None]  # [1, s]
+        if self._keep is not None:
+            feeds[self._keep.name] = np.array([1 if self._last_only else s], dtype=np.int64)  # [1]
         feeds.update(self._consts)
         return feeds, positions
 
