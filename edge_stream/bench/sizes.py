@@ -48,7 +48,9 @@ from edge_stream.stats import dist
 
 log = logging.getLogger(__name__)
 
-SIZES = {"0.5b": "qwen2.5-0.5b-shape", "1.5b": "qwen2.5-1.5b-shape", "3b": "qwen2.5-3b-shape"}
+# "tiny": the 2-layer test Qwen2 (export.tiny_models), for smoke runs of the bench itself.
+SIZES = {"0.5b": "qwen2.5-0.5b-shape", "1.5b": "qwen2.5-1.5b-shape", "3b": "qwen2.5-3b-shape", "tiny": "qwen2"}
+DEFAULT_SIZES = ("0.5b", "1.5b", "3b")
 PRECISIONS = ("int8-qgemm", "int8", "int4")
 GOALS_MS = {"3b": (1000.0, "<"), "1.5b": (150.0, "<=")}  # TTFT p50, streamed
 WINDOW = 4096  # KV entries per stream for the streams-per-GiB figure
@@ -350,7 +352,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", choices=list(SIZES), default=list(SIZES))
+    p.add_argument("--models", nargs="+", choices=list(SIZES), default=list(DEFAULT_SIZES))
     p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     p.add_argument("--input", type=int, default=1024, help="input tokens before the first token")
     p.add_argument("--chunk", type=int, default=16, help="tokens per streamed chunk")
