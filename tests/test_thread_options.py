@@ -39,10 +39,10 @@ def test_spinning_reaches_the_session(spinning):
     assert [config_entry(model, k) for k in SPIN_KEYS] == ["1" if spinning else "0"] * 2
 
 
-def test_spinning_is_off_when_not_set():
-    """Our default, not ORT's (on): measured in docs/benchmarks.md, "Decode vs onnxruntime-genai 0.18"."""
+def test_spinning_is_on_when_not_set():
+    """ORT's default and ours: measured in docs/benchmarks.md, "Decode vs onnxruntime-genai 0.18"."""
     model = es.load(LM_DIR, intra_op_threads=2)
-    assert [config_entry(model, k) for k in SPIN_KEYS] == ["0", "0"]
+    assert [config_entry(model, k) for k in SPIN_KEYS] == ["1", "1"]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or os.cpu_count() < 2, reason="needs two CPUs")

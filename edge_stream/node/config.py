@@ -85,7 +85,7 @@ class ModelConfig:
     topics: tuple[str, ...]
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int | None = 1  # ONNX Runtime intra-op threads
-    # ONNX Runtime thread pools (runtime.runner.ThreadOptions; unset: spinning off, ORT's other defaults): busy-wait for work
+    # ONNX Runtime thread pools (runtime.runner.ThreadOptions; unset: spinning on and ORT's other defaults): busy-wait for work
     # between runs (faster wake-up after an idle gap, a core burnt meanwhile), and the CPUs of the
     # intra-op pool's threads - 1 worker threads in ORT's syntax ("1;2": 1-based logical processors).
     intra_op_spinning: bool | None = None

@@ -67,7 +67,7 @@ def resolve_providers(providers) -> list:
     return resolved
 
 
-DEFAULT_SPINNING = False  # ORT's pools when spinning is not set (ThreadOptions: why)
+DEFAULT_SPINNING = True  # ORT's pools when spinning is not set (ThreadOptions: why)
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,13 @@ class ThreadOptions:
     """How ONNX Runtime's thread pools wait and where they run (launch options of the same names).
 
     Spinning: a pool thread busy-waits for the next piece of work instead of sleeping, at the price
-    of a core burnt while it spins; None: DEFAULT_SPINNING (off; ORT's own default is on). Measured
-    on the same gqa file as onnxruntime-genai (docs/benchmarks.md, "Decode vs onnxruntime-genai 0.18"):
-    after the idle gaps of a node's single decode steps, a pool with spinning on burnt 2.3-3.8x the
-    CPU of one with it off and, on 2 cores shared with other work, stepped slower.
+    of a core burnt while it spins; None: DEFAULT_SPINNING (on, as ORT's and onnxruntime-genai's
+    own). Measured on the same gqa file as genai (docs/benchmarks.md, "Decode vs onnxruntime-genai
+    0.18"): on an otherwise idle 2-core machine, spinning off made decode steps 1.10-1.44x slower
+    back to back and 1.47-1.61x slower after 10-200 ms idle gaps; on 2 cores shared with other
+    work it was the other way round (off 0.82-0.95x of genai, on 0.93-1.18x), and a spinning pool
+    burns 2.3-3.8x the CPU after each run. Machines shared with other busy processes: set
+    intra_op_spinning = false.
     `intra_op_thread_affinities`: ORT's syntax, one group per pool thread besides the
     caller's (threads - 1 groups), groups split by ';', each a comma list of 1-based logical
     processors or ranges: "1;2" pins the two workers of a 3-thread pool to CPUs 0 and 1.
