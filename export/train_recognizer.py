@@ -82,8 +82,10 @@ class RecognizerConfig:
 
 
 def mel_matrix(n_mels: int, n_fft: int = N_FFT, rate: int = SAMPLE_RATE, f_min: float = 20.0,
-               f_max: float = 7600.0) -> np.ndarray:
-    """[n_mels, n_fft // 2 + 1] triangular HTK-mel filters."""
+               f_max: float = 7600.0, warp: float = 1.0) -> np.ndarray:
+    """[n_mels, n_fft // 2 + 1] triangular HTK-mel filters; `warp` != 1 moves every filter edge to
+    warp x its frequency (below Nyquist): vocal tract length perturbation, a talker with a
+    longer (warp > 1 reads the spectrum as lower) or shorter tract."""
     def mel(f):
         return 2595.0 * np.log10(1.0 + f / 700.0)
 
@@ -91,7 +93,7 @@ def mel_matrix(n_mels: int, n_fft: int = N_FFT, rate: int = SAMPLE_RATE, f_min: 
         return 700.0 * (10 ** (m / 2595.0) - 1.0)
 
     bins = np.linspace(0, rate / 2, n_fft // 2 + 1)
-    edges = hz(np.linspace(mel(f_min), mel(f_max), n_mels + 2))
+    edges = np.minimum(hz(np.linspace(mel(f_min), mel(f_max), n_mels + 2)) * warp, rate / 2 - 1.0)
     fb = np.zeros((n_mels, len(bins)), np.float32)
     for i in range(n_mels):
         lo, mid, hi = edges[i], edges[i + 1], edges[i + 2]
@@ -122,7 +124,9 @@ def build_model(cfg: RecognizerConfig):
             self.register_buffer("inv_std", torch.ones(cfg.n_mels, 1))
             self.fft = False  # training switches to torch.fft (same numbers, faster); export uses the conv
 
-        def forward(self, x):
+        def forward(self, x, mel=None):
+            """`mel`: filters to use instead of the graph's ([n_mels, bins] or [batch, n_mels, bins]:
+            training's VTLP); exported graphs always use their own."""
             if self.fft:
                 frames = x.unfold(1, WIN, HOP) * self.window  # [batch, frames, WIN]
                 power = torch.fft.rfft(frames, n=N_FFT).abs().square().transpose(1, 2)  # [batch, bins, frames]
@@ -130,7 +134,7 @@ def build_model(cfg: RecognizerConfig):
                 spec = F.conv1d(x[:, None, :], self.dft, stride=HOP)  # [batch, 2 * bins, frames]
                 re, im = spec.chunk(2, dim=1)
                 power = re * re + im * im
-            mel = torch.matmul(self.mel, power)  # [batch, n_mels, frames]
+            mel = torch.matmul(self.mel if mel is None else mel, power)  # [batch, n_mels, frames]
             return (torch.log(mel + LOG_FLOOR) - self.mean) * self.inv_std
 
     class CausalConv(nn.Module):
@@ -346,6 +350,7 @@ class TrainConfig:
     batch_s: float = 20.0  # seconds of audio per batch (before augmentation's padding)
     align_weight: float = 1.0
     seed: int = 0
+    vtlp: float = 0.0  # each training utterance's mel filters warped by a factor in [1 - vtlp, 1 + vtlp]
 
 
 def save_checkpoint(path: Path, model, opt, sched, step: int, train_s: float, cfg, tcfg) -> None:
@@ -386,9 +391,17 @@ def train(model, data: sd.SpeechSet, tcfg: TrainConfig, checkpoint: Path | None,
     model.train()
     bar = _progress(tcfg.steps, step)
     t_run, t_saved, loss_avg = time.time(), time.time(), None
+    warped: dict[int, np.ndarray] = {}  # VTLP filters by warp in hundredths
     for x, frame_lens, targets, target_lens, align in loader:
         with torch.no_grad():
-            feats = spec_augment(model.features(x), np.random.default_rng([tcfg.seed, 1, step]))
+            mel = None
+            if tcfg.vtlp:
+                rng = np.random.default_rng([tcfg.seed, 2, step])
+                keys = np.rint(100 * rng.uniform(1 - tcfg.vtlp, 1 + tcfg.vtlp, len(x))).astype(int)
+                for k in set(keys.tolist()) - set(warped):
+                    warped[k] = mel_matrix(model.cfg.n_mels, warp=k / 100)
+                mel = torch.from_numpy(np.stack([warped[k] for k in keys]))  # [batch, n_mels, bins]
+            feats = spec_augment(model.features(x, mel), np.random.default_rng([tcfg.seed, 1, step]))
         # The network after the features: same code path as forward(), features replaced.
         states = model.initial_states(len(x))
         h, _ = model.subsample(feats, states[0])
@@ -568,6 +581,9 @@ def main(argv=None) -> None:
                         help="from this step on, train on the milder LIGHT_CHAIN (a last, settling phase)")
     parser.add_argument("--gnuspeech-utts", type=int, default=DataConfig.gnuspeech_utts,
                         help="GnuSpeech training utterances added to --train-utts (0: none)")
+    parser.add_argument("--vtlp", type=float, default=TrainConfig.vtlp,
+                        help="vocal tract length perturbation: warp each utterance's mel filters by a factor "
+                             "drawn from [1 - VTLP, 1 + VTLP] (0: off)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from this checkpoint's weights with a new optimizer and schedule "
                              "(a fine-tuning leg on new data); its normalisation is kept")
@@ -581,7 +597,8 @@ def main(argv=None) -> None:
     t_start = time.time()
     dcfg = DataConfig(args.train_utts, args.other_p if not args.smoke else 0.2, args.seed,
                       args.gnuspeech_utts if not args.smoke else 0)
-    tcfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=args.warmup, batch_s=args.batch_s, seed=args.seed)
+    tcfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=args.warmup, batch_s=args.batch_s, seed=args.seed,
+                       vtlp=args.vtlp)
     cfg = RecognizerConfig()
     train_set = load_training_set(dcfg)
     model = build_model(cfg)
@@ -596,7 +613,7 @@ def main(argv=None) -> None:
         if resume["config"] != asdict(cfg):
             sys.exit(f"--resume: checkpoint config {resume['config']} differs from this recipe's {asdict(cfg)}")
         saved = resume["train_config"]
-        if {**saved, "steps": tcfg.steps} != asdict(tcfg) or tcfg.steps < resume["step"]:
+        if {"vtlp": 0.0, **saved, "steps": tcfg.steps} != asdict(tcfg) or tcfg.steps < resume["step"]:
             sys.exit(f"--resume: checkpoint was trained with {saved} to step {resume['step']}, asked {asdict(tcfg)}; "
                      "pass the same --lr/--warmup/--batch-s/--seed (and --steps, or more steps to extend the run)")
         if saved["steps"] != tcfg.steps:

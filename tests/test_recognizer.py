@@ -262,6 +262,28 @@ def test_training_recipe_smoke_run(tmp_path, monkeypatch):
     assert out.n_blocks == 1 and out.logits.shape[1] == len(train_recognizer.SYMBOLS)
 
 
+def test_vtlp_warps_the_mel_filters_and_leaves_the_exported_features_alone():
+    """Vocal tract length perturbation (training only): warp w moves each filter's peak to about w
+    times its frequency; the features with the graph's own filters passed explicitly equal the
+    default ones, which export uses."""
+    torch = pytest.importorskip("torch")
+    from export.train_recognizer import RecognizerConfig, build_model, mel_matrix
+
+    plain, up = mel_matrix(40), mel_matrix(40, warp=1.1)
+    np.testing.assert_array_equal(mel_matrix(40, warp=1.0), plain)
+    peaks, peaks_up = plain.argmax(axis=1), up.argmax(axis=1)
+    middle = slice(5, 30)  # away from the clipped top and the coarse lowest bins
+    assert np.allclose(peaks_up[middle] / peaks[middle], 1.1, atol=0.06)
+    features = build_model(RecognizerConfig()).features
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 4000)).astype(np.float32))
+    with torch.no_grad():
+        default, explicit = features(x), features(x, torch.from_numpy(plain))
+        warped = features(x, torch.from_numpy(np.stack([plain, up])))
+    torch.testing.assert_close(default, explicit)
+    torch.testing.assert_close(warped[0], default[0])  # per-utterance filters: the first is unwarped
+    assert not torch.allclose(warped[1], default[1])
+
+
 MULTISYNTH_DIR = ROOT / "models" / "command-recognizer-multisynth"
 
 
