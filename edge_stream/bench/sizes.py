@@ -121,6 +121,8 @@ def peak_gops(threads: int, cache_dir: Path) -> dict:
         return {"skipped": "no C compiler (cc) to build bench/peak.c"}
     exe = cache_dir / "peak"
     src = Path(__file__).with_name("peak.c")
+    if not src.is_file():
+        return {"skipped": f"{src} is not installed with the package"}
     if not exe.is_file() or exe.stat().st_mtime < src.stat().st_mtime:
         cache_dir.mkdir(parents=True, exist_ok=True)
         build = subprocess.run([cc, "-O2", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-pthread", str(src),
