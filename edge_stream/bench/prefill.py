@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,32 +52,26 @@ class Ours:
         self.model = es.load(model_dir, intra_op_threads=threads)
 
     def prefill(self, ids: np.ndarray) -> int:
-        shared = self.model.manifest.kv_io == "shared_buffer"
-        stream = self.model.open_stream(kv_window=None, max_chunk=len(ids), logits="last",
-                                        **({"kv_capacity": len(ids) + 8} if shared else {}))
-        return int(np.argmax(stream.feed(ids).logits[-1]))
+        return _prefill(self.model, ids)
 
     def profile(self, ids: np.ndarray) -> dict:
-        """Op times of one prefill under ORT's profiler (a second session of the same build)."""
-        import edge_stream as es
-        from edge_stream.bench.profile import op_times
+        """Op times of one prefill (the second of two) under ORT's profiler, on a second
+        session of the same build."""
+        from edge_stream.bench.profile import profile_runs
 
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ["EDGE_STREAM_ORT_PROFILE"] = str(Path(tmp) / "ort")
-            try:
-                model = es.load(self.dir, intra_op_threads=self.threads)
-            finally:
-                del os.environ["EDGE_STREAM_ORT_PROFILE"]
-            saved, self.model = self.model, model
-            try:
-                for _ in range(2):
-                    self.prefill(ids)
-            finally:
-                self.model = saved
-            times = op_times(Path(model.runner.session.end_profiling()), slice(-1, None))
+        times = profile_runs(self.dir, self.threads, lambda model: [_prefill(model, ids) for _ in range(2)],
+                             slice(-1, None))
         nodes = times.pop("nodes")
         times["top_nodes"] = dict(sorted(nodes.items(), key=lambda kv: -kv[1])[:6])
         return times
+
+
+def _prefill(model, ids: np.ndarray) -> int:
+    """The whole input in one run on a fresh stream; the greedy first token."""
+    shared = model.manifest.kv_io == "shared_buffer"
+    stream = model.open_stream(kv_window=None, max_chunk=len(ids), logits="last",
+                               **({"kv_capacity": len(ids) + 8} if shared else {}))
+    return int(np.argmax(stream.feed(ids).logits[-1]))
 
 
 class Torch:

@@ -9,8 +9,26 @@ inside each, per op type.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
+
+
+def profile_runs(model_dir: Path, threads: int, work: Callable, runs: slice = slice(None)) -> dict:
+    """`op_times` of the runs `runs` picks among those `work(model)` makes on a fresh load of
+    `model_dir` with the profiler on (EDGE_STREAM_ORT_PROFILE set only while it loads)."""
+    import edge_stream as es
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["EDGE_STREAM_ORT_PROFILE"] = str(Path(tmp) / "ort")
+        try:
+            model = es.load(model_dir, intra_op_threads=threads)
+        finally:
+            del os.environ["EDGE_STREAM_ORT_PROFILE"]
+        work(model)
+        return op_times(Path(model.runner.session.end_profiling()), runs)
 
 
 def op_times(profile: Path, runs: slice = slice(None)) -> dict:

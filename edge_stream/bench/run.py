@@ -280,8 +280,9 @@ def ensure_model(kind: str, label: str, cache_dir: Path) -> Path:
 
     if graph == "gqa" and builder_missing():
         raise BuildSkipped(builder_missing())
-    if last and (cache_dir / f"{kind}-{label[:-len('-last')]}" / "manifest.json").is_file():
-        return _with_logits_to_keep(cache_dir / f"{kind}-{label[:-len('-last')]}", out)
+    without = cache_dir / f"{kind}-{label.removesuffix('-last')}"
+    if last and (without / "manifest.json").is_file():
+        return _with_logits_to_keep(without, out)
     cache_dir.mkdir(parents=True, exist_ok=True)
     hf_dir = cache_dir / f"{kind}-hf"
     if not (hf_dir / "config.json").is_file():
@@ -354,7 +355,7 @@ def bare_feeds(model, states, past: int, first: int, chunk: np.ndarray) -> dict:
         if a.fill == "constant":
             feeds[a.name] = np.asarray(a.value)
         elif a.fill == "logits_to_keep":
-            feeds[a.name] = np.array([n], dtype=np.int64)  # every position's logits, as StreamSession's default
+            feeds[a.name] = np.zeros(1, dtype=np.int64)  # 0: every position's logits, as StreamSession's default
     for spec, value in zip(m.states, states):
         feeds[spec.input] = value  # kv: [1, kv_heads, past, head_dim]
     return feeds

@@ -24,8 +24,8 @@ MANIFEST_FILE = "manifest.json"
 
 INPUT_KINDS = ("tokens", "frames", "samples")
 STATE_KINDS = ("kv", "recurrent")
-# logits_to_keep: how many of the run's last positions get logits (int64 [1]); the runtime
-# fills the run's length, or 1 for a stream opened with logits="last" (export.gqa.add_logits_to_keep).
+# logits_to_keep: how many of the run's last positions get logits (int64 [1], 0: all); the runtime
+# fills 0, or 1 for a stream opened with logits="last" (export.gqa.add_logits_to_keep).
 AUX_FILLS = ("attention_mask", "position_ids", "constant", "logits_to_keep")
 OUTPUT_ROLES = ("logits", "probability", "features")
 # rotary: computed in-graph from position_ids, any position; rotary_table: from a cos/sin

@@ -152,8 +152,11 @@ class StreamSession:
         self._shared = self.kv_io == "shared_buffer"
         self._has_recurrent = any(s.kind == "recurrent" for s in m.states)
         self._logits_name = m.output_for("logits")
-        self._keep = m.aux_for("logits_to_keep")
         self._last_only = logits == "last" and self._logits_name is not None
+        keep = m.aux_for("logits_to_keep")  # a graph input: k last positions get logits, 0 all of them
+        self._keep_in_graph = keep is not None
+        if keep is not None:
+            self._consts[keep.name] = np.array([1 if self._last_only else 0], dtype=np.int64)  # [1]
         self._n_returned = len(self.runner.returned_outputs)
         # Positions the model sees must stay < max_positions for learned tables; models
         # that derive positions from the cache length (no position_ids) also need it.
@@ -411,7 +414,7 @@ class StreamSession:
         feeds, positions = self._input_feeds(st, rows)
         returned, states, kv = self._run_states(st, feeds, s)
         outputs = {name: r[0] for name, r in zip(self.runner.returned_outputs, returned)}  # drop batch axis
-        if self._last_only and self._keep is None:
+        if self._last_only and not self._keep_in_graph:
             outputs[self._logits_name] = outputs[self._logits_name][-1:]  # [1, vocab]
         if self._kv_index:
             cache_inputs = np.concatenate([st.cache_inputs, rows])  # copy: small, ids or frames
@@ -464,8 +467,6 @@ class StreamSession:
         positions = np.arange(first, first + s, dtype=np.int64)
         if self._pos is not None:
             feeds[self._pos.name] = positions[None]  # [1, s]
-        if self._keep is not None:
-            feeds[self._keep.name] = np.array([1 if self._last_only else s], dtype=np.int64)  # [1]
         feeds.update(self._consts)
         return feeds, positions
 
