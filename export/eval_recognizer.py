@@ -251,7 +251,62 @@ def write_model_card(model_dir: Path, metrics: dict) -> Path:
         resumed = "This model's run was interrupted and continued with `--resume`"
         resumed += (f" (first planned for {tt['extended_from']} steps, then extended: the cosine schedule stretched "
                     "from there). " if tt.get("extended_from") else ". ")
-    text = f"""# command-recognizer
+    recipe = json.loads((model_dir / "manifest.json").read_text()).get("source", {}).get("recipe", "")
+    if recipe == "export.train_embed_recognizer":
+        from export import train_embed_recognizer as tre
+
+        top, limits = tre.card_sections(t, rtf), tre.CARD_LIMITS
+    else:
+        top, limits = _conv_card(t, tt, cfg, vocab, unk, rtf, kinds, command, gnu, resumed), CONV_CARD_LIMITS
+    text = top + f"""## Metrics
+    python -m export.eval_recognizer {model_dir}
+
+{e['utterances_per_set']} command utterances per synthesizer, streamed through edge_stream in 20 ms chunks, greedy CTC.
+"clean": silence around the speech, level -40 to -15 dBFS, a faint noise floor; "10 dB": plus white,
+pink, brown noise or babble (the synthesizer's non-command sentences) at 10 dB SNR. Latency: end of a
+correctly recognised word to the end of the 40 ms block that decoded it (p50 / p90). Confidence: mean
+of right / wrong words. "metre(s)" and "meter(s)" score as one word (the same sound, the same unit).
+
+| synthesizer | condition | WER | utterances exact | latency p50 / p90 | confidence right / wrong |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+WER by voice:
+
+| synthesizer | condition | WER per voice |
+|---|---|---|
+{chr(10).join(voice_rows)}
+
+Non-command sentences (clean): how often an out-of-vocabulary word comes out as `<unk>`, and the WER
+against the transcript with those words as `<unk>`.
+
+| synthesizer | sentences | `<unk>` recall | WER |
+|---|---|---|---|
+{chr(10).join(other_rows)}
+
+{limits}"""
+    path = model_dir / "MODEL_CARD.md"
+    path.write_text(text)
+    return path
+
+
+
+CONV_CARD_LIMITS = """## Limits
+Synthetic speech only: a closed vocabulary and the voices of three open-source synthesizers. Real
+microphones, rooms and speakers will need real recordings. The voices that train are espeak-ng's
+formant voices and two male flite clustergen voices (awb, rms): no female natural-speech voice, no
+diphone or HTS voice, which is why flite's held-out voices and festival are far harder than held-out
+espeak-ng voices. "meter(s)"/"metre(s)" and "to"/"two" sound the same; greedy causal CTC can only
+tell the latter apart from the words before it. Confidence is a single frame's posterior and is not
+calibrated on real speech.
+"""
+
+
+def _conv_card(t, tt, cfg, vocab, unk, rtf, kinds, command, gnu, resumed) -> str:
+    """The conv recipe's (export.train_recognizer) model, data and training sections."""
+    from export import train_recognizer as tr
+
+    return f"""# command-recognizer
 
 A streaming speech recognizer for short robot commands: raw 16 kHz samples in, CTC log-probs over
 {vocab} labels (one per vocabulary word{', plus `<unk>` for any other word' if unk else ''}; and the blank) out,
@@ -296,45 +351,7 @@ after its end; torch on {tt.get('threads', '?')} thread, augmentation in {tt.get
 Checkpoints every 5 minutes in `.cache/command-recognizer.pt`; `--resume` continues a run.{(chr(10) + t['notes']) if t.get('notes') else ''}
 The export check compares ONNX streaming (random chunkings) with the PyTorch full-utterance forward.
 
-## Metrics
-    python -m export.eval_recognizer {model_dir}
-
-{e['utterances_per_set']} command utterances per synthesizer, streamed through edge_stream in 20 ms chunks, greedy CTC.
-"clean": silence around the speech, level -40 to -15 dBFS, a faint noise floor; "10 dB": plus white,
-pink, brown noise or babble (the synthesizer's non-command sentences) at 10 dB SNR. Latency: end of a
-correctly recognised word to the end of the 40 ms block that decoded it (p50 / p90). Confidence: mean
-of right / wrong words. "metre(s)" and "meter(s)" score as one word (the same sound, the same unit).
-
-| synthesizer | condition | WER | utterances exact | latency p50 / p90 | confidence right / wrong |
-|---|---|---|---|---|---|
-{chr(10).join(rows)}
-
-WER by voice:
-
-| synthesizer | condition | WER per voice |
-|---|---|---|
-{chr(10).join(voice_rows)}
-
-Non-command sentences (clean): how often an out-of-vocabulary word comes out as `<unk>`, and the WER
-against the transcript with those words as `<unk>`.
-
-| synthesizer | sentences | `<unk>` recall | WER |
-|---|---|---|---|
-{chr(10).join(other_rows)}
-
-## Limits
-Synthetic speech only: a closed vocabulary and the voices of three open-source synthesizers. Real
-microphones, rooms and speakers will need real recordings. The voices that train are espeak-ng's
-formant voices and two male flite clustergen voices (awb, rms): no female natural-speech voice, no
-diphone or HTS voice, which is why flite's held-out voices and festival are far harder than held-out
-espeak-ng voices. "meter(s)"/"metre(s)" and "to"/"two" sound the same; greedy causal CTC can only
-tell the latter apart from the words before it. Confidence is a single frame's posterior and is not
-calibrated on real speech.
 """
-    path = model_dir / "MODEL_CARD.md"
-    path.write_text(text)
-    return path
-
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
