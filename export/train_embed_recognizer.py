@@ -191,24 +191,13 @@ def train(head, data: sd.SpeechSet, epochs: list[ef.EpochFeatures], tcfg: TrainC
         k, idx = plan[step]
         x, lens, targets, target_lens, align = make_batch(epochs[k], data, idx, np.random.default_rng([tcfg.seed, 1, step]))
         logits, _ = head.logits(x, head.initial_states(len(idx)))
-        logp = F.log_softmax(logits, dim=-1)
-        loss = F.ctc_loss(logp.transpose(0, 1), targets, lens, target_lens, blank=0, zero_infinity=True)
-        if tcfg.align_weight and len(align):
-            loss = loss + tcfg.align_weight * F.nll_loss(logp[align[:, 0], align[:, 1]], align[:, 2])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        loss = tr.ctc_guide_step(F.log_softmax(logits, dim=-1), targets, lens, target_lens, align, tcfg.align_weight,
+                                 head, opt, sched)
         step += 1
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         bar.update(step, loss_avg, sched.get_last_lr()[0])
         if checkpoint is not None and (time.time() - t_saved > 60 * checkpoint_min or step == tcfg.steps):
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step, "train_s": train_s + time.time() - t_run, "config": asdict(head.cfg),
-                        "train_config": asdict(tcfg)}, tmp)
-            tmp.replace(checkpoint)
+            tr.save_checkpoint(checkpoint, head, opt, sched, step, train_s + time.time() - t_run, head.cfg, tcfg)
             t_saved = time.time()
     bar.close()
     head.eval()
@@ -330,30 +319,11 @@ def check_parity(head, model_dir: Path, audio: np.ndarray, features: se.Features
     (numpy mel + ORT embedding on the whole utterance) through the PyTorch head."""
     import torch
 
-    import edge_stream as es
-
     with torch.no_grad():
         emb = torch.from_numpy(features.embed(audio))[None]
         ref = head(emb, *head.initial_states(1))[0][0].numpy()
-    m = es.load(model_dir, intra_op_threads=1)
-    whole = m.open_stream().feed(np.concatenate([audio, np.zeros(-len(audio) % se.BLOCK, np.float32)])).logits
-    rng = np.random.default_rng(seed)
     padded = np.concatenate([audio, np.zeros(-len(audio) % se.BLOCK, np.float32)])
-    stream, parts, pos = m.open_stream(), [], 0
-    while pos < len(padded):
-        n = int(rng.integers(1, 2000))
-        out = stream.feed(padded[pos:pos + n])
-        pos += n
-        if out.n_blocks:
-            parts.append(out.logits)
-    chunked = np.concatenate(parts)
-    if whole.shape != ref.shape or not np.array_equal(whole, chunked):
-        sys.exit(f"parity check failed: shapes {whole.shape} {chunked.shape} {ref.shape} or chunked != whole")
-    err = float(np.abs(whole - ref).max())
-    if err > 1e-3:
-        sys.exit(f"parity check failed: ONNX streaming vs reference differ by {err:.2e} (limit 1e-3)")
-    print(f"parity ok: {len(ref)} frames, random chunking identical, max |onnx - reference| = {err:.2e}")
-    return err
+    return tr.stream_matches(model_dir, padded, ref, seed, "reference")
 
 
 # -- model card -----------------------------------------------------------------------------------
@@ -467,6 +437,9 @@ def main(argv=None) -> None:
         if not args.checkpoint.is_file():
             sys.exit(f"--resume: no checkpoint at {args.checkpoint}")
         resume = torch.load(args.checkpoint, weights_only=False)
+        if resume["config"] != asdict(head.cfg) or resume["train_config"] != asdict(tcfg):
+            sys.exit(f"--resume: {args.checkpoint} was trained with {resume['config']} and {resume['train_config']}, "
+                     f"asked {asdict(head.cfg)} and {asdict(tcfg)}: pass the same options")
     summary = train(head, data, epochs, tcfg, None if args.smoke else args.checkpoint, resume)
     export_onnx(head, args.out, paths)
     probe = tr.synth.load_set("eval", 2, args.seed, engine="espeak-ng")

@@ -409,14 +409,7 @@ def train(model, data: sd.SpeechSet, tcfg: TrainConfig, checkpoint: Path | None,
         for block, st in zip(model.blocks, states[1:]):
             h, _ = block(h, st)
         logp = F.log_softmax(model.head(model.norm(h)).transpose(1, 2), dim=-1)  # [batch, frames, vocab]
-        loss = F.ctc_loss(logp.transpose(0, 1), targets, frame_lens, target_lens, blank=0, zero_infinity=True)
-        if tcfg.align_weight and len(align):
-            loss = loss + tcfg.align_weight * F.nll_loss(logp[align[:, 0], align[:, 1]], align[:, 2])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        loss = ctc_guide_step(logp, targets, frame_lens, target_lens, align, tcfg.align_weight, model, opt, sched)
         step += 1
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         bar.update(step, loss_avg, sched.get_last_lr()[0])
@@ -427,6 +420,23 @@ def train(model, data: sd.SpeechSet, tcfg: TrainConfig, checkpoint: Path | None,
     model.features.fft = False
     model.eval()
     return {"steps": step, "train_s": round(train_s + time.time() - t_run), "final_loss": round(loss_avg or 0.0, 3)}
+
+
+def ctc_guide_step(logp, targets, frame_lens, target_lens, align, align_weight: float, model, opt, sched):
+    """One AdamW step on CTC plus the alignment guide (NLL of each (row, frame, label) in `align`);
+    gradients clipped to norm 5. Returns the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    loss = F.ctc_loss(logp.transpose(0, 1), targets, frame_lens, target_lens, blank=0, zero_infinity=True)
+    if align_weight and len(align):
+        loss = loss + align_weight * F.nll_loss(logp[align[:, 0], align[:, 1]], align[:, 2])
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    sched.step()
+    return loss
 
 
 class _progress:
@@ -461,7 +471,13 @@ def export_onnx(model, out_dir: Path) -> Path:
     """model.onnx (opset 17, dynamic batch), tokenizer.json (id -> word) and manifest.json."""
     import torch
 
-    from edge_stream.runtime.manifest import Blocking, InputSpec, Manifest, OutputSpec, StateSpec
+    from edge_stream.runtime.manifest import (
+        Blocking,
+        InputSpec,
+        Manifest,
+        OutputSpec,
+        StateSpec,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     states = model.initial_states(1)
@@ -503,18 +519,24 @@ def check_parity(model, model_dir: Path, audio: np.ndarray, seed: int) -> float:
     """The checks that can fail: ONNX streaming (fixed and random chunkings) vs PyTorch full-utterance."""
     import torch
 
-    import edge_stream as es
-
     x = pad_to_blocks(audio)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None], *model.initial_states(1))[0][0].numpy()  # [frames, vocab]
+    return stream_matches(model_dir, x[CONTEXT:], ref, seed, "PyTorch full utterance")
+
+
+def stream_matches(model_dir: Path, samples: np.ndarray, ref: np.ndarray, seed: int, what: str) -> float:
+    """Feed `samples` to the exported model whole and in random chunks: both must give the same frames,
+    and those must equal `ref` ([frames, vocab], `what`) within 1e-3; exits otherwise. Returns the error."""
+    import edge_stream as es
+
     m = es.load(model_dir, intra_op_threads=1)
-    whole = m.open_stream().feed(x[CONTEXT:]).logits
+    whole = m.open_stream().feed(samples).logits
     rng = np.random.default_rng(seed)
-    stream, parts, pos = m.open_stream(), [], CONTEXT
-    while pos < len(x):
+    stream, parts, pos = m.open_stream(), [], 0
+    while pos < len(samples):
         n = int(rng.integers(1, 2000))
-        out = stream.feed(x[pos:pos + n])
+        out = stream.feed(samples[pos:pos + n])
         pos += n
         if out.n_blocks:
             parts.append(out.logits)
@@ -523,8 +545,8 @@ def check_parity(model, model_dir: Path, audio: np.ndarray, seed: int) -> float:
         sys.exit(f"parity check failed: shapes {whole.shape} {chunked.shape} {ref.shape} or chunked != whole")
     err = float(np.abs(whole - ref).max())
     if err > 1e-3:
-        sys.exit(f"parity check failed: ONNX streaming vs PyTorch full utterance differ by {err:.2e} (limit 1e-3)")
-    print(f"parity ok: {len(ref)} frames, random chunking identical, max |onnx - torch| = {err:.2e}")
+        sys.exit(f"parity check failed: ONNX streaming vs {what} differ by {err:.2e} (limit 1e-3)")
+    print(f"parity ok: {len(ref)} frames, random chunking identical, max |onnx - {what}| = {err:.2e}")
     return err
 
 
