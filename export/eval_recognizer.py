@@ -212,15 +212,8 @@ def run(model_dir: Path, n: int, seed: int, engines=None) -> dict:
 
 def write_model_card(model_dir: Path, metrics: dict) -> Path:
     """MODEL_CARD.md from metrics.json (the numbers are the ones the last training and evaluation measured)."""
-    from export import train_recognizer as tr
-
     t = metrics.get("training", {})
     e = metrics["evaluation"]
-    cfg = tr.RecognizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in t["config"].items()}) \
-        if "config" in t else tr.RecognizerConfig()
-    tt = t.get("training", {})
-    vocab = cfg.vocab - 1
-    unk = sd.UNK_WORD in tr.SYMBOLS
 
     def lat(d):
         x = d["latency_ms"]
@@ -241,23 +234,14 @@ def write_model_card(model_dir: Path, metrics: dict) -> Path:
                   for engine, sets in e["sets"].items() for cond in CONDITIONS if "wer_by_voice" in sets[cond]]
     other_rows = [f"| {engine} | {r['utterances']} | {r.get('unk_recall', float('nan')):.3f} | {r['wer']:.3f} |"
                   for engine, r in e.get("other", {}).items()]
-    kinds = ", ".join(f"{k} {v}" for k, v in t.get("train_kinds", {}).items())
     rtf = e["rtf"]
-    command = t.get("command", "python -m export.train_recognizer").replace(" --resume", "")
-    gnu = (f"; and a set of its own of GnuSpeech's {synth.GNUSPEECH_TRAIN_VOICES} drawn talkers (its presets are held out)"
-           if t.get("data", {}).get("gnuspeech_utts") else "")
-    resumed = ""
-    if "--resume" in t.get("command", ""):
-        resumed = "This model's run was interrupted and continued with `--resume`"
-        resumed += (f" (first planned for {tt['extended_from']} steps, then extended: the cosine schedule stretched "
-                    "from there). " if tt.get("extended_from") else ". ")
     recipe = json.loads((model_dir / "manifest.json").read_text()).get("source", {}).get("recipe", "")
     if recipe == "export.train_embed_recognizer":
         from export import train_embed_recognizer as tre
 
         top, limits = tre.card_sections(t, rtf), tre.CARD_LIMITS
     else:
-        top, limits = _conv_card(t, tt, cfg, vocab, unk, rtf, kinds, command, gnu, resumed), CONV_CARD_LIMITS
+        top, limits = _conv_card(t, rtf), CONV_CARD_LIMITS
     text = top + f"""## Metrics
     python -m export.eval_recognizer {model_dir}
 
@@ -290,7 +274,6 @@ against the transcript with those words as `<unk>`.
     return path
 
 
-
 CONV_CARD_LIMITS = """## Limits
 Synthetic speech only: a closed vocabulary and the voices of three open-source synthesizers. Real
 microphones, rooms and speakers will need real recordings. The voices that train are espeak-ng's
@@ -302,10 +285,24 @@ calibrated on real speech.
 """
 
 
-def _conv_card(t, tt, cfg, vocab, unk, rtf, kinds, command, gnu, resumed) -> str:
-    """The conv recipe's (export.train_recognizer) model, data and training sections."""
+def _conv_card(t: dict, rtf: dict) -> str:
+    """The conv recipe's (export.train_recognizer) title, model, data and training sections."""
     from export import train_recognizer as tr
 
+    cfg = tr.RecognizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in t["config"].items()}) \
+        if "config" in t else tr.RecognizerConfig()
+    tt = t.get("training", {})
+    vocab = cfg.vocab - 1
+    unk = sd.UNK_WORD in tr.SYMBOLS
+    kinds = ", ".join(f"{k} {v}" for k, v in t.get("train_kinds", {}).items())
+    command = t.get("command", "python -m export.train_recognizer").replace(" --resume", "")
+    gnu = (f"; and a set of its own of GnuSpeech's {synth.GNUSPEECH_TRAIN_VOICES} drawn talkers (its presets are held out)"
+           if t.get("data", {}).get("gnuspeech_utts") else "")
+    resumed = ""
+    if "--resume" in t.get("command", ""):
+        resumed = "This model's run was interrupted and continued with `--resume`"
+        resumed += (f" (first planned for {tt['extended_from']} steps, then extended: the cosine schedule stretched "
+                    "from there). " if tt.get("extended_from") else ". ")
     return f"""# command-recognizer
 
 A streaming speech recognizer for short robot commands: raw 16 kHz samples in, CTC log-probs over

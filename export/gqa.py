@@ -174,7 +174,8 @@ def add_logits_to_keep(model_path: Path) -> None:
     A stream that only generates needs the last position's logits; the lm_head over a whole
     chunk is the largest matmul of a small model (SmolLM2-135M: 28M of its 135M weights, a
     fifth of a batch prefill) and a tenth of a 16-token chunk at Qwen2.5-1.5B. The runtime
-    fills it (manifest aux `logits_to_keep`): 0, or 1 on a stream opened with logits="last". It is a required input: ORT's IO binding (the shared KV buffer) cannot bind
+    fills it (manifest aux `logits_to_keep`): 0 (all), or 1 on a stream opened with
+    logits="last". It is a required input: ORT's IO binding (the shared KV buffer) cannot bind
     an input that has a default, so onnxruntime-genai, which does not know it, cannot run a
     folder built with it (export.hf --logits-to-keep; off by default for that reason).
     """

@@ -93,8 +93,8 @@ def log_mel(samples: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
 
 
 class Features:
-    """Embeddings of whole utterances, exactly as the stream computes them block by block (one ORT
-    session for the embedding; the mel step in numpy, or ORT's mel model where given)."""
+    """Embeddings of whole utterances, exactly as the stream computes them block by block (the mel
+    step in numpy, the embedding in one ORT session)."""
 
     def __init__(self, paths: dict[str, Path] | None = None, threads: int = 1):
         import onnxruntime as ort

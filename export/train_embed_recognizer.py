@@ -29,7 +29,6 @@ under random chunkings = the reference features through the PyTorch head) and th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -44,7 +43,9 @@ from export import speech_embedding as se
 from export import train_recognizer as tr
 
 SYMBOLS = tr.SYMBOLS
-ALIGN_OFFSETS = (0, 1)  # guide frames: the block holding the sample 20 ms after a word's end, and the next
+ALIGN_OFFSETS = (0, 1)  # guide frames: the block holding the sample ALIGN_AFTER after a word's end, and the next
+ALIGN_AFTER = 320  # samples (20 ms)
+BATCH_JITTER = 3  # frames: lengths jittered by up to this when batches are drawn
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,7 @@ def build_head(cfg: HeadConfig):
             self.blocks = nn.ModuleList(Block(d) for d in cfg.dilations)
             self.norm = nn.LayerNorm(cfg.channels)
             self.out = nn.Linear(cfg.channels, cfg.vocab)
-            spelling = np.eye(cfg.vocab, dtype=np.float32)  # SAME_SOUND: one spelling's probability to the other
-            for other, kept in tr.SAME_SOUND.items():
-                if other in SYMBOLS and kept in SYMBOLS:
-                    i, j = SYMBOLS.index(other), SYMBOLS.index(kept)
-                    spelling[i, i], spelling[i, j] = 0.0, 1.0
-            self.register_buffer("spelling", torch.tensor(spelling), persistent=False)
+            self.register_buffer("spelling", torch.tensor(tr.spelling_matrix(cfg.vocab)), persistent=False)
 
         def initial_states(self, batch: int):
             return [torch.zeros(batch, cfg.channels, b.cache_len) for b in self.blocks]
@@ -127,23 +123,10 @@ def build_head(cfg: HeadConfig):
 # -- training -------------------------------------------------------------------------------------
 
 def batch_plan(lengths: np.ndarray, n_epochs: int, tcfg: TrainConfig) -> list[tuple[int, np.ndarray]]:
-    """(feature epoch, utterance indices) of every step; a function of the seed alone (resumable)."""
-    plan, k = [], 0
-    while len(plan) < tcfg.steps:
-        rng = np.random.default_rng([tcfg.seed, k])
-        order = np.argsort(lengths + rng.uniform(0, 3, len(lengths)))
-        batches, cur, longest = [], [], 0
-        for i in order:
-            longest = max(longest, lengths[i])
-            if cur and longest * (len(cur) + 1) > tcfg.batch_frames:
-                batches.append(np.array(cur))
-                cur, longest = [], lengths[i]
-            cur.append(i)
-        batches.append(np.array(cur))
-        rng.shuffle(batches)
-        plan += [(k % n_epochs, b) for b in batches]
-        k += 1
-    return plan[:tcfg.steps]
+    """(feature epoch, utterance indices) of every step; a function of the seed alone (resumable).
+    Pass k over the data reads feature epoch k mod n_epochs."""
+    plan = tr.batch_plan(lengths, tcfg.batch_frames, tcfg.steps, tcfg.seed, jitter=BATCH_JITTER)
+    return [(k % n_epochs, b) for k, b in plan]
 
 
 def make_batch(epoch: ef.EpochFeatures, data: sd.SpeechSet, idx: np.ndarray, rng: np.random.Generator):
@@ -151,6 +134,7 @@ def make_batch(epoch: ef.EpochFeatures, data: sd.SpeechSet, idx: np.ndarray, rng
     import torch
 
     seqs = [epoch.utterance(int(i)) for i in idx]
+    targets = [tr.encode(data.text(int(i))) for i in idx]
     x = torch.zeros(len(idx), max(len(s) for s in seqs), se.EMBED_DIM)
     align = []
     for j, (i, s) in enumerate(zip(idx, seqs)):
@@ -158,25 +142,20 @@ def make_batch(epoch: ef.EpochFeatures, data: sd.SpeechSet, idx: np.ndarray, rng
         for _ in range(2):  # time masks of up to 2 frames (80 ms)
             w, t0 = int(rng.integers(0, 3)), int(rng.integers(0, max(1, len(s) - 2)))
             x[j, t0:t0 + w] = 0.0
-        for end, lab in zip(epoch.word_ends[int(i)], tr.encode(data.text(int(i)))):
-            f = (int(end) + 320) // se.BLOCK
+        for end, lab in zip(epoch.word_ends[int(i)], targets[j]):
+            f = (int(end) + ALIGN_AFTER) // se.BLOCK
             align += [(j, f + k, lab) for k in ALIGN_OFFSETS if f + k < len(s)]
-    targets = [tr.encode(data.text(int(i))) for i in idx]
     return (x, torch.tensor([len(s) for s in seqs]), torch.tensor([c for t in targets for c in t]),
             torch.tensor([len(t) for t in targets]), torch.tensor(align, dtype=torch.long).reshape(-1, 3))
 
 
 def train(head, data: sd.SpeechSet, epochs: list[ef.EpochFeatures], tcfg: TrainConfig, checkpoint: Path | None,
           resume: dict | None = None, checkpoint_min: float = 5.0) -> dict:
-    import torch
     import torch.nn.functional as F
 
     lengths = np.diff(epochs[0].offsets)
     plan = batch_plan(lengths, len(epochs), tcfg)
-    opt = torch.optim.AdamW(head.parameters(), lr=tcfg.lr, weight_decay=0.01)
-    warmup = max(1, min(tcfg.warmup, tcfg.steps // 5))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / tcfg.steps))))
+    opt, sched = tr.adamw_cosine(head, tcfg.lr, tcfg.warmup, tcfg.steps)
     step, train_s = 0, 0.0
     if resume is not None:
         head.load_state_dict(resume["model"])
@@ -257,18 +236,9 @@ def export_onnx(head, out_dir: Path, paths: dict[str, Path]) -> Path:
     import torch
     from onnx import compose, helper, version_converter
 
-    from edge_stream.runtime.manifest import (
-        Blocking,
-        InputSpec,
-        Manifest,
-        OutputSpec,
-        StateSpec,
-    )
-
     out_dir.mkdir(parents=True, exist_ok=True)
     states = head.initial_states(1)
-    state_in = [f"conv_cache_{i}" for i in range(len(states))]
-    state_out = [f"conv_cache_{i}_out" for i in range(len(states))]
+    state_in, state_out = tr.cache_names(len(states))
     with tempfile.TemporaryDirectory() as tmp:
         head_path = Path(tmp) / "head.onnx"
         dynamic = {n: {0: "batch"} for n in ["embedding", "logprobs"] + state_in + state_out}
@@ -284,33 +254,22 @@ def export_onnx(head, out_dir: Path, paths: dict[str, Path]) -> Path:
     emb.graph.node.append(helper.make_node("Reshape", [emb.graph.output[0].name, "embedding/to_frames"], ["emb_frames"]))
     del emb.graph.output[:]
     emb.graph.output.append(helper.make_tensor_value_info("emb_frames", onnx.TensorProto.FLOAT, ["batch", 1, se.EMBED_DIM]))
-    for m in (emb, head_model):
+    front = front_graph(paths)
+    for m in (front, emb, head_model):  # merge_models needs one IR version and one opset
         m.ir_version = 8
         del m.opset_import[:]
         m.opset_import.extend([helper.make_opsetid("", 17)])
-    front = front_graph(paths)
-    front.ir_version = 8
     model = compose.merge_models(front, emb, io_map=[("window", emb.graph.input[0].name)],
                                  outputs=["mel_history_out", "emb_frames"])
     model = compose.merge_models(model, head_model, io_map=[("emb_frames", "embedding")],
                                  outputs=["logprobs", "mel_history_out"] + state_out)
     onnx.checker.check_model(model)
     onnx.save(model, str(out_dir / "model.onnx"))
-    tr.write_tokenizer(out_dir / "tokenizer.json")
-    spec_states = [StateSpec(input="mel_history", output="mel_history_out", kind="recurrent",
-                             shape=(1, se.HISTORY, se.N_MELS), batch_axis=0)]
-    spec_states += [StateSpec(input=i, output=o, kind="recurrent", shape=tuple(s.shape), batch_axis=0)
-                    for i, o, s in zip(state_in, state_out, states)]
-    Manifest(
-        name="command-recognizer",
-        input=InputSpec(name="samples", kind="samples", dtype="float32"),
-        states=tuple(spec_states),
-        outputs=(OutputSpec(name="logprobs", role="logits"),),
-        blocking=Blocking(block=se.BLOCK, context=se.CONTEXT, sample_rate=se.SAMPLE_RATE),
-        tokenizer="tokenizer.json",
-        source={"recipe": "export.train_embed_recognizer", "config": asdict(head.cfg), "front_end": se.WHEEL,
-                "frames_per_block": 1, "lookahead_frames": 0, "unk": sd.UNK_WORD},
-    ).save(out_dir)
+    states = [("mel_history", "mel_history_out", (1, se.HISTORY, se.N_MELS))] + \
+        [(i, o, tuple(st.shape)) for i, o, st in zip(state_in, state_out, states)]
+    tr.write_model_files(out_dir, states, se.BLOCK, se.CONTEXT,
+                         {"recipe": "export.train_embed_recognizer", "config": asdict(head.cfg), "front_end": se.WHEEL,
+                          "frames_per_block": 1, "lookahead_frames": 0, "unk": sd.UNK_WORD})
     return out_dir
 
 
@@ -449,17 +408,7 @@ def main(argv=None) -> None:
                 "training": {**asdict(tcfg), "threads": args.threads, "workers": args.workers, **summary}, "front_end": se.WHEEL,
                 "train_utterances": len(data), "train_kinds": tr._kinds(data), "symbols": len(SYMBOLS),
                 "export_s": round(time.time() - t_start)}
-    if args.smoke:
-        print(json.dumps(training, indent=2))
-        return
-    (args.out / "metrics.json").write_text(json.dumps({"training": training}, indent=2) + "\n")
-    if args.no_eval:
-        print(f"ok: wrote {args.out} (not evaluated: python -m export.eval_recognizer {args.out})")
-        return
-    from export import eval_recognizer
-
-    eval_recognizer.main([str(args.out), "--utts", str(args.eval_utts), "--seed", str(args.seed),
-                          "--max-wer", str(args.max_wer)])
+    tr.finish(args, training)
 
 
 if __name__ == "__main__":

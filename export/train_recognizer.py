@@ -101,6 +101,17 @@ def mel_matrix(n_mels: int, n_fft: int = N_FFT, rate: int = SAMPLE_RATE, f_min: 
     return fb
 
 
+def spelling_matrix(vocab: int) -> np.ndarray:
+    """[vocab, vocab]: the probability of label i goes to j; identity but for SAME_SOUND, whose other
+    spelling's probability goes to the kept one (the exported graphs multiply their softmax by it)."""
+    spelling = np.eye(vocab, dtype=np.float32)
+    for other, kept in SAME_SOUND.items():
+        if other in SYMBOLS and kept in SYMBOLS:
+            i, j = SYMBOLS.index(other), SYMBOLS.index(kept)
+            spelling[i, i], spelling[i, j] = 0.0, 1.0
+    return spelling
+
+
 def build_model(cfg: RecognizerConfig):
     """The torch modules (imported lazily: the runtime never imports this file)."""
     import torch
@@ -175,13 +186,8 @@ def build_model(cfg: RecognizerConfig):
             self.blocks = nn.ModuleList([Block(d) for d in cfg.dilations])
             self.norm = nn.BatchNorm1d(cfg.channels)
             self.head = nn.Conv1d(cfg.channels, cfg.vocab, 1)
-            spelling = np.eye(cfg.vocab, dtype=np.float32)  # [vocab, vocab]: probability of label i goes to j
-            for other, kept in SAME_SOUND.items():
-                if other in SYMBOLS and kept in SYMBOLS:
-                    i, j = SYMBOLS.index(other), SYMBOLS.index(kept)
-                    spelling[i, i], spelling[i, j] = 0.0, 1.0
             # not persistent: fixed by SAME_SOUND, not learnt, and checkpoints stay loadable
-            self.register_buffer("spelling", torch.tensor(spelling), persistent=False)
+            self.register_buffer("spelling", torch.tensor(spelling_matrix(cfg.vocab)), persistent=False)
 
         def state_shapes(self):
             """(channels, cache_len) of each conv's cache, in state order."""
@@ -220,9 +226,11 @@ def pad_to_blocks(audio: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros(CONTEXT, np.float32), audio, np.zeros(n - len(audio), np.float32)])
 
 
-def make_batches(lengths: np.ndarray, max_samples: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Index batches of similar length (little padding) holding at most max_samples of audio."""
-    order = np.argsort(lengths + rng.uniform(0, SAMPLE_RATE * 0.3, len(lengths)))
+def make_batches(lengths: np.ndarray, max_samples: int, rng: np.random.Generator,
+                 jitter: float = SAMPLE_RATE * 0.3) -> list[np.ndarray]:
+    """Index batches of similar length (little padding) holding at most max_samples of audio (or
+    frames: the unit of `lengths`); lengths are jittered by up to `jitter` so batches vary by epoch."""
+    order = np.argsort(lengths + rng.uniform(0, jitter, len(lengths)))
     batches, cur, longest = [], [], 0
     for i in order:
         longest = max(longest, lengths[i])
@@ -236,12 +244,13 @@ def make_batches(lengths: np.ndarray, max_samples: int, rng: np.random.Generator
     return batches
 
 
-def batch_plan(lengths: np.ndarray, max_samples: int, steps: int, seed: int) -> list[tuple[int, np.ndarray]]:
+def batch_plan(lengths: np.ndarray, max_samples: int, steps: int, seed: int,
+               jitter: float = SAMPLE_RATE * 0.3) -> list[tuple[int, np.ndarray]]:
     """(epoch, utterance indices) of every step: a function of the seed alone, so a resumed run
     picks up exactly where it stopped."""
     plan, epoch = [], 0
     while len(plan) < steps:
-        plan += [(epoch, b) for b in make_batches(lengths, max_samples, np.random.default_rng([seed, epoch]))]
+        plan += [(epoch, b) for b in make_batches(lengths, max_samples, np.random.default_rng([seed, epoch]), jitter)]
         epoch += 1
     return plan[:steps]
 
@@ -373,10 +382,7 @@ def train(model, data: sd.SpeechSet, tcfg: TrainConfig, checkpoint: Path | None,
 
     lengths = np.diff(data.offsets) + int(SAMPLE_RATE * 0.7)  # clean length + mean added silence
     plan = batch_plan(lengths, int(tcfg.batch_s * SAMPLE_RATE), tcfg.steps, tcfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=0.01)
-    warmup = max(1, min(tcfg.warmup, tcfg.steps // 5))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / tcfg.steps))))
+    opt, sched = adamw_cosine(model, tcfg.lr, tcfg.warmup, tcfg.steps)
     step, train_s = 0, 0.0
     if resume is not None:
         opt.load_state_dict(resume["opt"])
@@ -420,6 +426,18 @@ def train(model, data: sd.SpeechSet, tcfg: TrainConfig, checkpoint: Path | None,
     model.features.fft = False
     model.eval()
     return {"steps": step, "train_s": round(train_s + time.time() - t_run), "final_loss": round(loss_avg or 0.0, 3)}
+
+
+def adamw_cosine(model, lr: float, warmup: int, steps: int):
+    """AdamW (weight decay 0.01) and its schedule: linear warm-up (at most a fifth of the run), then
+    cosine decay to 0 at `steps`."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, min(warmup, steps // 5))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    return opt, sched
 
 
 def ctc_guide_step(logp, targets, frame_lens, target_lens, align, align_weight: float, model, opt, sched):
@@ -471,39 +489,43 @@ def export_onnx(model, out_dir: Path) -> Path:
     """model.onnx (opset 17, dynamic batch), tokenizer.json (id -> word) and manifest.json."""
     import torch
 
-    from edge_stream.runtime.manifest import (
-        Blocking,
-        InputSpec,
-        Manifest,
-        OutputSpec,
-        StateSpec,
-    )
-
     out_dir.mkdir(parents=True, exist_ok=True)
     states = model.initial_states(1)
-    state_in = [f"conv_cache_{i}" for i in range(len(states))]
-    state_out = [f"conv_cache_{i}_out" for i in range(len(states))]
+    state_in, state_out = cache_names(len(states))
     x = torch.zeros(1, CONTEXT + BLOCK)
     dynamic = {n: {0: "batch"} for n in ["samples", "logprobs"] + state_in + state_out}
     torch.onnx.export(model, (x, *states), str(out_dir / "model.onnx"), input_names=["samples"] + state_in,
                       output_names=["logprobs"] + state_out, dynamic_axes=dynamic, opset_version=17,
                       dynamo=False)
-    write_tokenizer(out_dir / "tokenizer.json")
     (out_dir / "lexicon.txt").unlink(missing_ok=True)  # a character model's file: words are labels now
-    manifest = Manifest(
+    write_model_files(out_dir, [(i, o, tuple(s.shape)) for i, o, s in zip(state_in, state_out, states)], BLOCK, CONTEXT,
+                      {"recipe": "export.train_recognizer", "config": asdict(model.cfg),
+                       "frames_per_block": HOPS_PER_BLOCK // SUBSAMPLE, "lookahead_frames": 0, "unk": sd.UNK_WORD})
+    return out_dir
+
+
+def cache_names(n: int) -> tuple[list[str], list[str]]:
+    """The graph's names of n conv caches: inputs and outputs."""
+    return [f"conv_cache_{i}" for i in range(n)], [f"conv_cache_{i}_out" for i in range(n)]
+
+
+def write_model_files(out_dir: Path, states: list[tuple[str, str, tuple]], block: int, context: int,
+                      source: dict) -> None:
+    """tokenizer.json and manifest.json of a recognizer graph: samples in, `logprobs` out, the
+    (input, output, shape) recurrent states, `block` samples per run with `context` in front."""
+    from edge_stream.runtime.manifest import Blocking, InputSpec, Manifest, OutputSpec, StateSpec
+
+    write_tokenizer(out_dir / "tokenizer.json")
+    Manifest(
         name="command-recognizer",
         input=InputSpec(name="samples", kind="samples", dtype="float32"),
-        states=tuple(StateSpec(input=i, output=o, kind="recurrent", shape=tuple(s.shape), batch_axis=0)
-                     for i, o, s in zip(state_in, state_out, states)),
+        states=tuple(StateSpec(input=i, output=o, kind="recurrent", shape=shape, batch_axis=0)
+                     for i, o, shape in states),
         outputs=(OutputSpec(name="logprobs", role="logits"),),
-        blocking=Blocking(block=BLOCK, context=CONTEXT, sample_rate=SAMPLE_RATE),
+        blocking=Blocking(block=block, context=context, sample_rate=SAMPLE_RATE),
         tokenizer="tokenizer.json",
-        source={"recipe": "export.train_recognizer", "config": asdict(model.cfg),
-                "frames_per_block": HOPS_PER_BLOCK // SUBSAMPLE, "lookahead_frames": 0,
-                "unk": sd.UNK_WORD},
-    )
-    manifest.save(out_dir)
-    return out_dir
+        source=source,
+    ).save(out_dir)
 
 
 def write_tokenizer(path: Path) -> None:
@@ -667,6 +689,12 @@ def main(argv=None) -> None:
                              "init_from": str(args.init_from) if args.init_from else None},
                 "train_utterances": len(train_set), "train_kinds": _kinds(train_set),
                 "symbols": len(SYMBOLS), "export_s": round(time.time() - t_start)}
+    finish(args, training)
+
+
+def finish(args, training: dict) -> None:
+    """A recipe's end: print the training record (--smoke), or write it to metrics.json and, unless
+    --no-eval, evaluate (export.eval_recognizer, which writes the model card and can fail)."""
     if args.smoke:
         print(json.dumps(training, indent=2))
         return
