@@ -359,6 +359,8 @@ def main(argv=None) -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("models/command-recognizer-embed"))
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--epochs", type=int, default=len(TrainConfig.epochs),
+                        help="cached feature epochs, alternating harsh and mild augmentation (25 minutes each to compute here)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--workers", type=int, default=2, help="processes computing the features")
@@ -374,7 +376,8 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     t_start = time.time()
-    tcfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed)
+    tcfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed,
+                       epochs=tuple(("train", "light")[k % 2] for k in range(args.epochs)))
     dcfg = tr.DataConfig(seed=args.seed)
     if args.smoke:
         dcfg = tr.DataConfig(train_utts=24, other_p=0.2, seed=args.seed, gnuspeech_utts=0)

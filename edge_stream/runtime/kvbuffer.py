@@ -10,7 +10,7 @@ at once. A state holds a `KVCache`: a handle on entries [0, length) of one buffe
 claims them while it lives. Writes go only where no live handle claims anything: at or
 after the longest live claim. A handle behind that point (a restored snapshot, a rewind
 whose longer state is still held) first copies its entries into a fresh buffer:
-copy-on-write. Claims are dropped by weakref finalizers, so a state nobody holds any
+copy-on-write. Claims are dropped when their handle is collected, so a state nobody holds any
 more gives its entries back at once.
 
 The whole life cycle is this small interface: `KVBuffer.copy` (allocation, growth and
@@ -196,11 +196,9 @@ class KVBuffer:
 
     def claim(self, length: int) -> KVCache:
         """A handle on entries [0, length): nothing writes them while the handle lives."""
-        handle = KVCache(self, length)
         with self._lock:
             self._claims[length] = self._claims.get(length, 0) + 1
-        weakref.finalize(handle, self._unclaim, length)
-        return handle
+        return KVCache(self, length)  # gives the claim back when collected (KVCache.__del__)
 
     def _unclaim(self, length: int) -> None:
         with self._lock:
@@ -265,6 +263,11 @@ class KVCache:
 
     buffer: KVBuffer
     length: int
+
+    def __del__(self):
+        # Not weakref.finalize: a handle is made per decode step, and a finalizer object cost
+        # several times this (CPython calls __del__ as soon as the last state holding it goes).
+        self.buffer._unclaim(self.length)
 
     def views(self) -> tuple:
         return self.buffer.views(self.length)

@@ -50,7 +50,9 @@ class StreamState:
     """
 
     owner: int  # id of the Model: a snapshot restores only into streams of the same model
-    states: tuple  # manifest order; kv states [batch, kv_heads, cache_len, head_dim]
+    # Manifest order. Where `kv` is set, its kv slots are None: `states` makes their views on first
+    # use (slicing every layer's buffer after each decode step cost as much as the rest of the step).
+    held: tuple
     cache_inputs: np.ndarray  # [cache_len] token ids, or [cache_len, feature_dim] frames
     cache_positions: np.ndarray  # [cache_len] int64
     next_model_position: int = 0  # position the model sees for the next input run
@@ -63,6 +65,19 @@ class StreamState:
     @property
     def cache_len(self) -> int:
         return int(self.cache_positions.size)
+
+    @property
+    def states(self) -> tuple:
+        """Every state in manifest order; kv states [batch, kv_heads, cache_len, head_dim] (views of
+        the shared buffer where `kv` is set, made once per state object)."""
+        if self.kv is None:
+            return self.held
+        made = self.__dict__.get("_states")
+        if made is None:
+            views = iter(self.kv.views())
+            made = tuple(next(views) if v is None else v for v in self.held)
+            object.__setattr__(self, "_states", made)  # a cache, not state: replace() drops it
+        return made
 
 
 @dataclass
@@ -151,6 +166,7 @@ class StreamSession:
         self._kv_specs = [m.states[i] for i in self._kv_index]
         self._shared = self.kv_io == "shared_buffer"
         self._has_recurrent = any(s.kind == "recurrent" for s in m.states)
+        self._kv_slots = (None,) * len(m.states)  # `held` of a shared-buffer state without recurrent states
         self._logits_name = m.output_for("logits")
         self._last_only = logits == "last" and self._logits_name is not None
         keep = m.aux_for("logits_to_keep")  # a graph input: k last positions get logits, 0 all of them
@@ -218,7 +234,7 @@ class StreamSession:
             inputs = np.zeros(0, dtype=np.int64)
         else:
             inputs = np.zeros((0, self.manifest.input.feature_dim), dtype=NUMPY_DTYPES[self.manifest.input.dtype])
-        return StreamState(owner=id(self.model), states=self.runner.initial_states(1),
+        return StreamState(owner=id(self.model), held=self.runner.initial_states(1),
                            cache_inputs=inputs, cache_positions=np.zeros(0, dtype=np.int64))
 
     # ----- public verbs -------------------------------------------------------------------
@@ -367,7 +383,7 @@ class StreamSession:
             cut += 1
         return dataclasses.replace(
             st,
-            states=self._slice_kv(st.states, 0, keep),
+            held=st.held if st.kv is not None else self._slice_kv(st.states, 0, keep),
             cache_inputs=st.cache_inputs[:keep],
             cache_positions=st.cache_positions[:keep],
             next_model_position=int(st.cache_positions[keep]),  # the first cut entry's: the chunk takes its place
@@ -422,7 +438,7 @@ class StreamSession:
         else:
             cache_inputs, cache_positions = st.cache_inputs, st.cache_positions
         return dataclasses.replace(
-            st, states=states, cache_inputs=cache_inputs, cache_positions=cache_positions,
+            st, held=states, cache_inputs=cache_inputs, cache_positions=cache_positions,
             next_model_position=st.next_model_position + s, fed=st.fed + s,
             # copy: one row, so the state does not hold the chunk's whole [n, vocab] ORT output
             last_logits=outputs[self._logits_name][-1].copy() if self._logits_name else None, kv=kv), outputs
@@ -445,18 +461,25 @@ class StreamSession:
             into = self.pool.arrays(shapes, [NUMPY_DTYPES[spec.dtype] for spec in self._kv_specs])
             results = self.runner.run_into(feeds, {spec.output: a for spec, a in zip(self._kv_specs, into)})
             return results[:n_ret], tuple(results[n_ret:]), None
-        for spec, value in zip(self.manifest.states, st.states):
-            if spec.kind != "kv":
-                feeds[spec.input] = value
+        if self._has_recurrent:
+            for spec, value in zip(self.manifest.states, st.states):
+                if spec.kind != "kv":
+                    feeds[spec.input] = value
         capacity = self._kv_capacity(st.cache_len + s)
         kv = st.kv
         if kv is None:  # the first run, or a state from the concat path: its entries into a buffer
             kv = KVBuffer.copy(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len, capacity,
                                pool=self.pool)
         results, kv = kv.append(self.runner, feeds, s, capacity)
-        others, views = iter(results[n_ret:]), iter(kv.views())
-        states = tuple(next(views) if spec.kind == "kv" else next(others) for spec in self.manifest.states)
-        return results[:n_ret], states, kv
+        return results[:n_ret], self._held(results[n_ret:]), kv
+
+    def _held(self, recurrent) -> tuple:
+        """A shared-buffer state's `held`: None in the kv slots (their views come from `kv`), the
+        recurrent states (in manifest order, from `recurrent`) in theirs."""
+        if not self._has_recurrent:
+            return self._kv_slots
+        others = iter(recurrent)
+        return tuple(None if spec.kind == "kv" else next(others) for spec in self.manifest.states)
 
     def _input_feeds(self, st: StreamState, rows: np.ndarray) -> tuple[dict, np.ndarray]:
         """The chunk and what the runtime fills beside it (mask, positions, constants); states aside."""
@@ -502,13 +525,12 @@ class StreamSession:
             keep = st.cache_len - (hi - lo)
             kv = KVBuffer.copy(self._kv_specs, [st.states[i] for i in self._kv_index], st.cache_len,
                                self._kv_capacity(keep + s), drop=(lo, hi), pool=self.pool)
-            views = iter(kv.views())
-            states = tuple(next(views) if spec.kind == "kv" else v for spec, v in zip(self.manifest.states, st.states))
+            states = self._held(v for spec, v in zip(self.manifest.states, st.held) if spec.kind != "kv")
         else:
             states, kv = self._drop_kv(st.states, lo, hi), None  # the kept entries are new contiguous arrays
         return dataclasses.replace(
             st,
-            states=states,
+            held=states,
             cache_inputs=np.concatenate([st.cache_inputs[:lo], st.cache_inputs[hi:]]),
             cache_positions=np.concatenate([st.cache_positions[:lo], st.cache_positions[hi:]]),
             evicted=st.evicted + (hi - lo),
