@@ -350,6 +350,43 @@ The export check compares ONNX streaming (random chunkings) with the PyTorch ful
 
 """
 
+def stop_spotting_report(model_dir: Path, thresholds, n: int, seed: int) -> dict:
+    """Stop recall and needless stops, greedy and with stop spotting at each threshold (the recognizer
+    route's `stop_spotting`): of every set's phrases with a stop word (clean and 10 dB), the share in
+    which a stop word is decoded; of its non-command sentences (clean), the same share."""
+    import edge_stream as es
+    from edge_stream.voice.ctc import CtcDecoder
+    from edge_stream.voice.grammar import STOP_WORDS
+
+    model = es.load(model_dir, intra_op_threads=1)
+    greedy = CtcDecoder.from_model(model)
+    block = model.manifest.blocking.block
+
+    def logprobs(audio: np.ndarray) -> np.ndarray:  # the whole utterance, fed in 4 s pieces
+        stream, x = model.open_stream(), np.concatenate([audio, np.zeros(-len(audio) % block, np.float32)])
+        return np.concatenate([stream.feed(x[k:k + 64000]).logits for k in range(0, len(x), 64000)])
+
+    phrases, sentences = [], []
+    for _, _, commands, others, pool in eval_sets(n, seed):
+        for chain in CONDITIONS.values():
+            phrases += [logprobs(augment.random_chain(commands.clean(i), np.random.default_rng([seed, 99, i]), pool,
+                                                      chain).audio)
+                        for i in range(len(commands)) if set(commands.text(i).split()) & set(STOP_WORDS)]
+        sentences += [logprobs(augment.random_chain(others.clean(i), np.random.default_rng([seed, 99, i]), pool[::-1],
+                                                    CONDITIONS["clean"]).audio) for i in range(len(others))]
+
+    def share(frames: list, threshold) -> float:
+        hits = 0
+        for lp in frames:
+            d = CtcDecoder(greedy.symbols, blank=greedy.blank, spot_words=STOP_WORDS, spot_threshold=threshold)
+            hits += any(w.word in STOP_WORDS for w in d.update(lp).words)
+        return round(hits / max(1, len(frames)), 4)
+
+    rows = {"greedy" if t is None else f"{t:g}": {"stop_recall": share(phrases, t), "needless_stops": share(sentences, t)}
+            for t in (None, *thresholds)}
+    return {"stop_phrases": len(phrases), "sentences": len(sentences), "by_threshold": rows}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path, nargs="?", default=Path("models/command-recognizer"))
@@ -359,7 +396,12 @@ def main(argv=None) -> None:
     parser.add_argument("--max-wer", type=float, default=0.15,
                         help="fail if clean WER on held-out voices of a training synthesizer is above this")
     parser.add_argument("--no-write", action="store_true", help="print only; leave metrics.json and the card")
+    parser.add_argument("--stop-spotting", type=float, nargs="+", metavar="P",
+                        help="only report stop recall and needless stops, greedy and with stop spotting at each P")
     args = parser.parse_args(argv)
+    if args.stop_spotting:
+        print(json.dumps(stop_spotting_report(args.model_dir, args.stop_spotting, args.utts, args.seed), indent=2))
+        return
     t0 = time.time()
     results = run(args.model_dir, args.utts, args.seed, args.engines)
     results["utterances_per_set"] = args.utts

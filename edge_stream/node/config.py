@@ -122,6 +122,11 @@ class ModelConfig:
     # "Early partial words". The parser node follows them. Off: words only once final, as before.
     partial_words: bool = False
     partial_threshold: float = 0.2
+    # Recognizer: say a stop word ("stop", "halt", "freeze") as soon as their summed posterior on a frame
+    # reaches this, even where blank or another label still wins (voice.ctc, "Spotted words"): more
+    # stops heard on unfamiliar voices, more needless ones in conversation (docs/voice_commands.md).
+    # Unset: off, greedy decoding only.
+    stop_spotting: float | None = None
     # Freshness (docs/protocol.md, "Stale input and deadlines"), both off when unset:
     max_age_ms: float | None = None  # a chunk older than this (from t_capture_ns, else t_pub_ns) is dropped
     deadline_ms: float | None = None  # an open stream with no input for this long gets `deadline_missed`
@@ -321,6 +326,8 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
             raise ConfigError(f"{mw}.seed: expected 0 <= seed < 2**64, got {m.seed}")
         if not 0.0 < m.partial_threshold <= 1.0:
             raise ConfigError(f"{mw}.partial_threshold: expected a posterior in (0, 1], got {m.partial_threshold}")
+        if m.stop_spotting is not None and (isinstance(m.stop_spotting, bool) or not 0.0 < m.stop_spotting <= 1.0):
+            raise ConfigError(f"{mw}.stop_spotting: expected a posterior in (0, 1], got {m.stop_spotting!r}")
         for name in ("max_age_ms", "deadline_ms"):
             value = getattr(m, name)
             if value is not None and not value > 0:

@@ -94,6 +94,7 @@ class PolicyOptions:
     prefix_text: str | None = None  # LMs: every stream starts from this prompt, run once (LMPolicy)
     partial_words: bool = False  # recognizer: forward words early (partial), then revisions
     partial_threshold: float = 0.2  # recognizer, partial_words: the leading label's posterior
+    stop_spotting: float | None = None  # recognizer: stop words said at this summed posterior (voice.ctc)
 
     @classmethod
     def of(cls, cfg) -> PolicyOptions:
@@ -516,8 +517,11 @@ class RecognizerPolicy(BlockPolicy):
         from edge_stream.voice.ctc import CtcDecoder
 
         d = self._decoder
+        from edge_stream.voice.grammar import STOP_WORDS
+
         threshold = self.cfg.partial_threshold if self.cfg.partial_words else None
-        decoder = CtcDecoder(d.symbols, blank=d.blank, frame_samples=d.frame_samples, partial_threshold=threshold)
+        decoder = CtcDecoder(d.symbols, blank=d.blank, frame_samples=d.frame_samples, partial_threshold=threshold,
+                             spot_words=STOP_WORDS, spot_threshold=self.cfg.stop_spotting)
         opts = {**self.cfg.stream_options, **options}
         return RecognizerStream(self.model.open_stream(**opts), decoder)
 
@@ -857,6 +861,11 @@ def policy_for(model, cfg) -> Policy:
     if cfg.partial_words and name != "recognizer":
         raise ConfigError(f"{m.name}: partial_words is for recognizer routes (policy 'recognizer'); "
                           f"this route's policy is {name!r}")
+    if cfg.stop_spotting is not None and name != "recognizer":
+        raise ConfigError(f"{m.name}: stop_spotting is for recognizer routes (policy 'recognizer'); "
+                          f"this route's policy is {name!r}")
+    if cfg.stop_spotting is not None and cfg.partial_words:
+        raise ConfigError(f"{m.name}: stop_spotting and partial_words exclude each other (one early path at a time)")
     if cfg.partial_words and cfg.wait_for_end:
         raise ConfigError(f"{m.name}: partial_words and wait_for_end exclude each other (a waiting recognizer "
                           "has no early words to send)")

@@ -22,6 +22,14 @@ final: a `confirms` event when it is the partial's word (nothing new to publish)
 never wins is withdrawn by the caller at the end (`pending_partial`). Its confidence is the label's
 share of the frame's non-blank mass: "which word, given that a word starts" (blank dominates a
 rising edge, so the plain posterior would say little about the word).
+
+Spotted words (`spot_words` with `spot_threshold`, off by default; the recognizer route's
+`stop_spotting`): a word of `spot_words` (the stop words) is also final on the frame where the
+spot words' summed posterior first reaches the threshold, even while blank or another label
+still wins: greedy decoding misses a stop whose spike never wins, and a missed stop costs more
+than a needless one. Its confidence is that sum, its reason 'spotted'. Until the sum falls below
+the threshold again and no spot word wins, the spike is the one already said: a spot word that
+wins there is not said twice.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from edge_stream.errors import ConfigError, InputError, ManifestError
 class WordEvent:
     """A decoded word. `end_frame`: the frame its label won (its audio is complete there);
     `final_frame`: the frame it became final (the same frame: word labels are never revised);
-    `reason`: 'label'; `confidence`: the label's posterior in [0, 1] on `end_frame` (module docstring).
+    `reason`: 'label', or 'spotted' (a spot word said before its label won; confidence: the spot words' mass); `confidence`: the label's posterior in [0, 1] on `end_frame` (module docstring).
     Early partials only: `partial` (the label leads but has not won; end_frame is the frame it led),
     `revises` (replaces the word of the pending partial), `confirms` (the pending partial's word won:
     final now, nothing new to say)."""
@@ -72,6 +80,7 @@ class CtcState:
     text: str = ""  # everything decoded so far (final words)
     partial_symbol: int = -1  # early partials: the label of the published, not yet final word (-1: none)
     prev_probs: np.ndarray | None = None  # early partials: the previous frame's posteriors [vocab]
+    spotting: bool = False  # spotted words: inside a spot word's spike that was already said
 
 
 class CtcDecoder:
@@ -81,11 +90,20 @@ class CtcDecoder:
     the symbols, the blank and the frame length are the whole configuration."""
 
     def __init__(self, symbols: Iterable[str], blank: int = 0, frame_samples: int | None = None,
-                 partial_threshold: float | None = None):
+                 partial_threshold: float | None = None, spot_words: Iterable[str] = (),
+                 spot_threshold: float | None = None):
         self.symbols = list(symbols)
         if partial_threshold is not None and not 0.0 < partial_threshold <= 1.0:
             raise ConfigError(f"ctc: partial_threshold must be in (0, 1], got {partial_threshold!r}")
         self.partial_threshold = partial_threshold
+        if spot_threshold is not None and not 0.0 < spot_threshold <= 1.0:
+            raise ConfigError(f"ctc: spot_threshold must be in (0, 1], got {spot_threshold!r}")
+        if spot_threshold is not None and partial_threshold is not None:
+            raise ConfigError("ctc: spotted words and early partials exclude each other (one early path at a time)")
+        self.spot_ids = np.array([i for i, s in enumerate(self.symbols) if s in set(spot_words)], dtype=np.int64)
+        if spot_threshold is not None and not self.spot_ids.size:
+            raise ConfigError(f"ctc: none of the spot words {sorted(spot_words)} is a label of this recognizer")
+        self.spot_threshold = spot_threshold if self.spot_ids.size else None
         if not 0 <= blank < len(self.symbols):
             raise ConfigError(f"ctc: blank id {blank} is outside the {len(self.symbols)} symbols")
         bad = [s for i, s in enumerate(self.symbols) if i != blank and (not s or any(c.isspace() for c in s))]
@@ -147,6 +165,8 @@ class CtcDecoder:
         st = self.state
         last, frame, text, partial, prev = st.last_symbol, st.frames, st.text, st.partial_symbol, st.prev_probs
         early = self.partial_threshold is not None
+        spot = self._spot_mass(logprobs) if self.spot_threshold is not None else None  # [n_frames]
+        spotting, spot_set = st.spotting, set(self.spot_ids.tolist())
         words: list[WordEvent] = []
         delta = ""
         for t, sym in enumerate(best.tolist()):
@@ -154,6 +174,22 @@ class CtcDecoder:
             if early:
                 probs = np.exp(row - row.max())
                 probs /= probs.sum()  # [vocab] this frame's posteriors
+            if spot is not None:
+                wins = sym in spot_set
+                if spotting and (wins or spot[t] >= self.spot_threshold):
+                    if wins:  # the spike of the spot word already said: not twice
+                        last, frame = sym, frame + 1
+                        continue
+                else:
+                    spotting = False
+                    if not wins and spot[t] >= self.spot_threshold:  # said now, though another label wins
+                        word = self.symbols[int(self.spot_ids[np.argmax(row[self.spot_ids])])]
+                        words.append(WordEvent(word, frame, frame, reason="spotted",
+                                               confidence=min(float(spot[t]), 1.0)))
+                        delta += (" " if text or delta else "") + word
+                        spotting = True
+                    elif wins and sym != last:  # greedy says it just below, once
+                        spotting = True
             if sym != last and sym != self.blank:
                 word = self.symbols[sym]
                 # softmax of the winning label: 1 / sum(exp(row - row[sym])); every exponent <= 0 (argmax)
@@ -173,8 +209,14 @@ class CtcDecoder:
                 prev = probs
             last = sym
             frame += 1
-        self.state = CtcState(last, frame, text + delta, partial, prev)
+        self.state = CtcState(last, frame, text + delta, partial, prev, spotting)
         return CtcResult(delta, words)
+
+    def _spot_mass(self, logprobs: np.ndarray) -> np.ndarray:
+        """Per frame, the spot words' summed posterior (softmax of each row)."""
+        z = logprobs - logprobs.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e[:, self.spot_ids].sum(axis=1) / e.sum(axis=1)  # [n_frames]
 
     def _leading(self, probs: np.ndarray, last: int, prev: np.ndarray | None) -> int:
         """The label an early partial would publish on this frame, or -1: the most likely word other
