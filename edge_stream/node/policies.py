@@ -515,10 +515,9 @@ class RecognizerPolicy(BlockPolicy):
 
     def open(self, stream: str, options: dict):
         from edge_stream.voice.ctc import CtcDecoder
-
-        d = self._decoder
         from edge_stream.voice.grammar import STOP_WORDS
 
+        d = self._decoder
         threshold = self.cfg.partial_threshold if self.cfg.partial_words else None
         decoder = CtcDecoder(d.symbols, blank=d.blank, frame_samples=d.frame_samples, partial_threshold=threshold,
                              spot_words=STOP_WORDS, spot_threshold=self.cfg.stop_spotting)

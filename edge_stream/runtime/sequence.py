@@ -461,8 +461,8 @@ class StreamSession:
             into = self.pool.arrays(shapes, [NUMPY_DTYPES[spec.dtype] for spec in self._kv_specs])
             results = self.runner.run_into(feeds, {spec.output: a for spec, a in zip(self._kv_specs, into)})
             return results[:n_ret], tuple(results[n_ret:]), None
-        if self._has_recurrent:
-            for spec, value in zip(self.manifest.states, st.states):
+        if self._has_recurrent:  # from `held`: reading `states` would make the kv views
+            for spec, value in zip(self.manifest.states, st.held):
                 if spec.kind != "kv":
                     feeds[spec.input] = value
         capacity = self._kv_capacity(st.cache_len + s)

@@ -46,7 +46,8 @@ from edge_stream.errors import ConfigError, InputError, ManifestError
 class WordEvent:
     """A decoded word. `end_frame`: the frame its label won (its audio is complete there);
     `final_frame`: the frame it became final (the same frame: word labels are never revised);
-    `reason`: 'label', or 'spotted' (a spot word said before its label won; confidence: the spot words' mass); `confidence`: the label's posterior in [0, 1] on `end_frame` (module docstring).
+    `reason`: 'label', or 'spotted' (a spot word said before its label won); `confidence`: the
+    label's posterior in [0, 1] on `end_frame` (spotted: the spot words' summed posterior; module docstring).
     Early partials only: `partial` (the label leads but has not won; end_frame is the frame it led),
     `revises` (replaces the word of the pending partial), `confirms` (the pending partial's word won:
     final now, nothing new to say)."""
@@ -100,10 +101,12 @@ class CtcDecoder:
             raise ConfigError(f"ctc: spot_threshold must be in (0, 1], got {spot_threshold!r}")
         if spot_threshold is not None and partial_threshold is not None:
             raise ConfigError("ctc: spotted words and early partials exclude each other (one early path at a time)")
-        self.spot_ids = np.array([i for i, s in enumerate(self.symbols) if s in set(spot_words)], dtype=np.int64)
-        if spot_threshold is not None and not self.spot_ids.size:
+        spot_words = set(spot_words)
+        self._spot_set = {i for i, s in enumerate(self.symbols) if s in spot_words}  # label ids
+        self.spot_ids = np.array(sorted(self._spot_set), dtype=np.int64)
+        if spot_threshold is not None and not self._spot_set:
             raise ConfigError(f"ctc: none of the spot words {sorted(spot_words)} is a label of this recognizer")
-        self.spot_threshold = spot_threshold if self.spot_ids.size else None
+        self.spot_threshold = spot_threshold
         if not 0 <= blank < len(self.symbols):
             raise ConfigError(f"ctc: blank id {blank} is outside the {len(self.symbols)} symbols")
         bad = [s for i, s in enumerate(self.symbols) if i != blank and (not s or any(c.isspace() for c in s))]
@@ -166,7 +169,7 @@ class CtcDecoder:
         last, frame, text, partial, prev = st.last_symbol, st.frames, st.text, st.partial_symbol, st.prev_probs
         early = self.partial_threshold is not None
         spot = self._spot_mass(logprobs) if self.spot_threshold is not None else None  # [n_frames]
-        spotting, spot_set = st.spotting, set(self.spot_ids.tolist())
+        spotting = st.spotting
         words: list[WordEvent] = []
         delta = ""
         for t, sym in enumerate(best.tolist()):
@@ -175,7 +178,7 @@ class CtcDecoder:
                 probs = np.exp(row - row.max())
                 probs /= probs.sum()  # [vocab] this frame's posteriors
             if spot is not None:
-                wins = sym in spot_set
+                wins = sym in self._spot_set
                 if spotting and (wins or spot[t] >= self.spot_threshold):
                     if wins:  # the spike of the spot word already said: not twice
                         last, frame = sym, frame + 1
