@@ -41,6 +41,16 @@ class EpochFeatures:
     def utterance(self, i: int) -> np.ndarray:
         return self.feats[self.offsets[i]:self.offsets[i + 1]]
 
+    @staticmethod
+    def concat(parts: list[EpochFeatures]) -> EpochFeatures:
+        """One epoch over several training parts, utterances in part order (`train_recognizer.concat_sets`)."""
+        if len(parts) == 1:
+            return parts[0]
+        starts = np.cumsum([0] + [len(p.feats) for p in parts[:-1]])
+        offsets = np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, starts)])
+        return EpochFeatures(np.concatenate([p.feats for p in parts]), offsets.astype(np.int64),
+                             [e for p in parts for e in p.word_ends])
+
 
 _FEATURES: se.Features | None = None
 _DATA: sd.SpeechSet | None = None

@@ -34,7 +34,8 @@ from export import augment, synth
 from export import speech_data as sd
 
 SAMPLE_RATE = sd.SAMPLE_RATE
-EVAL_SETS = (("espeak-ng", "eval"), ("flite", "eval"), ("gnuspeech", "eval"), ("festival", "heldout-engine"))
+EVAL_SETS = (("espeak-ng", "eval"), ("flite", "eval"), ("gnuspeech", "eval"), ("mbrola", "eval"),
+             ("festival", "heldout-engine"), ("pico", "heldout-engine"))
 QUIET = {"speed_p": 0.0, "pitch_p": 0.0, "reverb_p": 0.0, "mic_p": 0.0, "clip_p": 0.0, "quantize_p": 0.0,
          "lead_s": (0.3, 0.6), "trail_s": (0.5, 0.8)}  # no talker, room or device changes: the speech as synthesized
 CONDITIONS = {

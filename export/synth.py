@@ -19,6 +19,9 @@ word's span in samples (the convention of `speech_data.Utterance.word_spans`):
   `export/gnuspeech/say.mjs`, installed on first use by `npm ci` from its lock file. Its talkers
   are parameters (tract length, glottal pulse, breathiness, radii): 48 drawn ones train, the
   package's four presets are its held-out voices. Word spans from the postures' onsets.
+- mbrola: diphone voices (Debian contrib/non-free) driven by espeak-ng's front end (`--pho`);
+  word spans from the phone durations mbrola renders exactly.
+- pico: SVOX Pico's `pico2wave` (non-free), held out entirely like festival; word ends approximate.
 
 `rate` is a speaking-rate factor (1 = the voice's default, 1.25 = 25% faster) and `pitch_st` a
 shift of the voice's mean F0 in semitones. Not every voice can shift pitch (`Voice.pitch_control`);
@@ -27,6 +30,8 @@ asking one that cannot is an error, and `export.augment.pitch_shift` does it on 
 Debian packages (bookworm, main):
     apt-get install -y --no-install-recommends espeak-ng flite festival festvox-kallpc16k \\
         festvox-kdlpc16k festvox-us-slt-hts festlex-cmu festlex-poslex
+and from contrib/non-free (docs/speech_data.md):
+    apt-get install -y --no-install-recommends mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils
 """
 
 from __future__ import annotations
@@ -231,6 +236,141 @@ def _flite_phone_count(voice: str, word: str) -> int:
     """Phones of `word` said alone (pauses excluded): how many of an utterance's phones are its own."""
     phones = _run(["flite", "-voice", voice, "-ps", "-t", word, "none"], f"flite:{voice}").stdout.split()
     return sum(p != "pau" for p in phones)
+
+
+# -- mbrola -------------------------------------------------------------------------------------
+
+class MbrolaEngine:
+    """MBROLA diphone voices driven by espeak-ng's front end: `espeak-ng --pho` writes the phones
+    with their durations and pitch, the `mbrola` CLI renders exactly those durations, so word spans
+    are the phone times split by phone counts (`_word_times`), as for flite. Diphone concatenation of recorded speech: the nearest thing Debian has to a
+    recorded voice, and a different synthesis method from every other training engine."""
+
+    name = "mbrola"
+    VOICES = ("us1", "us2", "us3", "en1")  # US female, US male, US male, British male (Debian contrib/non-free)
+    DEFAULT_WPM = 175
+    PITCH_PER_SEMITONE = 6.0  # espeak-ng's pitch units, as for its own voices
+
+    def available(self) -> bool:
+        return shutil.which("mbrola") is not None and shutil.which("espeak-ng") is not None
+
+    def voice_names(self) -> tuple[str, ...]:
+        return tuple(v for v in self.VOICES if _mbrola_db(v).is_file())
+
+    def synthesize(self, text: str, voice: str, rate: float = 1.0, pitch_st: float = 0.0) -> Synthesis:
+        if voice not in self.VOICES or not _mbrola_db(voice).is_file():
+            raise SynthError(f"mbrola has no voice {voice!r} installed ({MBROLA_APT})")
+        wpm = int(np.clip(round(self.DEFAULT_WPM * rate), 80, 450))
+        pitch = int(np.clip(round(50 + self.PITCH_PER_SEMITONE * pitch_st), 0, 99))
+        pho = _run(["espeak-ng", "-q", "--pho", "-v", f"mb-{voice}", "-s", str(wpm), "-p", str(pitch), text],
+                   f"mbrola:{voice}").stdout
+        with tempfile.TemporaryDirectory() as tmp:
+            pho_path, wav = Path(tmp) / "in.pho", Path(tmp) / "out.wav"
+            pho_path.write_text(f"_ {PAD_S * 1000:.0f}\n" + pho)  # the others' leading silence
+            _run(["mbrola", "-e", str(_mbrola_db(voice)), str(pho_path), str(wav)], f"mbrola:{voice}")
+            pcm, rate_hz = read_wav(wav)
+        return _finish(_to_16k(pcm, rate_hz), self._word_times(pho, text, voice), text, self.name, voice)
+
+    def _word_times(self, pho: str, text: str, voice: str) -> list[tuple[str, float, float]] | None:
+        """Word k ends after the phones of the phrase's first k + 1 words said alone: counting in
+        context keeps cross-word rules (a linking r, a reduced "a") in the count, which word-by-word
+        counts miss. At worst such a phone lands in the next word."""
+        spoken, t = [], PAD_S
+        for phone, ms in _pho_phones(pho):
+            if phone != "_":
+                spoken.append((t, t + ms / 1000.0))
+            t += ms / 1000.0
+        words = transcript(text).split()
+        if len(spoken) < len(words):
+            log.warning("mbrola:%s: %d phones for %d words in %r; no word times", voice, len(spoken), len(words), text)
+            return None
+        ends = [_mbrola_phone_count(voice, " ".join(words[:k + 1])) for k in range(len(words) - 1)] + [len(spoken)]
+        times, start = [], 0
+        for k, (w, end) in enumerate(zip(words, ends)):
+            end = min(max(end, start + 1), len(spoken) - (len(words) - 1 - k))  # at least one phone per word
+            times.append((w, spoken[start][0], spoken[end - 1][1]))
+            start = end
+        return times
+
+    def synthesize_many(self, items) -> list[Synthesis | SynthError]:
+        return [_try(self.synthesize, *it) for it in items]
+
+
+MBROLA_APT = ("add contrib and non-free to apt's sources, then apt-get install -y --no-install-recommends "
+              "mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1")
+
+
+def _mbrola_db(voice: str) -> Path:
+    return Path("/usr/share/mbrola") / voice / voice
+
+
+def _pho_phones(pho: str) -> list[tuple[str, float]]:
+    """(phone, duration ms) of a .pho text; comments (;) and blank lines skipped."""
+    out = []
+    for line in pho.splitlines():
+        parts = line.split()
+        if parts and not parts[0].startswith(";"):
+            out.append((parts[0], float(parts[1])))
+    return out
+
+
+@functools.lru_cache(maxsize=8192)
+def _mbrola_phone_count(voice: str, words: str) -> int:
+    """Phones of `words` said by the voice (pauses excluded)."""
+    pho = _run(["espeak-ng", "-q", "--pho", "-v", f"mb-{voice}", words], f"mbrola:{voice}").stdout
+    return sum(p != "_" for p, _ in _pho_phones(pho))
+
+
+# -- svox pico ---------------------------------------------------------------------------------
+
+class PicoEngine:
+    """SVOX Pico (`pico2wave`, Debian non-free), the phone-era synthesizer of Android: unit-selection
+    style voices from recordings, closer to a recorded speaker than anything that trains. Held out
+    entirely, a second synthesizer beside festival the recognizer never hears in training.
+
+    Pico reports no timings. A word's end is taken as the length of the speech of the phrase's first
+    words said alone (one extra call per word); the phrase-final lengthening of such a prefix puts
+    ends up to about 100 ms late. Evaluation uses spans only for stop latency, which it therefore
+    reports for pico as approximate."""
+
+    name = "pico"
+    VOICES = ("en-US", "en-GB")
+
+    def available(self) -> bool:
+        return shutil.which("pico2wave") is not None
+
+    def voice_names(self) -> tuple[str, ...]:
+        return self.VOICES if self.available() else ()
+
+    def _speech(self, text: str, voice: str, rate: float, pitch_st: float) -> np.ndarray:
+        if voice not in self.VOICES:
+            raise SynthError(f"pico has no voice {voice!r}; it has {', '.join(self.VOICES)}")
+        markup = (f'<speed level="{round(100 * rate)}"><pitch level="{round(100 * 2 ** (pitch_st / 12))}">'
+                  f"{text}</pitch></speed>")
+        with tempfile.TemporaryDirectory() as tmp:
+            wav = Path(tmp) / "out.wav"
+            _run(["pico2wave", "-l", voice, "-w", str(wav), markup], f"pico:{voice}")
+            pcm, rate_hz = read_wav(wav)
+        return _to_16k(pcm, rate_hz)
+
+    def synthesize(self, text: str, voice: str, rate: float = 1.0, pitch_st: float = 0.0) -> Synthesis:
+        audio = self._speech(text, voice, rate, pitch_st)
+        loud = np.flatnonzero(sd._loud_mask(audio))
+        if len(loud) == 0:
+            raise SynthError(f"pico:{voice} produced silence for {text!r}")
+        first, last = int(loud[0]) / SAMPLE_RATE, (int(loud[-1]) + 1) / SAMPLE_RATE
+        words = transcript(text).split()
+        ends = []
+        for k in range(1, len(words)):
+            prefix = self._speech(" ".join(words[:k]), voice, rate, pitch_st)
+            mask = np.flatnonzero(sd._loud_mask(prefix))
+            ends.append(first + (int(mask[-1]) + 1 - int(mask[0])) / SAMPLE_RATE if len(mask) else first)
+        ends = list(np.minimum(np.maximum.accumulate(ends), last - 0.01 * np.arange(len(ends), 0, -1))) + [last]
+        times = [(w, s, e) for w, s, e in zip(words, [first] + ends[:-1], ends)]
+        return _finish(audio, times, text, self.name, voice)
+
+    def synthesize_many(self, items) -> list[Synthesis | SynthError]:
+        return [_try(self.synthesize, *it) for it in items]
 
 
 # -- festival -----------------------------------------------------------------------------------
@@ -471,7 +611,8 @@ def _try(fn, *args):
 
 # -- registry and split -------------------------------------------------------------------------
 
-ENGINES = {e.name: e for e in (EspeakEngine(), FliteEngine(), FestivalEngine(), GnuSpeechEngine())}
+ENGINES = {e.name: e for e in (EspeakEngine(), FliteEngine(), FestivalEngine(), GnuSpeechEngine(), MbrolaEngine(),
+                                               PicoEngine())}
 HELDOUT_ENGINE = "festival"
 
 # Why festival is held out entirely: its three voices use two synthesis methods (residual-LPC
@@ -487,6 +628,10 @@ _FLITE_NOTES = {"kal": "same diphone database as festival kal_diphone", "kal16":
                 "slt": "same speaker as festival cmu_us_slt_arctic_hts", "awb": "Scottish English male",
                 "rms": "US male; no pitch control"}
 
+# MBROLA: three voices train, us3 (a second US male) is its held-out voice.
+_MBROLA_SPLIT = {"us1": "train", "us2": "train", "en1": "train", "us3": "eval"}
+_MBROLA_NOTES = {"us1": "US female", "us2": "US male", "us3": "US male", "en1": "British male"}
+
 VOICES: tuple[Voice, ...] = tuple(
     [Voice("espeak-ng", v, "train") for v in sd.TRAIN_VOICES]
     + [Voice("espeak-ng", v, "eval", note="speech_data held-out accent or variant") for v in sd.HELDOUT_VOICES]
@@ -494,7 +639,9 @@ VOICES: tuple[Voice, ...] = tuple(
        for v in FliteEngine.VOICES]
     + [Voice("festival", v, "heldout-engine", v not in FestivalEngine.NO_PITCH) for v in FestivalEngine.VOICES]
     + [Voice("gnuspeech", v, "eval", note="the package's preset") for v in _GNUSPEECH_PRESETS]
-    + [Voice("gnuspeech", f"g{i:02d}", "train") for i in range(GNUSPEECH_TRAIN_VOICES)])
+    + [Voice("gnuspeech", f"g{i:02d}", "train") for i in range(GNUSPEECH_TRAIN_VOICES)]
+    + [Voice("mbrola", v, _MBROLA_SPLIT[v], note=_MBROLA_NOTES[v]) for v in MbrolaEngine.VOICES]
+    + [Voice("pico", v, "heldout-engine", note="word ends approximate") for v in PicoEngine.VOICES])
 
 
 def voices(split: str | None = None, engine: str | None = None) -> tuple[Voice, ...]:
@@ -667,7 +814,8 @@ def list_voices() -> None:
                 more = f" ... (+{len(vs) - 12})" if len(vs) > 12 else ""
                 print(f"  {split:15s} {len(vs):4d}  {shown}{more}"
                       + (f"  MISSING: {', '.join(missing)}" if missing else ""))
-    print(f"held out entirely: {HELDOUT_ENGINE}; install: {APT_INSTALL}")
+    held = sorted({v.engine for v in voices("heldout-engine")})
+    print(f"held out entirely: {', '.join(held)}; install: {APT_INSTALL}; and {MBROLA_APT} libttspico-utils")
 
 
 def demo(out_dir: Path) -> int:

@@ -361,6 +361,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--epochs", type=int, default=len(TrainConfig.epochs),
                         help="cached feature epochs, alternating harsh and mild augmentation (25 minutes each to compute here)")
+    parser.add_argument("--mbrola-utts", type=int, default=tr.DataConfig.mbrola_utts,
+                        help="add this many utterances of MBROLA's training voices (a training part of their own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--workers", type=int, default=2, help="processes computing the features")
@@ -378,19 +380,26 @@ def main(argv=None) -> None:
     t_start = time.time()
     tcfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed,
                        epochs=tuple(("train", "light")[k % 2] for k in range(args.epochs)))
-    dcfg = tr.DataConfig(seed=args.seed)
+    dcfg = tr.DataConfig(seed=args.seed, mbrola_utts=args.mbrola_utts)
     if args.smoke:
-        dcfg = tr.DataConfig(train_utts=24, other_p=0.2, seed=args.seed, gnuspeech_utts=0)
+        dcfg = tr.DataConfig(train_utts=24, other_p=0.2, seed=args.seed, gnuspeech_utts=0,
+                             mbrola_utts=min(args.mbrola_utts, 8))
         tcfg = TrainConfig(steps=3, lr=args.lr, batch_frames=400, epochs=("train",), seed=args.seed)
         args.eval_utts, args.max_wer = 4, 1e9
-    data = tr.load_training_set(dcfg)
+    parts = tr.training_parts(dcfg)
+    data = parts[0] if len(parts) == 1 else tr.concat_sets(*parts)
     paths = se.fetch()
     epochs = []
     for k, chain in enumerate(tcfg.epochs):
-        bar = tr._progress(len(data), 0)
-        epochs.append(ef.epoch_features(data, args.seed, k, chain, workers=args.workers,
-                                        progress=lambda i, n, dt, bar=bar: bar.update(i, 0.0, 0.0)))
-        bar.close()
+        # each part's features on their own (babble from the same part), so a part added later
+        # leaves the earlier parts' cached features valid
+        of_parts = []
+        for part in parts:
+            bar = tr._progress(len(part), 0)
+            of_parts.append(ef.epoch_features(part, args.seed, k, chain, workers=args.workers,
+                                              progress=lambda i, n, dt, bar=bar: bar.update(i, 0.0, 0.0)))
+            bar.close()
+        epochs.append(ef.EpochFeatures.concat(of_parts))
     head = build_head(HeadConfig())
     n_params = sum(p.numel() for p in head.parameters())
     print(f"head: {n_params} parameters; {len(data)} training utterances x {len(epochs)} feature epochs", flush=True)

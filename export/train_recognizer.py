@@ -583,14 +583,26 @@ class DataConfig:
     other_p: float = 0.15  # share of them that are non-command sentences
     seed: int = 0
     gnuspeech_utts: int = 4000  # and GnuSpeech's training talkers (a set of its own, so the first stays cached)
+    mbrola_utts: int = 0  # and MBROLA's training voices: a part of its own (`training_parts`)
+
+
+def training_parts(dcfg: DataConfig) -> list[sd.SpeechSet]:
+    """The training set in parts: the synthesizers of the first recipes (espeak-ng, flite, GnuSpeech)
+    as one part, then MBROLA's set if asked. A part added later leaves the earlier parts, and
+    whatever was cached from them, as they were."""
+    main = synth.load_set("train", dcfg.train_utts, dcfg.seed, other_p=dcfg.other_p)
+    if dcfg.gnuspeech_utts:
+        main = concat_sets(main, synth.load_set("train", dcfg.gnuspeech_utts, dcfg.seed, engine="gnuspeech",
+                                                other_p=dcfg.other_p))
+    parts = [main]
+    if dcfg.mbrola_utts:
+        parts.append(synth.load_set("train", dcfg.mbrola_utts, dcfg.seed, engine="mbrola", other_p=dcfg.other_p))
+    return parts
 
 
 def load_training_set(dcfg: DataConfig) -> sd.SpeechSet:
-    main = synth.load_set("train", dcfg.train_utts, dcfg.seed, other_p=dcfg.other_p)
-    if not dcfg.gnuspeech_utts:
-        return main
-    return concat_sets(main, synth.load_set("train", dcfg.gnuspeech_utts, dcfg.seed, engine="gnuspeech",
-                                            other_p=dcfg.other_p))
+    parts = training_parts(dcfg)
+    return parts[0] if len(parts) == 1 else concat_sets(*parts)
 
 
 def concat_sets(*sets: sd.SpeechSet) -> sd.SpeechSet:

@@ -67,12 +67,32 @@ def test_training_recipe_smoke_run(tmp_path, monkeypatch, front_end):
 
     monkeypatch.setattr(synth, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(embed_features, "CACHE", tmp_path / "features")
-    train_embed_recognizer.main(["-o", str(tmp_path / "rec"), "--smoke", "--threads", "1", "--workers", "1"])
+    mbrola = synth.ENGINES["mbrola"].available() and bool(synth.voices("train", "mbrola"))
+    train_embed_recognizer.main(["-o", str(tmp_path / "rec"), "--smoke", "--threads", "1", "--workers", "1"]
+                                + (["--mbrola-utts", "8"] if mbrola else []))
     rec = es.load(tmp_path / "rec")
     assert rec.manifest.blocking.block == 640 and rec.manifest.states[0].input == "mel_history"
     out = rec.open_stream().feed(np.zeros(rec.manifest.blocking.block * 3, np.float32))
     assert out.n_blocks == 3 and out.logits.shape == (3, len(train_embed_recognizer.SYMBOLS))
-    assert list(embed_features.CACHE.glob("epoch0-train-*.npz"))  # the features were cached
+    # the features were cached, one file per training part
+    assert len(list(embed_features.CACHE.glob("epoch0-train-*.npz"))) == (2 if mbrola else 1)
+
+
+def test_feature_epochs_of_parts_concatenate_in_part_order():
+    from export.embed_features import EpochFeatures
+
+    rng = np.random.default_rng(0)
+    lengths = ([3, 5], [4, 1, 2])
+    parts = [EpochFeatures(rng.standard_normal((sum(n), 96)).astype(np.float16),
+                           np.concatenate([[0], np.cumsum(n)]).astype(np.int64),
+                           [np.arange(k + 1) * 100 + j for k in range(len(n))])
+             for j, n in enumerate(lengths)]
+    whole = EpochFeatures.concat(parts)
+    expect = [(p, i) for p, n in zip(parts, lengths) for i in range(len(n))]
+    assert len(whole.offsets) == len(expect) + 1 and whole.offsets[-1] == len(whole.feats) == 15
+    for k, (p, i) in enumerate(expect):
+        np.testing.assert_array_equal(whole.utterance(k), p.utterance(i))
+        np.testing.assert_array_equal(whole.word_ends[k], p.word_ends[i])
 
 
 EMBED_DIR = Path(__file__).resolve().parents[1] / "models" / "command-recognizer-embed"
