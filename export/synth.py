@@ -31,7 +31,8 @@ Debian packages (bookworm, main):
     apt-get install -y --no-install-recommends espeak-ng flite festival festvox-kallpc16k \\
         festvox-kdlpc16k festvox-us-slt-hts festlex-cmu festlex-poslex
 and from contrib/non-free (docs/speech_data.md):
-    apt-get install -y --no-install-recommends mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils
+    apt-get install -y --no-install-recommends mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 \\
+        mbrola-{de1,de2,de3,de4,de5,fr1,fr4,nl2,af1,hu1,pl1,sw1,sw2,ro1,gr2} libttspico-utils
 """
 
 from __future__ import annotations
@@ -240,6 +241,12 @@ def _flite_phone_count(voice: str, word: str) -> int:
 
 # -- mbrola -------------------------------------------------------------------------------------
 
+ACCENTED_MBROLA = {"de1": "German female", "de2": "German male", "de3": "German female", "de4": "German male",
+                   "de5": "German female", "fr1": "French male", "fr4": "French female", "nl2": "Dutch male",
+                   "af1": "Afrikaans male", "hu1": "Hungarian female", "pl1": "Polish female",
+                   "sw1": "Swedish male", "sw2": "Swedish female", "ro1": "Romanian male", "gr2": "Greek male"}
+
+
 class MbrolaEngine:
     """MBROLA diphone voices driven by espeak-ng's front end: `espeak-ng --pho` writes the phones
     with their durations and pitch, the `mbrola` CLI renders exactly those durations, so word spans
@@ -247,7 +254,9 @@ class MbrolaEngine:
     recorded voice, and a different synthesis method from every other training engine."""
 
     name = "mbrola"
-    VOICES = ("us1", "us2", "us3", "en1")  # US female, US male, US male, British male (Debian contrib/non-free)
+    # US female, US male, US male, British male; then other languages' diphones speaking English
+    # through espeak-ng's mb-XX-en voices: accented talkers, seven of them female
+    VOICES = ("us1", "us2", "us3", "en1") + tuple(f"{v}-en" for v in ACCENTED_MBROLA)
     DEFAULT_WPM = 175
     PITCH_PER_SEMITONE = 6.0  # espeak-ng's pitch units, as for its own voices
 
@@ -297,11 +306,14 @@ class MbrolaEngine:
 
 
 MBROLA_APT = ("add contrib and non-free to apt's sources, then apt-get install -y --no-install-recommends "
-              "mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1")
+              "mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 "
+              + " ".join(f"mbrola-{v}" for v in ACCENTED_MBROLA))
 
 
 def _mbrola_db(voice: str) -> Path:
-    return Path("/usr/share/mbrola") / voice / voice
+    """The diphone database of a voice: "us1", or "de1-en" (German diphones speaking English)."""
+    db = voice.split("-")[0]
+    return Path("/usr/share/mbrola") / db / db
 
 
 def _pho_phones(pho: str) -> list[tuple[str, float]]:
@@ -629,8 +641,10 @@ _FLITE_NOTES = {"kal": "same diphone database as festival kal_diphone", "kal16":
                 "rms": "US male; no pitch control"}
 
 # MBROLA: three voices train, us3 (a second US male) is its held-out voice.
-_MBROLA_SPLIT = {"us1": "train", "us2": "train", "en1": "train", "us3": "eval"}
-_MBROLA_NOTES = {"us1": "US female", "us2": "US male", "us3": "US male", "en1": "British male"}
+_MBROLA_SPLIT = {"us1": "train", "us2": "train", "en1": "train", "us3": "eval",
+                 **{f"{v}-en": "train" for v in ACCENTED_MBROLA}}
+_MBROLA_NOTES = {"us1": "US female", "us2": "US male", "us3": "US male", "en1": "British male",
+                 **{f"{v}-en": f"{who}, accented English" for v, who in ACCENTED_MBROLA.items()}}
 
 VOICES: tuple[Voice, ...] = tuple(
     [Voice("espeak-ng", v, "train") for v in sd.TRAIN_VOICES]
