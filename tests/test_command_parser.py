@@ -191,6 +191,17 @@ def test_teacher_emits_each_field_on_the_word_that_determines_it():
                    [FIX, "stop"], []]
 
 
+def test_a_number_left_before_a_correction_does_not_reach_the_corrected_command():
+    """'go thirteen' holds 13 for an action that never comes; after the marker the speaker says
+    something else, and the amount must not ride along (a generator draw of seed 0 found it)."""
+    from edge_stream.voice.grammar import command_of
+
+    assert command_of("now go thirteen no no turn right".split()).text() == "turn right"
+    assert command_of("go two sorry turn left ninety degrees".split()).text() == "turn left 90 deg"
+    assert command_of("go two no three meters".split()).text() == "move 3.0 m"  # restated after the marker
+    assert command_of("go thirteen meters".split()).text() == "move 13.0 m"
+
+
 def test_training_sequence_masks_the_heard_words():
     s = Generator(1).sample()
     vocab = {t: i for i, t in enumerate(vocabulary())}

@@ -274,7 +274,9 @@ class Teacher:
         # ("wait two seconds", "sorry, wait") the action.
         if word in MARKERS and (word != "wait" or prev == "no"
                                 or (self.mode == "cmd" and prev not in MARKERS and not self.stopped)):
-            self.stopped, self.go = False, False
+            # a number still waiting for its action belongs to what is corrected: "go thirteen, no
+            # no, turn right" is "turn right", never "turn right 13 deg"
+            self.stopped, self.go, self.held = False, False, None
             if self.mode == "negated":
                 self.mode = "open"
             return self._emit()
