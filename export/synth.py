@@ -87,7 +87,7 @@ class Voice:
 
     engine: str
     name: str
-    split: str  # "train" | "eval" (held-out voice of a training engine) | "heldout-engine"
+    split: str  # "train" | "eval" (held-out voice of a training engine) | "heldout-engine" | "extra" (never drawn)
     pitch_control: bool = True
     note: str = ""
 
@@ -255,7 +255,7 @@ class MbrolaEngine:
 
     name = "mbrola"
     # US female, US male, US male, British male; then other languages' diphones speaking English
-    # through espeak-ng's mb-XX-en voices: accented talkers, seven of them female
+    # through espeak-ng's mb-XX-en voices: accented talkers, seven of them female (not drawn: _MBROLA_SPLIT)
     VOICES = ("us1", "us2", "us3", "en1") + tuple(f"{v}-en" for v in ACCENTED_MBROLA)
     DEFAULT_WPM = 175
     PITCH_PER_SEMITONE = 6.0  # espeak-ng's pitch units, as for its own voices
@@ -306,8 +306,7 @@ class MbrolaEngine:
 
 
 MBROLA_APT = ("add contrib and non-free to apt's sources, then apt-get install -y --no-install-recommends "
-              "mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 "
-              + " ".join(f"mbrola-{v}" for v in ACCENTED_MBROLA))
+              "mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 (the accented talkers: mbrola-de1 ...)")
 
 
 def _mbrola_db(voice: str) -> Path:
@@ -641,8 +640,10 @@ _FLITE_NOTES = {"kal": "same diphone database as festival kal_diphone", "kal16":
                 "rms": "US male; no pitch control"}
 
 # MBROLA: three voices train, us3 (a second US male) is its held-out voice.
+# The accented talkers are registered but never drawn ("extra"): run mb8 trained on them and they
+# did not help (docs/training/experiment-speech-embedding.md).
 _MBROLA_SPLIT = {"us1": "train", "us2": "train", "en1": "train", "us3": "eval",
-                 **{f"{v}-en": "train" for v in ACCENTED_MBROLA}}
+                 **{f"{v}-en": "extra" for v in ACCENTED_MBROLA}}
 _MBROLA_NOTES = {"us1": "US female", "us2": "US male", "us3": "US male", "en1": "British male",
                  **{f"{v}-en": f"{who}, accented English" for v, who in ACCENTED_MBROLA.items()}}
 
@@ -820,7 +821,7 @@ def list_voices() -> None:
         installed = engine.available()
         found = engine.voice_names() if installed and name != "espeak-ng" else ()
         print(f"{name}: {'installed' if installed else 'NOT INSTALLED'}")
-        for split in ("train", "eval", "heldout-engine"):
+        for split in ("train", "eval", "heldout-engine", "extra"):
             vs = voices(split, name)
             if vs:
                 missing = [v.name for v in vs if found and v.name not in found]

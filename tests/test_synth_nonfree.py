@@ -50,8 +50,8 @@ def test_rate_and_pitch_move_the_voice(spoken):
 
 @needs_mbrola
 def test_us3_never_trains_and_a_missing_voice_is_named():
-    assert {v.name for v in synth.voices("train", "mbrola")} == {"us1", "us2", "en1"} | {
-        f"{v}-en" for v in synth.ACCENTED_MBROLA}
+    assert {v.name for v in synth.voices("train", "mbrola")} == {"us1", "us2", "en1"}
+    assert {v.name for v in synth.voices("extra", "mbrola")} == {f"{v}-en" for v in synth.ACCENTED_MBROLA}
     assert {v.name for v in synth.voices("eval", "mbrola")} == {"us3"}
     with pytest.raises(synth.SynthError, match="no voice 'de9'"):
         ENGINE.synthesize("stop", "de9")
