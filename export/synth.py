@@ -340,8 +340,8 @@ class PicoEngine:
     entirely, a second synthesizer beside festival the recognizer never hears in training.
 
     Pico reports no timings. A word's end is taken as the length of the speech of the phrase's first
-    words said alone (one extra call per word); the phrase-final lengthening of such a prefix puts
-    ends up to about 100 ms late. Evaluation uses spans only for stop latency, which it therefore
+    words said alone, as written, commas included (one extra call per word); the phrase-final
+    lengthening of such a prefix puts ends up to about 100 ms late. Evaluation uses spans only for stop latency, which it therefore
     reports for pico as approximate."""
 
     name = "pico"
@@ -371,9 +371,11 @@ class PicoEngine:
             raise SynthError(f"pico:{voice} produced silence for {text!r}")
         first, last = int(loud[0]) / SAMPLE_RATE, (int(loud[-1]) + 1) / SAMPLE_RATE
         words = transcript(text).split()
+        # prefixes of the text as written, so a comma's pause inside a prefix is in its length
+        written = text.split() if len(text.split()) == len(words) else words
         ends = []
         for k in range(1, len(words)):
-            prefix = self._speech(" ".join(words[:k]), voice, rate, pitch_st)
+            prefix = self._speech(" ".join(written[:k]), voice, rate, pitch_st)
             mask = np.flatnonzero(sd._loud_mask(prefix))
             ends.append(first + (int(mask[-1]) + 1 - int(mask[0])) / SAMPLE_RATE if len(mask) else first)
         ends = list(np.minimum(np.maximum.accumulate(ends), last - 0.01 * np.arange(len(ends), 0, -1))) + [last]
