@@ -30,9 +30,8 @@ asking one that cannot is an error, and `export.augment.pitch_shift` does it on 
 Debian packages (bookworm, main):
     apt-get install -y --no-install-recommends espeak-ng flite festival festvox-kallpc16k \\
         festvox-kdlpc16k festvox-us-slt-hts festlex-cmu festlex-poslex
-and from contrib/non-free (docs/speech_data.md):
-    apt-get install -y --no-install-recommends mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 \\
-        mbrola-{de1,de2,de3,de4,de5,fr1,fr4,nl2,af1,hu1,pl1,sw1,sw2,ro1,gr2} libttspico-utils
+and from contrib/non-free (docs/speech_data.md; the accented MBROLA talkers only to rerun run mb8):
+    apt-get install -y --no-install-recommends mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils
 """
 
 from __future__ import annotations
@@ -163,8 +162,7 @@ class EspeakEngine:
                 self._espeak = sd.Espeak()
             except SystemExit as exc:  # speech_data exits with an install hint; here it is an error
                 raise SynthError(f"espeak-ng: {exc}") from None
-        spec = sd.UtteranceSpec(text, voice, int(np.clip(round(self.DEFAULT_WPM * rate), 80, 450)),
-                                int(np.clip(round(50 + self.PITCH_PER_SEMITONE * pitch_st), 0, 99)))
+        spec = sd.UtteranceSpec(text, voice, *_espeak_settings(rate, pitch_st))
         try:
             utt = sd.synthesize(self._espeak, spec)
         except ValueError as exc:
@@ -177,6 +175,12 @@ class EspeakEngine:
 
     def synthesize_many(self, items) -> list[Synthesis | SynthError]:
         return [_try(self.synthesize, *it) for it in items]
+
+
+def _espeak_settings(rate: float, pitch_st: float) -> tuple[int, int]:
+    """espeak-ng's words per minute and pitch (0-99) for a rate factor and a shift in semitones."""
+    return (int(np.clip(round(EspeakEngine.DEFAULT_WPM * rate), 80, 450)),
+            int(np.clip(round(50 + EspeakEngine.PITCH_PER_SEMITONE * pitch_st), 0, 99)))
 
 
 # -- flite --------------------------------------------------------------------------------------
@@ -250,15 +254,14 @@ ACCENTED_MBROLA = {"de1": "German female", "de2": "German male", "de3": "German 
 class MbrolaEngine:
     """MBROLA diphone voices driven by espeak-ng's front end: `espeak-ng --pho` writes the phones
     with their durations and pitch, the `mbrola` CLI renders exactly those durations, so word spans
-    are the phone times split by phone counts (`_word_times`), as for flite. Diphone concatenation of recorded speech: the nearest thing Debian has to a
-    recorded voice, and a different synthesis method from every other training engine."""
+    are the phone times split by phone counts (`_word_times`), as for flite. Diphone concatenation
+    of recorded speech: the nearest thing Debian has to a recorded voice, and a different synthesis
+    method from every other training engine."""
 
     name = "mbrola"
     # US female, US male, US male, British male; then other languages' diphones speaking English
     # through espeak-ng's mb-XX-en voices: accented talkers, seven of them female (not drawn: _MBROLA_SPLIT)
     VOICES = ("us1", "us2", "us3", "en1") + tuple(f"{v}-en" for v in ACCENTED_MBROLA)
-    DEFAULT_WPM = 175
-    PITCH_PER_SEMITONE = 6.0  # espeak-ng's pitch units, as for its own voices
 
     def available(self) -> bool:
         return shutil.which("mbrola") is not None and shutil.which("espeak-ng") is not None
@@ -269,8 +272,7 @@ class MbrolaEngine:
     def synthesize(self, text: str, voice: str, rate: float = 1.0, pitch_st: float = 0.0) -> Synthesis:
         if voice not in self.VOICES or not _mbrola_db(voice).is_file():
             raise SynthError(f"mbrola has no voice {voice!r} installed ({MBROLA_APT})")
-        wpm = int(np.clip(round(self.DEFAULT_WPM * rate), 80, 450))
-        pitch = int(np.clip(round(50 + self.PITCH_PER_SEMITONE * pitch_st), 0, 99))
+        wpm, pitch = _espeak_settings(rate, pitch_st)  # espeak-ng's prosody drives the diphones
         pho = _run(["espeak-ng", "-q", "--pho", "-v", f"mb-{voice}", "-s", str(wpm), "-p", str(pitch), text],
                    f"mbrola:{voice}").stdout
         with tempfile.TemporaryDirectory() as tmp:
@@ -306,7 +308,7 @@ class MbrolaEngine:
 
 
 MBROLA_APT = ("add contrib and non-free to apt's sources, then apt-get install -y --no-install-recommends "
-              "mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 (the accented talkers: mbrola-de1 ...)")
+              "mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils (docs/speech_data.md)")
 
 
 def _mbrola_db(voice: str) -> Path:
@@ -341,8 +343,8 @@ class PicoEngine:
 
     Pico reports no timings. A word's end is taken as the length of the speech of the phrase's first
     words said alone, as written, commas included (one extra call per word); the phrase-final
-    lengthening of such a prefix puts ends up to about 100 ms late. Evaluation uses spans only for stop latency, which it therefore
-    reports for pico as approximate."""
+    lengthening of such a prefix puts ends up to about 100 ms late. Evaluation uses spans only for
+    stop latency, which it therefore reports for pico as approximate."""
 
     name = "pico"
     VOICES = ("en-US", "en-GB")
@@ -832,7 +834,7 @@ def list_voices() -> None:
                 print(f"  {split:15s} {len(vs):4d}  {shown}{more}"
                       + (f"  MISSING: {', '.join(missing)}" if missing else ""))
     held = sorted({v.engine for v in voices("heldout-engine")})
-    print(f"held out entirely: {', '.join(held)}; install: {APT_INSTALL}; and {MBROLA_APT} libttspico-utils")
+    print(f"held out entirely: {', '.join(held)}\ninstall: {APT_INSTALL}\nand: {MBROLA_APT}")
 
 
 def demo(out_dir: Path) -> int:

@@ -387,7 +387,7 @@ def main(argv=None) -> None:
         tcfg = TrainConfig(steps=3, lr=args.lr, batch_frames=400, epochs=("train",), seed=args.seed)
         args.eval_utts, args.max_wer = 4, 1e9
     parts = tr.training_parts(dcfg)
-    data = parts[0] if len(parts) == 1 else tr.concat_sets(*parts)
+    data = tr.concat_sets(*parts)
     paths = se.fetch()
     epochs = []
     for k, chain in enumerate(tcfg.epochs):

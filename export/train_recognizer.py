@@ -601,12 +601,13 @@ def training_parts(dcfg: DataConfig) -> list[sd.SpeechSet]:
 
 
 def load_training_set(dcfg: DataConfig) -> sd.SpeechSet:
-    parts = training_parts(dcfg)
-    return parts[0] if len(parts) == 1 else concat_sets(*parts)
+    return concat_sets(*training_parts(dcfg))
 
 
 def concat_sets(*sets: sd.SpeechSet) -> sd.SpeechSet:
-    """One SpeechSet holding the utterances of several, in order."""
+    """One SpeechSet holding the utterances of several, in order (one set: itself)."""
+    if len(sets) == 1:
+        return sets[0]
     return sd.SpeechSet.of_clips([s for d in sets for s in d.specs],
                                  [d.audio[d.offsets[i]:d.offsets[i + 1]] for d in sets for i in range(len(d))],
                                  [w for d in sets for w in d.word_spans])
