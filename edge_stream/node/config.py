@@ -127,6 +127,11 @@ class ModelConfig:
     # stops heard on unfamiliar voices, more needless ones in conversation (docs/voice_commands.md).
     # Unset: off, greedy decoding only.
     stop_spotting: float | None = None
+    # Recognizer: a second recognizer (its directory, relative to the launch file) that hears the same
+    # audio; the segment's `end` carries its words and the parser asks again when they read as another
+    # command. confirm_stops: a stop word goes out once the verifier heard one too (docs/voice_commands.md).
+    verifier: str | None = None
+    confirm_stops: bool = False
     # Freshness (docs/protocol.md, "Stale input and deadlines"), both off when unset:
     max_age_ms: float | None = None  # a chunk older than this (from t_capture_ns, else t_pub_ns) is dropped
     deadline_ms: float | None = None  # an open stream with no input for this long gets `deadline_missed`
@@ -347,7 +352,8 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
             seen[t] = m.name
         if m.name in [x.name for x in models]:
             raise ConfigError(f"{mw}.name: model name {m.name!r} used twice")
-        models.append(dataclasses.replace(m, dir=str(base / m.dir)))
+        models.append(dataclasses.replace(m, dir=str(base / m.dir),
+                                          verifier=None if m.verifier is None else str(base / m.verifier)))
     _check_security(cfg.security, f"{where}.security")
     return dataclasses.replace(cfg, models=tuple(models), security=_resolve_security(cfg.security, base))
 

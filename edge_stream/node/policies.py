@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edge_stream.errors import ConfigError, InputError, StreamStateError
+from edge_stream.voice.grammar import STOP_WORDS
 from edge_stream.voice.speech_gate import SpeechGate
 from edge_stream.voice.vad import VadStream
 
@@ -95,6 +96,8 @@ class PolicyOptions:
     partial_words: bool = False  # recognizer: forward words early (partial), then revisions
     partial_threshold: float = 0.2  # recognizer, partial_words: the leading label's posterior
     stop_spotting: float | None = None  # recognizer: stop words said at this summed posterior (voice.ctc)
+    verifier: str | None = None  # recognizer: a second recognizer's directory, heard beside the first
+    confirm_stops: bool = False  # recognizer with a verifier: a stop word goes out once both heard one
 
     @classmethod
     def of(cls, cfg) -> PolicyOptions:
@@ -473,6 +476,29 @@ class VadGatePolicy(BlockPolicy):
 
 
 @dataclass
+class VerifierStream:
+    """The verifier's own block stream and decoder on the same audio, and the words it heard."""
+
+    blocks: Any  # runtime BlockStream of the verifier
+    decoder: Any  # CtcDecoder
+    words: list = field(default_factory=list)  # (word, end_sample), in order
+
+    @property
+    def decoded_samples(self) -> int:
+        """Samples of the segment whose frames the verifier has decoded."""
+        return self.decoder.state.frames * self.decoder.frame_samples
+
+    def stop_near(self, end_sample: int, window: int) -> bool:
+        """Whether the verifier heard a stop word ending within `window` samples of `end_sample`."""
+        return any(w in STOP_WORDS and abs(e - end_sample) <= window for w, e in self.words)
+
+    def reset(self) -> None:
+        self.blocks.reset()
+        self.decoder.reset()
+        self.words.clear()
+
+
+@dataclass
 class RecognizerStream:
     """One stream of the CTC recognizer: its block stream, its decoder, and the segment so far."""
 
@@ -482,6 +508,8 @@ class RecognizerStream:
     words: int = 0  # words sent in this segment (early partials: a revised word counts once)
     heard: bool = False  # this segment's audio has begun
     finals: list = field(default_factory=list)  # early partials: the final words' confidences, in order
+    check: VerifierStream | None = None  # the route's verifier, when it has one
+    waiting: list = field(default_factory=list)  # confirm_stops: words held behind a stop word not yet confirmed
 
     def reset(self) -> None:
         self.blocks.reset()
@@ -490,6 +518,9 @@ class RecognizerStream:
         self.words = 0
         self.heard = False
         self.finals.clear()
+        self.waiting.clear()
+        if self.check is not None:
+            self.check.reset()
 
 
 class RecognizerPolicy(BlockPolicy):
@@ -502,27 +533,49 @@ class RecognizerPolicy(BlockPolicy):
     Early partial words (route option `partial_words`, docs/protocol.md "Early partial words"): the
     decoder also publishes a word while its label only leads (`partial: true`), a later label for the
     same word goes out as a revision (same `word_index`, `replace_last: 1`), a confirmation sends
-    nothing, and the segment's `end` carries `final_confidences` (the final words' confidences)."""
+    nothing, and the segment's `end` carries `final_confidences` (the final words' confidences).
+
+    A verifier (route option `verifier`, a second recognizer trained another way): it hears the same
+    audio and forwards nothing itself; the segment's `end` carries its words (`verifier_words`), and the
+    parser asks again when they read as another command (docs/voice_commands.md, "Two recognizers").
+    Why: two recognizers with different front ends rarely mishear a voice the same way, so their
+    agreement is a confidence that one recognizer's posteriors cannot give. With `confirm_stops`, a
+    stop word goes out once the verifier also heard one within STOP_CONFIRM_MS of it (the words after
+    it wait behind it); one the verifier never confirms goes out marked `unconfirmed`, which the
+    parser reads as a word outside the grammar."""
 
     batchable = False  # each chunk feeds one stream's decoder; not batched
     PASS_ON = ("segment", "speech_end_sample", "t_speech_end_ns", "end_sample")  # end fields handed on
+    STOP_CONFIRM_MS = 320.0  # how far apart the two recognizers' stop words may end and still agree
 
-    def __init__(self, model, cfg):
+    def __init__(self, model, cfg, verifier=None):
         super().__init__(model, cfg)
         from edge_stream.voice.ctc import CtcDecoder
 
         self._decoder = CtcDecoder.from_model(model)  # template: symbols, lexicon, frame length read once
+        self.verifier = verifier
+        if verifier is not None:
+            if verifier.manifest.blocking is None or verifier.manifest.output_for("logits") is None:
+                raise ConfigError(f"{model.name}: verifier {verifier.name!r} is not a block recognizer "
+                                  "(manifest 'blocking' and a logits output)")
+            if verifier.manifest.blocking.sample_rate != model.manifest.blocking.sample_rate:
+                raise ConfigError(f"{model.name}: verifier {verifier.name!r} takes another sample rate")
+            self._check_decoder = CtcDecoder.from_model(verifier)
+        self._window = int(self.STOP_CONFIRM_MS * model.manifest.blocking.sample_rate / 1000)
 
     def open(self, stream: str, options: dict):
         from edge_stream.voice.ctc import CtcDecoder
-        from edge_stream.voice.grammar import STOP_WORDS
-
         d = self._decoder
         threshold = self.cfg.partial_threshold if self.cfg.partial_words else None
         decoder = CtcDecoder(d.symbols, blank=d.blank, frame_samples=d.frame_samples, partial_threshold=threshold,
                              spot_words=STOP_WORDS, spot_threshold=self.cfg.stop_spotting)
         opts = {**self.cfg.stream_options, **options}
-        return RecognizerStream(self.model.open_stream(**opts), decoder)
+        check = None
+        if self.verifier is not None:
+            v = self._check_decoder
+            check = VerifierStream(self.verifier.open_stream(), CtcDecoder(v.symbols, blank=v.blank,
+                                                                           frame_samples=v.frame_samples))
+        return RecognizerStream(self.model.open_stream(**opts), decoder, check=check)
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
         self._audio_only(text)
@@ -536,39 +589,72 @@ class RecognizerPolicy(BlockPolicy):
             return
         yield from self._decode(session, data, extra)
 
+    @staticmethod
+    def _run(blocks, decoder, samples, sr, flush: bool) -> list:
+        """Feed `samples` (and with `flush` the zero-padded last partial block); the words decoded."""
+        out = blocks.feed(samples, sr=sr, trusted=True) if len(samples) else None
+        pending = blocks.pending_samples
+        runs = [out] if out is not None else []
+        if flush and pending:  # the last partial block, zero-padded, so its frames are decoded
+            runs.append(blocks.feed(np.zeros(blocks.model.manifest.blocking.block - pending, np.float32)))
+        words = []
+        for o in runs:
+            if o.n_blocks:
+                words += decoder.update(o.logits).words
+        if flush:
+            words += decoder.finish().words
+        return words
+
     def _decode(self, session, samples, extra, flush: bool = False) -> Iterator[Output]:
         t0 = time.perf_counter()
-        out = session.blocks.feed(samples, sr=extra.get("sr"), trusted=True) if len(samples) else None
-        pending = session.blocks.pending_samples
-        blocks = [out] if out is not None else []
-        if flush and pending:  # the last partial block, zero-padded, so its frames are decoded
-            blocks.append(session.blocks.feed(np.zeros(self.model.manifest.blocking.block - pending, np.float32)))
-        words = []
-        for o in blocks:
-            if o.n_blocks:
-                words += session.decoder.update(o.logits).words
-        if flush:
-            words += session.decoder.finish().words
+        sr = extra.get("sr")
+        ends = session.decoder.frame_end_sample
+        words = [(w, ends(w.end_frame), False) for w in self._run(session.blocks, session.decoder, samples, sr, flush)]
+        check = session.check
+        if check is not None:  # the same audio; heard after the first recognizer's words are known
+            c_ends = check.decoder.frame_end_sample
+            check.words += [(w.word, c_ends(w.end_frame))
+                            for w in self._run(check.blocks, check.decoder, samples, sr, flush)]
+        if self.cfg.confirm_stops:
+            words = self._confirmed(session, words, flush)
         infer_ms = _ms_since(t0)
-        for w in words:
+        for w, end_sample, unconfirmed in words:
             if self.cfg.partial_words and not w.partial:
                 session.finals.append(round(w.confidence, 4))
             if w.confirms:  # the partial already sent was right: it is final now, nothing new to say
                 continue
             revises = w.revises and session.words > 0
             index = session.words - 1 if revises else session.words
-            fields = {"word_index": index, "end_sample": session.decoder.frame_end_sample(w.end_frame),
+            fields = {"word_index": index, "end_sample": end_sample,
                       "confidence": round(w.confidence, 4)}  # the parser node's threshold reads it
             if revises:
                 fields["replace_last"] = 1
             if w.partial:
                 fields["partial"] = True
+            if unconfirmed:
+                fields["unconfirmed"] = True
             if "segment" in extra:
                 fields["segment"] = extra["segment"]
             yield Forward("chunk", "word", fields, text=w.word, infer_ms=infer_ms)
             if not revises:
                 session.words += 1
             infer_ms = 0.0
+
+    def _confirmed(self, session, words: list, flush: bool) -> list:
+        """confirm_stops: the words that may go out now. A stop word waits (and the words after it,
+        so the order holds) until the verifier heard a stop word near it; once the verifier has
+        decoded past its window without one, or the segment ends, it goes out `unconfirmed`."""
+        queue, session.waiting = session.waiting + words, []
+        ready = []
+        for k, (w, end_sample, _) in enumerate(queue):
+            unconfirmed = False
+            if w.word in STOP_WORDS and not session.check.stop_near(end_sample, self._window):
+                if not flush and session.check.decoded_samples < end_sample + self._window:
+                    session.waiting = queue[k:]  # not decided yet: it and the words after it wait
+                    break
+                unconfirmed = True
+            ready.append((w, end_sample, unconfirmed))
+        return ready
 
     def end(self, session, extra) -> Iterator[Output]:
         if session.held:
@@ -581,6 +667,8 @@ class RecognizerPolicy(BlockPolicy):
             yield from self._decode(session, piece, extra, flush=k == len(pieces) - 1)
         n_words = session.words
         passed = {k: extra[k] for k in self.PASS_ON if k in extra}
+        if session.check is not None:
+            passed["verifier_words"] = [w for w, _ in session.check.words]
         if n_words:  # for the next node only: a route that does not forward publishes `done` alone
             # Early partials: the final words' confidences; a follower holding more words than these
             # takes its last one back (a partial no label confirmed).
@@ -592,7 +680,8 @@ class RecognizerPolicy(BlockPolicy):
         yield Output("done", {"n_words": n_words, **passed})
 
     def describe(self, session) -> dict:
-        return {"samples": session.blocks.samples_fed, "words": session.words}
+        return {"samples": session.blocks.samples_fed, "words": session.words,
+                **({"verifier_words": len(session.check.words)} if session.check is not None else {})}
 
 
 @dataclass
@@ -622,6 +711,7 @@ class ParserStream:
 # there (58% -> 23%). Re-choose from the report once the recognizer trained on the grammar lands.
 DEFAULT_MIN_CONFIDENCE = 0.5
 PARSER_OPTIONS = ("min_confidence", "wake_word", "grammar_check")
+UNCONFIRMED = "<unk>"  # the recognizers' word outside the grammar: how the parser reads a stop word the recognizer marked `unconfirmed`
 
 
 class CommandParserPolicy(Policy):
@@ -681,6 +771,8 @@ class CommandParserPolicy(Policy):
             raise InputError(f"{self.model.name}: takes words as text chunks, got a {data.dtype} array")
         confidence = extra.get("confidence")  # the recognizer's, per word (None: a source without one)
         words = text.split()
+        if extra.get("unconfirmed") is True:  # a stop word the recognizer's verifier did not hear
+            words = [UNCONFIRMED if w in STOP_WORDS else w for w in words]
         replace = self._replace_last(session, words, extra)  # checked before anything changes
         for i, word in enumerate(words):
             if self.cfg.wait_for_end:
@@ -760,7 +852,7 @@ class CommandParserPolicy(Policy):
         self._woke(session, word)
         if not got:
             return
-        if "stop" not in got:  # stop is never held back: not by the wake word, not by confidence
+        if "stop" not in got or word not in STOP_WORDS:  # a said stop is never held back (wake word, confidence)
             if session.wake_word is not None and session.woke_at is None:
                 return
             if p.confidence < session.min_confidence:
@@ -777,6 +869,7 @@ class CommandParserPolicy(Policy):
         t0 = time.perf_counter()
         p = session.parser
         finals = self._final_confidences(extra)
+        second = self._verifier_words(extra)  # both checked before anything changes
         if finals is not None and self.cfg.wait_for_end:
             del session.held[len(finals):]  # a partial no label confirmed was not said
             if len(finals) == len(session.held):
@@ -799,13 +892,18 @@ class CommandParserPolicy(Policy):
         session.woke_at = session.woke_word = None
         infer_ms = _ms_since(t0)
         passed = {k: extra[k] for k in ("segment", "t_speech_end_ns", "speech_end_sample") if k in extra}
-        stop_only = [c.action for c in result.commands] == ["stop"]
+        # Only a stop someone said skips the checks: the network also reads "stop" into other words.
+        stop_only = [c.action for c in result.commands] == ["stop"] and any(w in STOP_WORDS for w in words)
+        if second is not None and session.wake_word:
+            second = second[second.index(session.wake_word):] if session.wake_word in second else []
         reason = None
         if result.commands and not stop_only:
             if confidence < session.min_confidence:
                 reason = "confidence"
             elif session.grammar_check and command_of(awake_words).text() != result.text():
                 reason = "grammar"
+            elif second is not None and command_of(second).text() != result.text():
+                reason = "verifier"
         if reason is not None:
             yield Output("not_understood", {"heard": words, "confidence": round(confidence, 4), "reason": reason,
                                             "command": result.text(), **passed}, infer_ms=infer_ms)
@@ -823,6 +921,15 @@ class CommandParserPolicy(Policy):
                               "commands": [c.as_dict() for c in result.commands], "cancelled": result.cancelled,
                               "not_understood": not_understood, "confidence": round(confidence, 4),
                               "words": words, **passed}, infer_ms=infer_ms)
+
+    def _verifier_words(self, extra: dict) -> list | None:
+        """An end's `verifier_words` (the recognizer route's second recognizer), checked; None when absent."""
+        second = extra.get("verifier_words")
+        if second is None:
+            return None
+        if not isinstance(second, list) or not all(isinstance(w, str) for w in second):
+            raise InputError(f"{self.model.name}: 'verifier_words' must be a list of words, got {second!r}")
+        return [w.lower() for w in second]
 
     def _final_confidences(self, extra: dict) -> list | None:
         """An end's `final_confidences` (early partial words), checked; None when absent."""
@@ -868,8 +975,29 @@ def policy_for(model, cfg) -> Policy:
     if cfg.partial_words and cfg.wait_for_end:
         raise ConfigError(f"{m.name}: partial_words and wait_for_end exclude each other (a waiting recognizer "
                           "has no early words to send)")
+    if cfg.verifier is not None and name != "recognizer":
+        raise ConfigError(f"{m.name}: verifier is for recognizer routes (policy 'recognizer'); "
+                          f"this route's policy is {name!r}")
+    if cfg.confirm_stops and cfg.verifier is None:
+        raise ConfigError(f"{m.name}: confirm_stops needs a verifier (the second recognizer that confirms a stop)")
+    if cfg.confirm_stops and cfg.partial_words:
+        raise ConfigError(f"{m.name}: confirm_stops and partial_words exclude each other (a stop word waits for "
+                          "its confirmation; an early partial does not)")
     if name == "vad" and cfg.forward_topic:
         return VadGatePolicy(model, options)
     if name in ("vad", "recognizer") and m.blocking is None:
         raise ConfigError(f"{m.name}: policy {name!r} needs a block model (manifest 'blocking' section)")
+    if name == "recognizer":
+        return RecognizerPolicy(model, options, verifier=load_verifier(cfg))
     return POLICY_CLASSES[name](model, options)
+
+
+def load_verifier(cfg):
+    """The route's verifier model (None without one), loaded with the route's providers and threads."""
+    if cfg.verifier is None:
+        return None
+    from edge_stream import load
+    from edge_stream.runtime.runner import ThreadOptions
+
+    threads = ThreadOptions(cfg.intra_op_spinning, cfg.inter_op_spinning, cfg.intra_op_thread_affinities)
+    return load(cfg.verifier, providers=list(cfg.providers), intra_op_threads=cfg.threads, thread_options=threads)
