@@ -165,16 +165,16 @@ class PolicyChain:
         """Feed each Forward of stage `stage` to the next policy, as a chained node would take it."""
         from edge_stream.node.policies import Forward
 
-        withheld = ""  # the command of a `not_understood`, which comes just before its `done`
+        withheld, reason = "", ""  # the command of a `not_understood`, which comes just before its `done`
         for out in outs:
             if stage == 3:
-                if out.kind == "not_understood":
-                    withheld = out.fields["command"]  # only the grammar check refuses here (min_confidence 0)
+                if out.kind == "not_understood":  # only the checks refuse here (min_confidence 0)
+                    withheld, reason = out.fields["command"], out.fields.get("reason", "")
                 elif out.kind == "done":
                     refused = bool(out.fields.get("not_understood"))
                     result.commands.append(withheld if refused else out.fields["command"] or "")
                     result.confidences.append(out.fields.get("confidence", 1.0))
-                    result.refused.append(refused)
+                    result.refused.append(reason if refused else "")
                 continue
             if not isinstance(out, Forward):
                 continue
@@ -199,7 +199,7 @@ class ChainResult:
     words: list = field(default_factory=list)  # words the recognizer forwarded
     commands: list = field(default_factory=list)  # one per speech segment
     confidences: list = field(default_factory=list)  # the parser's, one per segment
-    refused: list = field(default_factory=list)  # per segment: not published, the grammar reads the words otherwise
+    refused: list = field(default_factory=list)  # per segment: why a check held it back ("grammar", "verifier"; "": it did not)
     segment_words: int = 0  # words forwarded in the segment in progress (a revised one counts once)
 
     @property
@@ -213,21 +213,22 @@ class ChainResult:
         return next((f for c, f in zip(reversed(self.commands), reversed(self.confidences)) if c), 1.0)
 
     @property
-    def is_refused(self) -> bool:
-        """Whether `command` was held back by the parser's grammar check (`not_understood`, reason grammar)."""
-        return next((r for c, r in zip(reversed(self.commands), reversed(self.refused)) if c), False)
+    def is_refused(self) -> str:
+        """Why `command` was held back by the parser's checks (`not_understood`: "grammar", "verifier",
+        "confidence" for a stop nobody said); "" when it was not."""
+        return next((r for c, r in zip(reversed(self.commands), reversed(self.refused)) if c), "")
 
 
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-def outcome(command: str, confidence: float, expected: str, threshold: float, refused: bool = False) -> str:
+def outcome(command: str, confidence: float, expected: str, threshold: float, refused: str | bool = False) -> str:
     """What the robot gets at `threshold`: 'exact', 'wrong', 'not understood' (asked again) or
-    'nothing' (no command published). A stop is never held back (CommandParserPolicy); a command
-    the grammar check refused is asked again at every threshold."""
+    'nothing' (no command published). A stop someone said is never held back (CommandParserPolicy),
+    so the chain refuses none; a command the checks refused is asked again at every threshold."""
     if not command:
         return "nothing" if expected else "exact"
-    if (refused or confidence < threshold) and command != "stop":
+    if refused or (confidence < threshold and command != "stop"):
         return "not understood"
     return "exact" if command == expected else "wrong"
 
@@ -276,13 +277,15 @@ class Heard:
     confidence: float
     words: list  # what the recognizer forwarded
     batch: str | None = None  # the batch baseline's command (clean phrases only)
-    refused: bool = False  # the grammar check held the command back
+    refused: str = ""  # why the parser's checks held the command back ("": they did not)
 
     def published(self, threshold: float) -> str:
         """The command the parser node publishes at `threshold` ('' when none: not understood or silent)."""
-        if self.command == "stop":
+        if self.refused:
+            return ""
+        if self.command == "stop":  # said (the chain refuses a stop nobody said)
             return self.command
-        return self.command if self.command and not self.refused and self.confidence >= threshold else ""
+        return self.command if self.command and self.confidence >= threshold else ""
 
 
 def hear(cases: list[Case], launch: str, parser_options: dict | None = None, batch: bool = False) -> list[Heard]:
@@ -312,19 +315,26 @@ def set_figures(heard: list[Heard], threshold: float) -> dict:
             "unasked_motion": sum(is_motion(h.published(threshold)) for h in calm)}
 
 
-def grammar_check_line(phrases: list[Heard], sentences: list[Heard], threshold: float) -> str:
-    """What the parser's grammar check did at `threshold`: the commands it held back, by what they
-    would have been (right, wrong, a command from a non-command sentence)."""
-    def held_back(h: Heard) -> bool:  # the threshold alone would have published it
-        return h.refused and h.command != "stop" and h.confidence >= threshold
+CHECKS = {"grammar": "Grammar check (`grammar_check`: a command the grammar's rules do not read from the same "
+                     "words is asked again)",
+          "verifier": "Verifier (the recognizer route's `verifier`: a command the second recognizer's words do not "
+                      "read as is asked again)"}
 
-    refused = [h for h in phrases if held_back(h)]
-    right = sum(h.command == h.case.expected for h in refused)
-    from_sentences = sum(map(held_back, sentences))
-    return (f"Grammar check (`grammar_check`: a command the grammar's rules do not read from the same words "
-            f"is asked again): at min_confidence {threshold:.2f} it held back {len(refused)} of {len(phrases)} "
-            f"phrases' commands, {len(refused) - right} of them wrong and {right} right, and {from_sentences} "
-            f"commands read into {len(sentences)} non-command sentences.")
+
+def checks_line(phrases: list[Heard], sentences: list[Heard], threshold: float) -> str:
+    """What each of the parser's checks did at `threshold`: the commands it held back, by what they
+    would have been (right, wrong, a command from a non-command sentence)."""
+    lines = []
+    for reason in [r for r in CHECKS if any(h.refused == r for h in phrases + sentences)] or ["grammar"]:
+        def held_back(h: Heard) -> bool:  # the threshold alone would have published it
+            return h.refused == reason and (h.command == "stop" or h.confidence >= threshold)
+
+        refused = [h for h in phrases if held_back(h)]
+        right = sum(h.command == h.case.expected for h in refused)
+        lines.append(f"{CHECKS[reason]}: at min_confidence {threshold:.2f} it held back {len(refused)} of "
+                     f"{len(phrases)} phrases' commands, {len(refused) - right} of them wrong and {right} right, and "
+                     f"{sum(map(held_back, sentences))} commands read into {len(sentences)} non-command sentences.")
+    return "\n\n".join(lines)
 
 
 def sentence_figures(heard: list[Heard], threshold: float) -> dict:
@@ -545,7 +555,7 @@ def report(args) -> str:
         f"phrases: streaming {stream_ok}/{batch_n} exact, batch {batch_ok}/{batch_n}, the same command in "
         f"{batch_same}/{batch_n}.",
         "",
-        grammar_check_line(heard, heard_sentences, threshold),
+        checks_line(heard, heard_sentences, threshold),
         "",
         "**Non-command sentences** (clean; read-aloud text and conversation, held-out split):",
         "",
