@@ -171,13 +171,13 @@ def test_vad_node_forwards_exactly_the_speech_segments(vad_dir):
     assert sum(m.data.size for m in got if m.kind == "chunk") < len(audio) - SR  # nothing in the silences
 
 
-def runtime_words(audio: np.ndarray, flush: bool = True) -> list[str]:
+def runtime_words(audio: np.ndarray, flush: bool = True, model_dir: Path = RECOGNIZER_DIR) -> list[str]:
     """The recognizer's words straight from the runtime (BlockStream + CtcDecoder, no node, no policy):
     the audio, then (flush) the last block zero-padded and the decoder finished, as at a segment's end."""
     import edge_stream as es
     from edge_stream.voice.ctc import CtcDecoder
 
-    model = es.load(RECOGNIZER_DIR)
+    model = es.load(model_dir)
     stream, decoder = model.open_stream(), CtcDecoder.from_model(model)
     block = model.manifest.blocking.block
     if flush:
@@ -188,8 +188,9 @@ def runtime_words(audio: np.ndarray, flush: bool = True) -> list[str]:
     return [w.word for w in words]
 
 
-def run_recognizer_node(audio: np.ndarray, end: bool = True, **end_fields) -> list[wire.InMessage]:
-    node = start_node([recognizer_model()], name="recognizer")
+def run_recognizer_node(audio: np.ndarray, end: bool = True, route: dict | None = None,
+                        **end_fields) -> list[wire.InMessage]:
+    node = start_node([route or recognizer_model()], name="recognizer")
     tap = ForwardTap(node, "words")
     try:
         pub = connected_publisher(node, "speech")
@@ -221,6 +222,18 @@ def test_recognizer_node_forwards_words_before_the_audio_ends():
     assert expected  # words final within the audio so far (a later letter or a space closed them)
     got = run_recognizer_node(audio, end=False)
     assert [m.text for m in got] == expected and all(m.kind == "chunk" for m in got)
+
+
+def test_a_recognizer_node_with_a_verifier_forwards_the_first_ones_words_and_the_verifiers_on_the_end():
+    """launch/voice_commands_verified.toml's recognizer route: the node loads the verifier beside
+    the model; the words on the wire are the first recognizer's, the end carries the verifier's."""
+    first, second = ROOT / "models" / "command-recognizer-multisynth", ROOT / "models" / "command-recognizer-embed"
+    audio = wav("command_4.wav")
+    got = run_recognizer_node(audio, route=recognizer_model(dir=str(first), verifier=str(second)), segment=3)
+    assert got[-1].kind == "end" and got[-1].extra["segment"] == 3
+    assert [m.text for m in got[:-1]] == runtime_words(audio, model_dir=first) and got[:-1]
+    assert got[-1].extra["verifier_words"] == runtime_words(audio, model_dir=second)
+    assert got[-1].extra["verifier_words"]  # it heard something (the route without a verifier sends no such field)
 
 
 @pytest.mark.parametrize("name", ["command_1.wav", "command_2.wav"])

