@@ -190,6 +190,18 @@ def test_verifier_words_that_read_as_another_command_make_it_not_understood(pars
     assert done["command"] == "turn left 90 deg" and not done["not_understood"]
 
 
+def test_with_a_wake_word_the_verifier_must_hear_it_too(parser_policy):
+    policy = CommandParserPolicy(parser_policy.model, PolicyOptions(stream_options={"min_confidence": 0.0,
+                                                                                    "wake_word": True}))
+    session = policy.open("s", {})
+    said = "robot turn left ninety degrees"
+    done = say(policy, session, said, verifier_words=["um"] + said.split())[-1].fields
+    assert done["command"] == "turn left 90 deg"
+    outs = say(policy, session, said, verifier_words=said.split()[1:])  # it did not hear "robot"
+    assert next(o.fields for o in outs if o.kind == "not_understood")["reason"] == "verifier"
+    assert outs[-1].fields["command"] is None
+
+
 def test_a_stop_is_not_held_back_by_the_verifier(parser_policy):
     session = parser_policy.open("s", {})
     outs = say(parser_policy, session, "stop", verifier_words=["go"])
