@@ -262,3 +262,12 @@ def test_the_launch_file_resolves_the_verifier_beside_the_model_and_the_chain_ru
     assert chain.policies[1].verifier is not None
     assert chain.run(read_wav_float32(STOP)[0]).command == "stop"
     assert chain.run(read_wav_float32(CONVERSATION)[0]).command == ""
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_an_unconfirmed_that_is_not_a_boolean_is_an_input_error_and_changes_nothing(parser_policy, bad):
+    session = parser_policy.open("s", {})
+    with pytest.raises(InputError, match="unconfirmed"):
+        list(parser_policy.chunk(session, None, "stop", {"confidence": 0.99, "unconfirmed": bad}))
+    outs = say(parser_policy, session, "stop")
+    assert outs[-1].fields["command"] == "stop" and outs[-1].fields["words"] == ["stop"]

@@ -213,7 +213,7 @@ class ChainResult:
         return next((f for c, f in zip(reversed(self.commands), reversed(self.confidences)) if c), 1.0)
 
     @property
-    def is_refused(self) -> str:
+    def refused_by(self) -> str:
         """Why `command` was held back by the parser's checks (`not_understood`: "grammar", "verifier",
         "confidence" for a stop nobody said); "" when it was not."""
         return next((r for c, r in zip(reversed(self.commands), reversed(self.refused)) if c), "")
@@ -297,7 +297,7 @@ def hear(cases: list[Case], launch: str, parser_options: dict | None = None, bat
     for k, c in enumerate(cases):
         r = stream.run(c.audio)
         b = waits.run(c.audio).command if waits and c.kind == "phrase" and c.condition == "clean" else None
-        out.append(Heard(c, r.command, r.confidence, r.words, b, r.is_refused))
+        out.append(Heard(c, r.command, r.confidence, r.words, b, r.refused_by))
         if (k + 1) % 200 == 0:
             print(f"  {k + 1}/{len(cases)} utterances ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out

@@ -60,7 +60,7 @@ from edge_stream.errors import (
 )
 from edge_stream.node import wire
 from edge_stream.node.config import NodeConfig, max_stream_chars
-from edge_stream.node.policies import Policy, policy_for
+from edge_stream.node.policies import Policy, load_route_model, policy_for
 from edge_stream.node.security import Curve, attach
 from edge_stream.node.worker import (
     DRAIN,
@@ -605,14 +605,10 @@ def _recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
 def load_routes(cfg: NodeConfig) -> list[Route]:
     """Load every model of a node (once; streams share it) and pick its policy. `edge_stream.load`:
     a VAD manifest gives a model whose streams carry speech events."""
-    from edge_stream import load
-    from edge_stream.runtime.runner import ThreadOptions
-
     routes = []
     for m in cfg.models:
-        threads = ThreadOptions(m.intra_op_spinning, m.inter_op_spinning, m.intra_op_thread_affinities)
         try:
-            model = load(m.dir, providers=list(m.providers), intra_op_threads=m.threads, thread_options=threads)
+            model = load_route_model(m)
         except ConfigError as exc:  # the runtime names the option; say which route's
             raise ConfigError(f"node {cfg.name!r} model {m.name!r}: {exc}") from None
         routes.append(Route(m.name, m, model, policy_for(model, m)))

@@ -771,7 +771,10 @@ class CommandParserPolicy(Policy):
             raise InputError(f"{self.model.name}: takes words as text chunks, got a {data.dtype} array")
         confidence = extra.get("confidence")  # the recognizer's, per word (None: a source without one)
         words = text.split()
-        if extra.get("unconfirmed") is True:  # a stop word the recognizer's verifier did not hear
+        unconfirmed = extra.get("unconfirmed", False)  # a stop word the recognizer's verifier did not hear
+        if not isinstance(unconfirmed, bool):
+            raise InputError(f"{self.model.name}: 'unconfirmed' must be true or false, got {unconfirmed!r}")
+        if unconfirmed:
             words = [UNCONFIRMED if w in STOP_WORDS else w for w in words]
         replace = self._replace_last(session, words, extra)  # checked before anything changes
         for i, word in enumerate(words):
@@ -992,12 +995,17 @@ def policy_for(model, cfg) -> Policy:
     return POLICY_CLASSES[name](model, options)
 
 
-def load_verifier(cfg):
-    """The route's verifier model (None without one), loaded with the route's providers and threads."""
-    if cfg.verifier is None:
-        return None
+def load_route_model(cfg, model_dir: str | None = None):
+    """A route's model (or, given `model_dir`, another model of the route, its verifier) loaded with the
+    route's providers, threads and thread-pool options."""
     from edge_stream import load
     from edge_stream.runtime.runner import ThreadOptions
 
     threads = ThreadOptions(cfg.intra_op_spinning, cfg.inter_op_spinning, cfg.intra_op_thread_affinities)
-    return load(cfg.verifier, providers=list(cfg.providers), intra_op_threads=cfg.threads, thread_options=threads)
+    return load(model_dir or cfg.dir, providers=list(cfg.providers), intra_op_threads=cfg.threads,
+                thread_options=threads)
+
+
+def load_verifier(cfg):
+    """The route's verifier model (None without one)."""
+    return None if cfg.verifier is None else load_route_model(cfg, cfg.verifier)
