@@ -180,6 +180,10 @@ class PolicyChain:
                 continue
             if stage == 2 and out.kind == "chunk" and out.fields.get("replace_last"):
                 result.words[-1] = out.text  # an early partial word revised
+            elif stage == 2 and out.kind == "chunk" and out.fields.get("revise"):  # rescored at a pause
+                del result.words[len(result.words) - result.segment_words:]
+                result.words += out.text.split()
+                result.segment_words = len(out.text.split())
             elif stage == 2 and out.kind == "chunk":
                 result.words.append(out.text)
                 result.segment_words += 1
@@ -187,6 +191,10 @@ class PolicyChain:
                 finals = out.fields.get("final_confidences")
                 if finals is not None and result.segment_words > len(finals):
                     del result.words[len(result.words) - (result.segment_words - len(finals)):]
+                nbest = out.fields.get("nbest")  # grammar-aware decoding: the parser takes the best hypothesis
+                if nbest:
+                    del result.words[len(result.words) - result.segment_words:]
+                    result.words += nbest[0]["words"]
                 result.segment_words = 0
             policy, session = self.policies[stage], sessions[stage]
             nxt = (policy.chunk(session, out.data, out.text, out.fields) if out.kind == "chunk"
@@ -219,7 +227,7 @@ class ChainResult:
         return next((r for c, r in zip(reversed(self.commands), reversed(self.refused)) if c), "")
 
 
-THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 
 
 def outcome(command: str, confidence: float, expected: str, threshold: float, refused: str | bool = False) -> str:

@@ -132,6 +132,14 @@ class ModelConfig:
     # command. confirm_stops: a stop word goes out once the verifier heard one too (docs/voice_commands.md).
     verifier: str | None = None
     confirm_stops: bool = False
+    # Recognizer: grammar-aware decoding (voice.ctc_beam). At the segment's end the words are found again by
+    # a CTC beam search with this word n-gram LM (an ARPA file, relative to the launch file), the verifier's
+    # too, and the hypotheses scored by both recognizers; the `end` carries them (`nbest`) and the parser
+    # takes the best. Streamed words (and stops) are unchanged. lm_weight, word_bonus, beam_size: the search.
+    ngram_lm: str | None = None
+    lm_weight: float = 0.8
+    word_bonus: float = 2.5
+    beam_size: int = 8
     # Freshness (docs/protocol.md, "Stale input and deadlines"), both off when unset:
     max_age_ms: float | None = None  # a chunk older than this (from t_capture_ns, else t_pub_ns) is dropped
     deadline_ms: float | None = None  # an open stream with no input for this long gets `deadline_missed`
@@ -337,6 +345,12 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
             value = getattr(m, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{mw}.{name}: must be > 0 ms (leave it out to turn it off), got {value}")
+        if isinstance(m.beam_size, bool) or not isinstance(m.beam_size, int) or not 1 <= m.beam_size <= 64:
+            raise ConfigError(f"{mw}.beam_size: expected an integer in [1, 64], got {m.beam_size!r}")
+        for name in ("lm_weight", "word_bonus"):
+            value = getattr(m, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 10.0:
+                raise ConfigError(f"{mw}.{name}: expected a number in [0, 10], got {value!r}")
         if not m.topics:
             raise ConfigError(f"{mw}.topics: at least one input topic is required")
         if m.prefix_text is not None and not m.prefix_text:
@@ -353,7 +367,8 @@ def node_from_dict(d: dict, base: Path = Path("."), where: str = "node") -> Node
         if m.name in [x.name for x in models]:
             raise ConfigError(f"{mw}.name: model name {m.name!r} used twice")
         models.append(dataclasses.replace(m, dir=str(base / m.dir),
-                                          verifier=None if m.verifier is None else str(base / m.verifier)))
+                                          verifier=None if m.verifier is None else str(base / m.verifier),
+                                          ngram_lm=None if m.ngram_lm is None else str(base / m.ngram_lm)))
     _check_security(cfg.security, f"{where}.security")
     return dataclasses.replace(cfg, models=tuple(models), security=_resolve_security(cfg.security, base))
 

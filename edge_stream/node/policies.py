@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edge_stream.errors import ConfigError, InputError, StreamStateError
-from edge_stream.voice.grammar import STOP_WORDS
+from edge_stream.voice.grammar import CANCEL_WORDS, NEGATIONS, QUESTION_WORDS, STOP_WORDS
 from edge_stream.voice.speech_gate import SpeechGate
 from edge_stream.voice.vad import VadStream
 
@@ -98,6 +98,10 @@ class PolicyOptions:
     stop_spotting: float | None = None  # recognizer: stop words said at this summed posterior (voice.ctc)
     verifier: str | None = None  # recognizer: a second recognizer's directory, heard beside the first
     confirm_stops: bool = False  # recognizer with a verifier: a stop word goes out once both heard one
+    ngram_lm: str | None = None  # recognizer: ARPA word LM for the segment-end beam search (voice.ctc_beam)
+    lm_weight: float = 0.8
+    word_bonus: float = 2.5
+    beam_size: int = 8
 
     @classmethod
     def of(cls, cfg) -> PolicyOptions:
@@ -482,6 +486,7 @@ class VerifierStream:
     blocks: Any  # runtime BlockStream of the verifier
     decoder: Any  # CtcDecoder
     words: list = field(default_factory=list)  # (word, end_sample), in order
+    search: Any = None  # ngram_lm: its SegmentSearch
 
     @property
     def decoded_samples(self) -> int:
@@ -496,6 +501,8 @@ class VerifierStream:
         self.blocks.reset()
         self.decoder.reset()
         self.words.clear()
+        if self.search is not None:
+            self.search.reset()
 
 
 @dataclass
@@ -510,6 +517,7 @@ class RecognizerStream:
     finals: list = field(default_factory=list)  # early partials: the final words' confidences, in order
     check: VerifierStream | None = None  # the route's verifier, when it has one
     waiting: list = field(default_factory=list)  # confirm_stops: words held behind a stop word not yet confirmed
+    search: Any = None  # ngram_lm: the segment's SegmentSearch (beam search, frames, greedy words)
 
     def reset(self) -> None:
         self.blocks.reset()
@@ -521,6 +529,35 @@ class RecognizerStream:
         self.waiting.clear()
         if self.check is not None:
             self.check.reset()
+        if self.search is not None:
+            self.search.reset()
+
+
+@dataclass
+class SegmentSearch:
+    """ngram_lm: one recognizer's beam search over the segment, its frames and its greedy words, kept
+    for the rescoring at the segment's end."""
+
+    beam: Any  # voice.ctc_beam.BeamDecoder
+    frames: list = field(default_factory=list)  # the segment's logits, block by block
+    greedy: list = field(default_factory=list)  # the words greedy decoding gave
+    last_word_frame: int = -1  # frame of the last greedy word (-1: none yet)
+    rescored_at: int | None = None  # last_word_frame when the segment was last rescored at a pause
+    sent: list = field(default_factory=list)  # the segment's words as the parser has them (streamed, then revised)
+
+    def update(self, logits: np.ndarray, words) -> None:
+        self.beam.update(logits)
+        self.frames.append(np.array(logits, np.float32))  # a copy: the runtime reuses its buffers
+        self.greedy += [w.word for w in words if not w.partial]
+        if words:
+            self.last_word_frame = words[-1].end_frame
+
+    def reset(self) -> None:
+        self.beam.reset()
+        self.frames.clear()
+        self.greedy.clear()
+        self.last_word_frame, self.rescored_at = -1, None
+        self.sent.clear()
 
 
 class RecognizerPolicy(BlockPolicy):
@@ -547,6 +584,9 @@ class RecognizerPolicy(BlockPolicy):
     batchable = False  # each chunk feeds one stream's decoder; not batched
     PASS_ON = ("segment", "speech_end_sample", "t_speech_end_ns", "end_sample")  # end fields handed on
     STOP_CONFIRM_MS = 320.0  # how far apart the two recognizers' stop words may end and still agree
+    # ngram_lm: rescore the segment so far once this long has passed without a word (before the VAD's end of
+    # the segment, which waits for its longer min_silence_ms); the verifier's words come later than the first's
+    PAUSE_RESCORE_MS = 200.0
 
     def __init__(self, model, cfg, verifier=None):
         super().__init__(model, cfg)
@@ -561,7 +601,17 @@ class RecognizerPolicy(BlockPolicy):
             if verifier.manifest.blocking.sample_rate != model.manifest.blocking.sample_rate:
                 raise ConfigError(f"{model.name}: verifier {verifier.name!r} takes another sample rate")
             self._check_decoder = CtcDecoder.from_model(verifier)
+        self.lm = None
+        if cfg.ngram_lm is not None:
+            from edge_stream.voice.ngram import read_arpa
+            self.lm = read_arpa(cfg.ngram_lm)
+            labels = {w for w in self._decoder.symbols if w != self._decoder.symbols[self._decoder.blank]}
+            unknown = sorted(labels - self.lm.words)
+            if unknown and "<unk>" not in self.lm.words:
+                raise ConfigError(f"{model.name}: ngram_lm {cfg.ngram_lm} has no unigram for {unknown[:5]} "
+                                  "and no <unk> to score them as")
         self._window = int(self.STOP_CONFIRM_MS * model.manifest.blocking.sample_rate / 1000)
+        self._pause = int(self.PAUSE_RESCORE_MS * model.manifest.blocking.sample_rate / 1000)
 
     def open(self, stream: str, options: dict):
         from edge_stream.voice.ctc import CtcDecoder
@@ -574,8 +624,18 @@ class RecognizerPolicy(BlockPolicy):
         if self.verifier is not None:
             v = self._check_decoder
             check = VerifierStream(self.verifier.open_stream(), CtcDecoder(v.symbols, blank=v.blank,
-                                                                           frame_samples=v.frame_samples))
-        return RecognizerStream(self.model.open_stream(**opts), decoder, check=check)
+                                                                           frame_samples=v.frame_samples),
+                                   search=self._search(v))
+        return RecognizerStream(self.model.open_stream(**opts), decoder, check=check, search=self._search(d))
+
+    def _search(self, decoder) -> SegmentSearch | None:
+        """ngram_lm: a segment search over `decoder`'s labels (None without an LM)."""
+        if self.lm is None:
+            return None
+        from edge_stream.voice.ctc_beam import BeamDecoder
+        c = self.cfg
+        return SegmentSearch(BeamDecoder(decoder.symbols, decoder.blank, self.lm, lm_weight=c.lm_weight,
+                                         word_bonus=c.word_bonus, beam=c.beam_size))
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
         self._audio_only(text)
@@ -590,8 +650,9 @@ class RecognizerPolicy(BlockPolicy):
         yield from self._decode(session, data, extra)
 
     @staticmethod
-    def _run(blocks, decoder, samples, sr, flush: bool) -> list:
-        """Feed `samples` (and with `flush` the zero-padded last partial block); the words decoded."""
+    def _run(blocks, decoder, samples, sr, flush: bool, search: SegmentSearch | None = None) -> list:
+        """Feed `samples` (and with `flush` the zero-padded last partial block); the words decoded
+        (`search`, when given, takes the same frames and words)."""
         out = blocks.feed(samples, sr=sr, trusted=True) if len(samples) else None
         pending = blocks.pending_samples
         runs = [out] if out is not None else []
@@ -600,23 +661,31 @@ class RecognizerPolicy(BlockPolicy):
         words = []
         for o in runs:
             if o.n_blocks:
-                words += decoder.update(o.logits).words
+                got = decoder.update(o.logits).words
+                if search is not None:
+                    search.update(o.logits, got)
+                words += got
         if flush:
-            words += decoder.finish().words
+            last = decoder.finish().words
+            if search is not None:
+                search.greedy += [w.word for w in last if not w.partial]
+            words += last
         return words
 
     def _decode(self, session, samples, extra, flush: bool = False) -> Iterator[Output]:
         t0 = time.perf_counter()
         sr = extra.get("sr")
         ends = session.decoder.frame_end_sample
-        words = [(w, ends(w.end_frame), False) for w in self._run(session.blocks, session.decoder, samples, sr, flush)]
+        words = [(w, ends(w.end_frame), False)
+                 for w in self._run(session.blocks, session.decoder, samples, sr, flush, session.search)]
         check = session.check
         if check is not None:  # the same audio; heard after the first recognizer's words are known
             c_ends = check.decoder.frame_end_sample
             check.words += [(w.word, c_ends(w.end_frame))
-                            for w in self._run(check.blocks, check.decoder, samples, sr, flush)]
+                            for w in self._run(check.blocks, check.decoder, samples, sr, flush, check.search)]
         if self.cfg.confirm_stops:
             words = self._confirmed(session, words, flush)
+        pause = self._pause_rescoring(session, extra) if not flush else None
         infer_ms = _ms_since(t0)
         for w, end_sample, unconfirmed in words:
             if self.cfg.partial_words and not w.partial:
@@ -638,7 +707,31 @@ class RecognizerPolicy(BlockPolicy):
             yield Forward("chunk", "word", fields, text=w.word, infer_ms=infer_ms)
             if not revises:
                 session.words += 1
+            if session.search is not None:
+                session.search.sent.append(w.word)
             infer_ms = 0.0
+        if pause is not None:
+            yield pause
+
+    def _pause_rescoring(self, session, extra: dict) -> Forward | None:
+        """ngram_lm: once the first recognizer has heard PAUSE_RESCORE_MS without a word, the segment so
+        far rescored (`nbest`), forwarded as a text chunk with `revise: true` (the words since the
+        segment began are these), so the parser has the rescored command before the VAD ends the
+        segment. None when not due (once per pause) or when the best hypothesis has no words or is
+        the words the parser already has."""
+        search = session.search
+        if search is None or not search.frames or search.rescored_at == search.last_word_frame:
+            return None
+        decoded = session.decoder.state.frames
+        if (decoded - 1 - search.last_word_frame) * session.decoder.frame_samples < self._pause:
+            return None
+        search.rescored_at = search.last_word_frame
+        nbest = self._nbest(session)
+        if not nbest[0]["words"] or nbest[0]["words"] == search.sent:
+            return None  # nothing to say, or nothing new: the parser has these words
+        search.sent = list(nbest[0]["words"])
+        fields = {"revise": True, "nbest": nbest, **({"segment": extra["segment"]} if "segment" in extra else {})}
+        return Forward("chunk", "word", fields, text=" ".join(nbest[0]["words"]))
 
     def _confirmed(self, session, words: list, flush: bool) -> list:
         """confirm_stops: the words that may go out now. A stop word waits (and the words after it,
@@ -669,7 +762,9 @@ class RecognizerPolicy(BlockPolicy):
         passed = {k: extra[k] for k in self.PASS_ON if k in extra}
         if session.check is not None:
             passed["verifier_words"] = [w for w, _ in session.check.words]
-        if n_words:  # for the next node only: a route that does not forward publishes `done` alone
+        if session.search is not None and session.search.frames:
+            passed["nbest"] = self._nbest(session)
+        if n_words or passed.get("nbest", [{}])[0].get("words"):  # for the next node only: a route that does not forward publishes `done` alone
             # Early partials: the final words' confidences; a follower holding more words than these
             # takes its last one back (a partial no label confirmed).
             finals = {"final_confidences": list(session.finals)} if self.cfg.partial_words else {}
@@ -678,6 +773,29 @@ class RecognizerPolicy(BlockPolicy):
             n_words = len(session.finals)  # the words said (an unconfirmed partial was not)
         session.reset()
         yield Output("done", {"n_words": n_words, **passed})
+
+    NBEST_MIN_POSTERIOR = 1e-4  # hypotheses less likely than this under every recognizer are not sent
+    NBEST_MAX = 16
+
+    def _nbest(self, session) -> list[dict]:
+        """ngram_lm: the segment's hypotheses (each recognizer's beam search and greedy words), scored by
+        every recognizer and the LM, best first: {"words", "posteriors"}, one posterior per recognizer
+        (the first, then the verifier): how likely that recognizer, with the LM, finds this reading
+        against the others. The parser's confidence in a command is the least of them."""
+        from edge_stream.voice.ctc_beam import nbest
+
+        c = self.cfg
+        searches = [(session.search, self._decoder)]
+        if session.check is not None:
+            searches.append((session.check.search, self._check_decoder))
+        recognizers, candidates = [], []
+        for search, dec in searches:
+            if not search.frames:
+                continue
+            recognizers.append((np.concatenate(search.frames), dec.symbols, dec.blank))
+            candidates += [h.words for h in search.beam.finish()] + [tuple(search.greedy)]
+        return nbest(recognizers, candidates, self.lm, c.lm_weight, c.word_bonus, self.NBEST_MIN_POSTERIOR,
+                     self.NBEST_MAX)
 
     def describe(self, session) -> dict:
         return {"samples": session.blocks.samples_fed, "words": session.words,
@@ -696,6 +814,7 @@ class ParserStream:
     woke_at: int | None = None  # parser token index at the wake word (None: not heard yet)
     woke_word: int | None = None  # index (in the utterance) of the word that woke it: a revision of it undoes that
     before: int = 0  # words of the previous utterances: a delta's `upto` is before + its word count
+    heard_words: list = field(default_factory=list)  # ngram_lm: words a rescoring replaced (the end's safety check)
 
     def reset(self) -> None:
         self.parser.reset()
@@ -703,6 +822,7 @@ class ParserStream:
         self.woke_at = None
         self.woke_word = None
         self.before = 0
+        self.heard_words.clear()
 
 
 # From the voice report's confidence trade-off (docs/voice_commands.md, `choose_threshold`). Interim:
@@ -711,6 +831,8 @@ class ParserStream:
 # there (58% -> 23%). Re-choose from the report once the recognizer trained on the grammar lands.
 DEFAULT_MIN_CONFIDENCE = 0.5
 PARSER_OPTIONS = ("min_confidence", "wake_word", "grammar_check")
+# Words that keep the robot still (a stop, a negation, a cancel, a question): rescoring must not lose one a recognizer heard.
+SAFETY_WORDS = frozenset(STOP_WORDS + NEGATIONS + CANCEL_WORDS + QUESTION_WORDS)
 UNCONFIRMED = "<unk>"  # the recognizers' word outside the grammar: how the parser reads a stop word the recognizer marked `unconfirmed`
 
 
@@ -776,6 +898,10 @@ class CommandParserPolicy(Policy):
             raise InputError(f"{self.model.name}: 'unconfirmed' must be true or false, got {unconfirmed!r}")
         if unconfirmed:
             words = [UNCONFIRMED if w in STOP_WORDS else w for w in words]
+        if extra.get("revise") is True:  # the recognizer's rescoring at a pause: the segment's words are these
+            nbest = self._nbest(extra)  # checked before anything changes
+            yield from self._rescored(session, words, nbest, extra)
+            return
         replace = self._replace_last(session, words, extra)  # checked before anything changes
         for i, word in enumerate(words):
             if self.cfg.wait_for_end:
@@ -795,7 +921,7 @@ class CommandParserPolicy(Policy):
         if "revise" in extra or ("replace_last" in extra and extra["replace_last"] != 1):
             got = "revise" if "revise" in extra else f"replace_last {extra['replace_last']!r}"
             raise InputError(f"{self.model.name}: the command parser revises one word at a time "
-                             f"('replace_last': 1), got {got}")
+                             f"('replace_last': 1) or the segment's words ('revise': true), got {got}")
         if "replace_last" not in extra:
             return False
         if not words:
@@ -872,7 +998,11 @@ class CommandParserPolicy(Policy):
         t0 = time.perf_counter()
         p = session.parser
         finals = self._final_confidences(extra)
-        second = self._verifier_words(extra)  # both checked before anything changes
+        second = self._verifier_words(extra)
+        nbest = self._nbest(extra)  # all three checked before anything changes
+        streamed = session.heard_words + ([w for w, _ in session.held] if self.cfg.wait_for_end else list(p.words))
+        if nbest is not None:
+            yield from self._rescored(session, nbest[0]["words"], nbest, extra)
         if finals is not None and self.cfg.wait_for_end:
             del session.held[len(finals):]  # a partial no label confirmed was not said
             if len(finals) == len(session.held):
@@ -887,6 +1017,13 @@ class CommandParserPolicy(Policy):
             if len(finals) == len(p.words):  # the final words' confidences replace the early ones
                 p.set_word_confidences(finals)
         words = list(p.words)
+        heard_safety = None
+        if nbest is not None:
+            # A stop, negation, cancel or question word that a recognizer heard must survive the rescoring:
+            # an LM that finds "ahead" likelier than "never ahead" would otherwise move the robot.
+            lost = (set(streamed) | set(second or ())) & SAFETY_WORDS - set(words)
+            heard_safety = sorted(lost) or None
+        session.heard_words = []
         session.before += len(words)
         p.end()
         got, confidence = p.end_fields, p.confidence
@@ -905,7 +1042,9 @@ class CommandParserPolicy(Policy):
                 reason = "confidence"
             elif session.grammar_check and command_of(awake_words).text() != result.text():
                 reason = "grammar"
-            elif second is not None and command_of(second).text() != result.text():
+            elif heard_safety is not None:
+                reason = "rescored"
+            elif second is not None and nbest is None and command_of(second).text() != result.text():
                 reason = "verifier"
         if reason is not None:
             yield Output("not_understood", {"heard": words, "confidence": round(confidence, 4), "reason": reason,
@@ -924,6 +1063,54 @@ class CommandParserPolicy(Policy):
                               "commands": [c.as_dict() for c in result.commands], "cancelled": result.cancelled,
                               "not_understood": not_understood, "confidence": round(confidence, 4),
                               "words": words, **passed}, infer_ms=infer_ms)
+
+    def _rescored(self, session, words: list, nbest: list | None, extra: dict) -> Iterator[Output]:
+        """The recognizer's rescored words replace the segment's words (what they share stays; the rest is
+        taken back, with a retract, and the new words pushed). Rescoring never adds a stop word (stops
+        are the streaming path's, confirmed there): a new one is read as a word outside the grammar;
+        and an utterance with a stop in it is a stop, so its words are not revised. With `nbest`, every
+        word's confidence becomes the recognizers' confidence in the command the words read as: the
+        least, over the recognizers, of the n-best mass that reads as it (voice.ctc_beam)."""
+        from edge_stream.voice.grammar import command_of
+
+        p = session.parser
+        current = [w for w, _ in session.held] if self.cfg.wait_for_end else list(p.words)
+        if any(w in STOP_WORDS for w in current):
+            return
+        session.heard_words = sorted(set(session.heard_words) | set(current))  # for the end's safety check
+        words = [w.lower() for w in words]
+        keep = next((i for i, (a, b) in enumerate(zip(current, words)) if a != b), min(len(current), len(words)))
+        words = words[:keep] + [UNCONFIRMED if w in STOP_WORDS else w for w in words[keep:]]
+        confidence = None
+        if nbest is not None:
+            cut = words.index(session.wake_word) if session.wake_word in words else (len(words) if session.wake_word else 0)
+            confidence = _command_posterior(nbest, command_of(words[cut:]).text(), session.wake_word)
+        if self.cfg.wait_for_end:
+            session.held = [(w, confidence) for w in words]
+            return
+        while len(p.words) > keep:
+            yield from self._take_back(session)
+        if confidence is not None and p.words:
+            p.set_word_confidences([confidence] * len(p.words))
+        for word in words[keep:]:
+            yield from self._push(session, word, confidence, extra)
+
+    def _nbest(self, extra: dict) -> list | None:
+        """An end's `nbest` (the recognizer route's rescored hypotheses), checked; None when absent."""
+        nbest = extra.get("nbest")
+        if nbest is None:
+            return None
+        ok = isinstance(nbest, list) and nbest and all(
+            isinstance(e, dict) and isinstance(e.get("words"), list) and all(isinstance(w, str) and w.strip()
+                                                                           and len(w.split()) == 1 for w in e["words"])
+            and isinstance(e.get("posteriors"), list) and e["posteriors"]
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in e["posteriors"])
+            for e in nbest)
+        if not ok or len({len(e["posteriors"]) for e in nbest}) != 1:
+            raise InputError(f"{self.model.name}: 'nbest' must be a non-empty list of {{'words': [word, ...], "
+                             f"'posteriors': [p, ...]}} with one posterior per recognizer in each, got {nbest!r}"[:400])
+        return [{"words": [w.lower() for w in e["words"]], "posteriors": [float(x) for x in e["posteriors"]]}
+                for e in nbest]
 
     def _verifier_words(self, extra: dict) -> list | None:
         """An end's `verifier_words` (the recognizer route's second recognizer), checked; None when absent."""
@@ -947,6 +1134,21 @@ class CommandParserPolicy(Policy):
     def describe(self, session) -> dict:
         return {"words": len(session.parser.words), "min_confidence": session.min_confidence,
                 "wake_word": session.wake_word, "grammar_check": session.grammar_check}
+
+
+def _command_posterior(nbest: list, command: str, wake_word: str | None) -> float:
+    """The least, over the recognizers, of the posterior mass of the n-best entries whose words read as
+    `command` (with a wake word: the words from it on)."""
+    from edge_stream.voice.grammar import command_of
+
+    mass = [0.0] * len(nbest[0]["posteriors"])
+    for e in nbest:
+        words = e["words"]
+        if wake_word:
+            words = words[words.index(wake_word):] if wake_word in words else []
+        if command_of(words).text() == command:
+            mass = [m + x for m, x in zip(mass, e["posteriors"])]
+    return min(1.0, min(mass))
 
 
 POLICY_CLASSES = {"lm": LMPolicy, "vad": BlockPolicy, "sequence": SequencePolicy, "recognizer": RecognizerPolicy,
@@ -983,6 +1185,12 @@ def policy_for(model, cfg) -> Policy:
                           f"this route's policy is {name!r}")
     if cfg.confirm_stops and cfg.verifier is None:
         raise ConfigError(f"{m.name}: confirm_stops needs a verifier (the second recognizer that confirms a stop)")
+    if cfg.ngram_lm is not None and name != "recognizer":
+        raise ConfigError(f"{m.name}: ngram_lm is for recognizer routes (policy 'recognizer'); "
+                          f"this route's policy is {name!r}")
+    if cfg.ngram_lm is not None and cfg.partial_words:
+        raise ConfigError(f"{m.name}: ngram_lm and partial_words exclude each other (the n-best replaces "
+                          "the segment's words at its end; early partials revise them word by word)")
     if cfg.confirm_stops and cfg.partial_words:
         raise ConfigError(f"{m.name}: confirm_stops and partial_words exclude each other (a stop word waits for "
                           "its confirmation; an early partial does not)")
