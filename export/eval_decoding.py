@@ -12,7 +12,9 @@ rescored by both (`edge_stream.voice.ctc_beam.nbest`: what the recognizer route'
 Figures: WER and exact utterances of each; and, for the rescored best, how often the grammar's
 reading of it (`grammar.command_of`) is the phrase's command ("right") or another command ("wrong")
 when it is kept only at a least-posterior of at least t (the parser's confidence, without the
-parser network's token probabilities).
+parser network's token probabilities). Compute: the beam searches' seconds per second of audio (run
+block by block, as the route runs them) and the segment-end rescoring's milliseconds; pin the process
+to one core (`taskset -c 1`) for a one-core figure.
 """
 
 from __future__ import annotations
@@ -44,22 +46,28 @@ def decode(models, decoders, lm, audio: np.ndarray, lm_weight: float, word_bonus
     """The four decodings of one utterance, and the rescored n-best."""
     from edge_stream.voice.ctc_beam import BeamDecoder, nbest
 
-    recs, cands, ways = [], [], {}
+    recs, cands, ways, seconds = [], [], {}, {}
     for k, (model, dec) in enumerate(zip(models, decoders)):
         frames = frames_of(model, audio)
         dec.reset()
         greedy = tuple(w.word for w in dec.update(frames).words + dec.finish().words)
+        t0 = time.perf_counter()
         search = BeamDecoder(dec.symbols, dec.blank, lm, lm_weight, word_bonus, beam=beam)
-        search.update(frames)
+        per_block = frames.shape[0] // max(1, len(audio) // model.manifest.blocking.block)
+        for i in range(0, frames.shape[0], max(1, per_block)):  # block by block, as the route runs it
+            search.update(frames[i:i + per_block])
         hyps = search.finish()
+        seconds[f"beam_{k}"] = time.perf_counter() - t0
         recs.append((frames, dec.symbols, dec.blank))
         cands += [h.words for h in hyps] + [greedy]
         if k == 0:
             ways["greedy"] = list(greedy)
         ways["beam_first" if k == 0 else "beam_verifier"] = list(hyps[0].words)
+    t0 = time.perf_counter()
     best = nbest(recs, cands, lm, lm_weight, word_bonus)
+    seconds["nbest"] = time.perf_counter() - t0
     ways["rescored"] = best[0]["words"]
-    return {"ways": ways, "nbest": best}
+    return {"ways": ways, "nbest": best, "seconds": seconds}
 
 
 def least_posterior(best: list[dict], command: str) -> float:
@@ -92,10 +100,13 @@ def run(first: Path, verifier: Path, lm_path: Path, n: int, seed: int, engines, 
             t0 = time.time()
             errors = {w: 0 for w in WAYS}
             exact = {w: 0 for w in WAYS}
-            ref_words, rows = 0, []
+            ref_words, rows, audio_s, beam_s, nbest_ms = 0, [], 0.0, [0.0, 0.0], []
             for i in range(len(commands)):
                 aug = augment.random_chain(commands.clean(i), np.random.default_rng([seed, 99, i]), pool, chain)
                 got = decode(models, decoders, lm, aug.audio, lm_weight, word_bonus, beam)
+                audio_s += len(aug.audio) / ev.SAMPLE_RATE
+                beam_s = [beam_s[k] + got["seconds"][f"beam_{k}"] for k in range(2)]
+                nbest_ms.append(1000 * got["seconds"]["nbest"])
                 ref = ev.labels(commands.text(i), symbols, "<unk>")
                 ref_words += len(ref)
                 for way, words in got["ways"].items():
@@ -110,7 +121,10 @@ def run(first: Path, verifier: Path, lm_path: Path, n: int, seed: int, engines, 
                                "wrong": round(sum(w and p >= t for _, w, p in rows) / m, 4)} for t in THRESHOLDS}
             results["sets"].setdefault(engine, {"split": split})[cond] = {
                 "utterances": m, **{w: {"wer": round(errors[w] / max(1, ref_words), 4), "exact": round(exact[w] / m, 4)}
-                                    for w in WAYS}, "commands_by_least_posterior": kept}
+                                    for w in WAYS}, "commands_by_least_posterior": kept,
+                # compute (this process, shared machine): beam search seconds per second of audio, per recognizer;
+                # the segment-end rescoring in ms
+                "beam_rtf": [round(b / audio_s, 4) for b in beam_s], "nbest_ms": ev.percentiles(nbest_ms)}
             r = results["sets"][engine][cond]
             print(f"{engine:10s} {cond:6s} " + "  ".join(f"{w} {r[w]['wer']:.3f}/{r[w]['exact']:.3f}" for w in WAYS)
                   + f"  ({m} utterances, {time.time() - t0:.0f} s)", flush=True)

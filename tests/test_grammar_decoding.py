@@ -405,3 +405,14 @@ def test_a_bad_nbest_is_an_input_error_that_changes_nothing(parser_policy, bad):
         list(parser_policy.chunk(session, None, "go", {"revise": True, "nbest": bad}))
     assert session.parser.words == ["turn", "left"]
     assert list(parser_policy.end(session, {}))[-1].fields["command"] == "turn left"
+
+
+def test_with_a_wake_word_the_rescored_reading_must_have_it(parser_policy):
+    policy = CommandParserPolicy(parser_policy.model, PolicyOptions(stream_options={"min_confidence": 0.5,
+                                                                                    "wake_word": True}))
+    session = policy.open("s", {})
+    done = say(policy, session, "robot turn left", nbest=nb(("robot turn left", (0.9, 0.9)),
+                                                            ("turn left", (0.1, 0.1))))[-1].fields
+    assert done["command"] == "turn left" and done["confidence"] <= 0.9
+    done = say(policy, session, "robot turn left", nbest=nb(("turn left", (0.9, 0.9))))[-1].fields
+    assert done["command"] is None  # the rescoring took the wake word away: nothing was addressed to the robot

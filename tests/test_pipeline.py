@@ -236,6 +236,43 @@ def test_a_recognizer_node_with_a_verifier_forwards_the_first_ones_words_and_the
     assert got[-1].extra["verifier_words"]  # it heard something (the route without a verifier sends no such field)
 
 
+def test_a_recognizer_node_with_an_ngram_lm_sends_the_rescored_nbest_over_the_wire():
+    """launch/voice_commands_verified.toml's `ngram_lm`: the streamed words are unchanged; the `end`
+    carries the n-best (msgpack lists of maps) that ctc_beam computes from the two recognizers' frames;
+    a pause's `revise` chunk carries the best reading so far as its text."""
+    import edge_stream as es
+    from edge_stream.voice import ctc_beam
+    from edge_stream.voice.ctc import CtcDecoder
+    from edge_stream.voice.ngram import read_arpa
+
+    first, second = ROOT / "models" / "command-recognizer-multisynth", ROOT / "models" / "command-recognizer-embed"
+    lm_path = ROOT / "models" / "command-lm" / "lm.arpa"
+    audio = wav("command_4.wav")
+    got = run_recognizer_node(audio, route=recognizer_model(dir=str(first), verifier=str(second), ngram_lm=str(lm_path)),
+                              segment=2)
+    end = got[-1]
+    assert end.kind == "end" and end.extra["segment"] == 2
+    streamed = [m for m in got[:-1] if not m.extra.get("revise")]
+    assert [m.text for m in streamed] == runtime_words(audio, model_dir=first) and streamed
+    for m in got[:-1]:
+        if m.extra.get("revise"):
+            assert m.text == " ".join(m.extra["nbest"][0]["words"])
+    lm, recs, cands = read_arpa(lm_path), [], []
+    for d in (first, second):
+        model = es.load(d)
+        dec = CtcDecoder.from_model(model)
+        padded = np.concatenate([audio, np.zeros(-len(audio) % model.manifest.blocking.block, np.float32)])
+        frames = model.open_stream().feed(padded).logits
+        beam = ctc_beam.BeamDecoder(dec.symbols, dec.blank, lm, 0.8, 2.5, beam=8)
+        beam.update(frames)
+        recs.append((frames, dec.symbols, dec.blank))
+        cands += [h.words for h in beam.finish()] + [tuple(runtime_words(audio, model_dir=d))]
+    want = ctc_beam.nbest(recs, cands, lm, 0.8, 2.5)
+    sent = end.extra["nbest"]
+    assert sent[0]["words"] == want[0]["words"]
+    assert sent[0]["posteriors"] == pytest.approx(want[0]["posteriors"], abs=0.02)  # frames chunked otherwise
+
+
 @pytest.mark.parametrize("name", ["command_1.wav", "command_2.wav"])
 def test_recognizer_node_publishes_the_words_of_a_wav(name):
     got = run_recognizer_node(wav(name))

@@ -82,3 +82,22 @@ def test_early_partial_words_revise_the_transcript_and_retract_command_previews(
     ev.translate("vad", {"kind": "event", "event": "speech_start", "sample": 0}, 80)
     appended, = ev.translate("words", {"kind": "chunk", "segment": 1, "text": "stop", "replace_last": 1}, 90)
     assert appended["type"] == "conversation.item.input_audio_transcription.delta" and appended["delta"] == "stop"
+
+
+def test_a_rescoring_recognizers_revisions_rewrite_the_transcript():
+    """ngram_lm: a pause's `revise` chunk and the end's `nbest` replace the segment's words; the
+    client gets `transcription.revised` from the first word that changed, and nothing when none did."""
+    ev = realtime.SessionEvents("s1")
+    ev.translate("vad", {"kind": "event", "event": "speech_start", "sample": 0}, 0)
+    for word in ("turn", "lift", "ninety"):
+        ev.translate("words", {"kind": "chunk", "segment": 0, "text": word}, 0)
+    revised, = ev.translate("words", {"kind": "chunk", "segment": 0, "text": "turn left ninety", "revise": True}, 10)
+    assert (revised["replaced"], revised["words"], revised["transcript"]) == (2, ["left", "ninety"], "turn left ninety")
+    ev.translate("words", {"kind": "chunk", "segment": 0, "text": "degrees"}, 20)
+    nbest = [{"words": ["turn", "left", "ninety", "degrees"], "posteriors": [0.9, 0.8]}]
+    assert ev.translate("words", {"kind": "end", "segment": 0, "nbest": nbest}, 30) == []  # the same words
+    nbest[0]["words"][2] = "nineteen"
+    revised, = ev.translate("words", {"kind": "end", "segment": 0, "nbest": nbest}, 40)
+    assert (revised["replaced"], revised["words"]) == (2, ["nineteen", "degrees"])
+    completed, = ev.translate("recognizer", {"kind": "done", "segment": 0}, 50)
+    assert completed["transcript"] == "turn left nineteen degrees"

@@ -192,6 +192,8 @@ class SessionEvents:
         if ((role == "words" and kind == "chunk") or (role == "recognizer" and kind == "word")) \
                 and isinstance(h.get("text"), str):
             seg = self.segment(h.get("segment"))
+            if h.get("revise") is True:  # a rescoring recognizer (ngram_lm): the segment's words are these
+                return self._rewritten(seg, h["text"].split())
             replace = h.get("replace_last")
             if isinstance(replace, int) and not isinstance(replace, bool) and 0 < replace <= len(seg.words):
                 # an early partial word revised (docs/protocol.md "Revisions"): Realtime deltas only
@@ -202,6 +204,10 @@ class SessionEvents:
             seg.words.append(h["text"])
             return [{"type": "conversation.item.input_audio_transcription.delta", "item_id": seg.item_id,
                      "content_index": 0, "delta": delta}]
+        if role == "words" and kind == "end" and isinstance(h.get("nbest"), list) and h["nbest"] \
+                and isinstance(h["nbest"][0], dict) and isinstance(h["nbest"][0].get("words"), list):
+            seg = self.segment(h.get("segment"))
+            return self._rewritten(seg, [w for w in h["nbest"][0]["words"] if isinstance(w, str)])
         if role == "words" and kind == "end" and isinstance(h.get("final_confidences"), list):
             seg = self.segment(h.get("segment"))
             unconfirmed = len(seg.words) - len(h["final_confidences"])
@@ -222,6 +228,18 @@ class SessionEvents:
         if role == "lm":
             return self._lm(kind, h)
         return []
+
+    @staticmethod
+    def _rewritten(seg: _Segment, words: list) -> list[dict]:
+        """The segment's words replaced by a rescored reading: `transcription.revised` from the first
+        word that differs (nothing when none does)."""
+        keep = next((i for i, (a, b) in enumerate(zip(seg.words, words)) if a != b), min(len(seg.words), len(words)))
+        if keep == len(seg.words) == len(words):
+            return []
+        replaced = len(seg.words) - keep
+        seg.words[:] = words
+        return [{"type": "transcription.revised", "item_id": seg.item_id, "replaced": replaced,
+                 "words": words[keep:], "transcript": " ".join(words)}]
 
     @staticmethod
     def _revised(seg: _Segment, replaced: int, taken_back: bool = False) -> dict:
