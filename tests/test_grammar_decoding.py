@@ -416,3 +416,20 @@ def test_with_a_wake_word_the_rescored_reading_must_have_it(parser_policy):
     assert done["command"] == "turn left" and done["confidence"] <= 0.9
     done = say(policy, session, "robot turn left", nbest=nb(("turn left", (0.9, 0.9))))[-1].fields
     assert done["command"] is None  # the rescoring took the wake word away: nothing was addressed to the robot
+
+
+def test_a_pause_rescoring_that_makes_the_command_sure_publishes_it_before_the_end(parser_policy):
+    """Streamed words below min_confidence hold their fields back; the pause's n-best says the
+    recognizers agree, so a delta with the command as it stands goes out then, not at `done`."""
+    session = parser_policy.open("s", {})
+    outs = []
+    for w in "turn left".split():
+        outs += list(parser_policy.chunk(session, None, w, {"confidence": 0.3}))
+    assert not [o for o in outs if o.kind == "delta"]  # held back: 0.3 < 0.5
+    caught = list(parser_policy.chunk(session, None, "turn left", {"revise": True,
+                                                                  "nbest": nb(("turn left", (0.97, 0.95)))}))
+    assert [(o.kind, o.fields["fields"], o.fields["command"]) for o in caught] == [("delta", [], "turn left")]
+    again = list(parser_policy.chunk(session, None, "turn left", {"revise": True,
+                                                                 "nbest": nb(("turn left", (0.97, 0.95)))}))
+    assert again == []  # nothing new
+    assert list(parser_policy.end(session, {"nbest": nb(("turn left", (0.97, 0.95)))}))[-1].fields["command"] == "turn left"

@@ -717,8 +717,7 @@ class RecognizerPolicy(BlockPolicy):
         """ngram_lm: once the first recognizer has heard PAUSE_RESCORE_MS without a word, the segment so
         far rescored (`nbest`), forwarded as a text chunk with `revise: true` (the words since the
         segment began are these), so the parser has the rescored command before the VAD ends the
-        segment. None when not due (once per pause) or when the best hypothesis has no words or is
-        the words the parser already has."""
+        segment. None when not due (once per pause) or when the best hypothesis has no words."""
         search = session.search
         if search is None or not search.frames or search.rescored_at == search.last_word_frame:
             return None
@@ -727,9 +726,9 @@ class RecognizerPolicy(BlockPolicy):
             return None
         search.rescored_at = search.last_word_frame
         nbest = self._nbest(session)
-        if not nbest[0]["words"] or nbest[0]["words"] == search.sent:
-            return None  # nothing to say, or nothing new: the parser has these words
-        search.sent = list(nbest[0]["words"])
+        if not nbest[0]["words"]:
+            return None
+        search.sent = list(nbest[0]["words"])  # sent even when the words are the same: the posteriors are new
         fields = {"revise": True, "nbest": nbest, **({"segment": extra["segment"]} if "segment" in extra else {})}
         return Forward("chunk", "word", fields, text=" ".join(nbest[0]["words"]))
 
@@ -815,6 +814,7 @@ class ParserStream:
     woke_word: int | None = None  # index (in the utterance) of the word that woke it: a revision of it undoes that
     before: int = 0  # words of the previous utterances: a delta's `upto` is before + its word count
     heard_words: list = field(default_factory=list)  # ngram_lm: words a rescoring replaced (the end's safety check)
+    published: str = ""  # the command of the utterance's last delta ("" before any)
 
     def reset(self) -> None:
         self.parser.reset()
@@ -823,6 +823,7 @@ class ParserStream:
         self.woke_word = None
         self.before = 0
         self.heard_words.clear()
+        self.published = ""
 
 
 # From the voice report's confidence trade-off (docs/voice_commands.md, `choose_threshold`). Interim:
@@ -987,6 +988,7 @@ class CommandParserPolicy(Policy):
             if p.confidence < session.min_confidence:
                 return  # not sure yet: the fields wait for `done` (or `not_understood`)
         command = fold(self._awake_tokens(session, p.tokens)).text()
+        session.published = command
         yield Output("delta", {"fields": got, "command": command, "word": word,
                                **({"segment": extra["segment"]} if "segment" in extra else {})},
                      infer_ms=_ms_since(t0), upto=self._upto(session))
@@ -1023,7 +1025,7 @@ class CommandParserPolicy(Policy):
             # an LM that finds "ahead" likelier than "never ahead" would otherwise move the robot.
             lost = (set(streamed) | set(second or ())) & SAFETY_WORDS - set(words)
             heard_safety = sorted(lost) or None
-        session.heard_words = []
+        session.heard_words, session.published = [], ""
         session.before += len(words)
         p.end()
         got, confidence = p.end_fields, p.confidence
@@ -1088,12 +1090,33 @@ class CommandParserPolicy(Policy):
         if self.cfg.wait_for_end:
             session.held = [(w, confidence) for w in words]
             return
+        if len(p.words) > keep:
+            session.published = ""  # the retracts void deltas: the command so far goes out again
         while len(p.words) > keep:
             yield from self._take_back(session)
         if confidence is not None and p.words:
             p.set_word_confidences([confidence] * len(p.words))
         for word in words[keep:]:
             yield from self._push(session, word, confidence, extra)
+        yield from self._catch_up(session, extra)
+
+    def _catch_up(self, session, extra: dict) -> Iterator[Output]:
+        """After a rescoring: when the command so far is now sure enough to publish but its last delta
+        said otherwise (fields held back below min_confidence, or deltas retracted), a delta with no
+        new fields and the command as it stands, so a controller knows it before the segment ends."""
+        from edge_stream.voice.command_parser import fold
+
+        p = session.parser
+        if not p.words or p.confidence < session.min_confidence:
+            return
+        if session.wake_word is not None and session.woke_at is None:
+            return
+        command = fold(self._awake_tokens(session, p.tokens)).text()
+        if command and command != session.published:
+            session.published = command
+            yield Output("delta", {"fields": [], "command": command, "word": None,
+                                   **({"segment": extra["segment"]} if "segment" in extra else {})},
+                         upto=self._upto(session))
 
     def _nbest(self, extra: dict) -> list | None:
         """An end's `nbest` (the recognizer route's rescored hypotheses), checked; None when absent."""
