@@ -433,3 +433,13 @@ def test_a_pause_rescoring_that_makes_the_command_sure_publishes_it_before_the_e
                                                                  "nbest": nb(("turn left", (0.97, 0.95)))}))
     assert again == []  # nothing new
     assert list(parser_policy.end(session, {"nbest": nb(("turn left", (0.97, 0.95)))}))[-1].fields["command"] == "turn left"
+
+
+def test_no_early_command_from_a_rescoring_that_lost_a_negation(parser_policy):
+    session = parser_policy.open("s", {})
+    for w in "never go ahead".split():
+        list(parser_policy.chunk(session, None, w, {"confidence": 0.3}))
+    caught = list(parser_policy.chunk(session, None, "go ahead", {"revise": True, "nbest": nb(("go ahead", (1.0, 1.0)))}))
+    assert not [o for o in caught if o.kind == "delta" and o.fields["command"]]
+    outs = list(parser_policy.end(session, {"nbest": nb(("go ahead", (1.0, 1.0)))}))
+    assert next(o.fields for o in outs if o.kind == "not_understood")["reason"] == "rescored"

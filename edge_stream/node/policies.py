@@ -1040,12 +1040,12 @@ class CommandParserPolicy(Policy):
             second = second[second.index(session.wake_word):] if session.wake_word in second else []
         reason = None
         if result.commands and not stop_only:
-            if confidence < session.min_confidence:
+            if heard_safety is not None:
+                reason = "rescored"
+            elif confidence < session.min_confidence:
                 reason = "confidence"
             elif session.grammar_check and command_of(awake_words).text() != result.text():
                 reason = "grammar"
-            elif heard_safety is not None:
-                reason = "rescored"
             elif second is not None and nbest is None and command_of(second).text() != result.text():
                 reason = "verifier"
         if reason is not None:
@@ -1087,6 +1087,8 @@ class CommandParserPolicy(Policy):
         if nbest is not None:
             cut = words.index(session.wake_word) if session.wake_word in words else (len(words) if session.wake_word else 0)
             confidence = _command_posterior(nbest, command_of(words[cut:]).text(), session.wake_word)
+        if (set(session.heard_words) & SAFETY_WORDS) - set(words):
+            confidence = 0.0  # it lost a safety word a recognizer heard: nothing of it goes out (the end refuses it)
         if self.cfg.wait_for_end:
             session.held = [(w, confidence) for w in words]
             return
@@ -1103,8 +1105,10 @@ class CommandParserPolicy(Policy):
     def _catch_up(self, session, extra: dict) -> Iterator[Output]:
         """After a rescoring: when the command so far is now sure enough to publish but its last delta
         said otherwise (fields held back below min_confidence, or deltas retracted), a delta with no
-        new fields and the command as it stands, so a controller knows it before the segment ends."""
+        new fields and the command as it stands, so a controller knows it before the segment ends.
+        Not when the end's checks would refuse it (grammar, a lost safety word)."""
         from edge_stream.voice.command_parser import fold
+        from edge_stream.voice.grammar import command_of
 
         p = session.parser
         if not p.words or p.confidence < session.min_confidence:
@@ -1112,11 +1116,17 @@ class CommandParserPolicy(Policy):
         if session.wake_word is not None and session.woke_at is None:
             return
         command = fold(self._awake_tokens(session, p.tokens)).text()
-        if command and command != session.published:
-            session.published = command
-            yield Output("delta", {"fields": [], "command": command, "word": None,
-                                   **({"segment": extra["segment"]} if "segment" in extra else {})},
-                         upto=self._upto(session))
+        if not command or command == session.published:
+            return
+        awake = p.words[session.woke_word:] if session.wake_word else p.words
+        if session.grammar_check and command_of(awake).text() != command:
+            return  # the end would refuse it (reason "grammar"): no preview of it either
+        if (set(session.heard_words) & SAFETY_WORDS) - set(p.words):
+            return  # nor of one that lost a safety word (reason "rescored")
+        session.published = command
+        yield Output("delta", {"fields": [], "command": command, "word": None,
+                               **({"segment": extra["segment"]} if "segment" in extra else {})},
+                     upto=self._upto(session))
 
     def _nbest(self, extra: dict) -> list | None:
         """An end's `nbest` (the recognizer route's rescored hypotheses), checked; None when absent."""
