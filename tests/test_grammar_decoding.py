@@ -443,3 +443,48 @@ def test_no_early_command_from_a_rescoring_that_lost_a_negation(parser_policy):
     assert not [o for o in caught if o.kind == "delta" and o.fields["command"]]
     outs = list(parser_policy.end(session, {"nbest": nb(("go ahead", (1.0, 1.0)))}))
     assert next(o.fields for o in outs if o.kind == "not_understood")["reason"] == "rescored"
+
+
+def test_variants_put_each_phrase_in_at_the_first_places_and_the_end():
+    got = ctc_beam.variants(("go", "ahead"), [("don't",)], positions=1)
+    assert got == [("don't", "go", "ahead"), ("don't", "ahead"), ("go", "don't", "ahead"), ("go", "don't"),
+                   ("go", "ahead", "don't")]
+
+
+def test_a_stop_the_verifier_did_not_confirm_still_counts_as_heard_for_the_rescoring(parser_policy):
+    session = parser_policy.open("s", {})
+    list(parser_policy.chunk(session, None, "go", {"confidence": 0.99}))
+    list(parser_policy.chunk(session, None, "ahead", {"confidence": 0.99}))
+    list(parser_policy.chunk(session, None, "freeze", {"confidence": 0.99, "unconfirmed": True}))
+    outs = list(parser_policy.end(session, {"nbest": nb(("go ahead please", (1.0, 1.0)))}))
+    nu = next(o.fields for o in outs if o.kind == "not_understood")
+    assert nu["reason"] == "rescored" and outs[-1].fields["command"] is None
+
+
+def test_the_route_scores_the_best_reading_with_safety_phrases_put_in(first_model):
+    from edge_stream.node.policies import SAFETY_PHRASES
+
+    policy = recognizer(first_model, verifier=str(VERIFIER), ngram_lm=str(LM))
+    audio, _ = read_wav_float32(sorted(DATA.glob("command_*.wav"))[0])
+    session = policy.open("s", {})
+    list(policy.chunk(session, audio, None, {"sr": 16000}))
+    fields = [o for o in policy.end(session, {}) if o.kind == "end"][0].fields
+    lm = ngram.read_arpa(LM)
+    recs, cands = [], []
+    for search, dec in ((session.search, policy._decoder), (session.check.search, policy._check_decoder)):
+        assert not search.frames  # the end reset the segment
+    # the same frames again, kept this time, to compare with and without the challenges
+    session = policy.open("s", {})
+    list(policy.chunk(session, audio, None, {"sr": 16000}))
+    list(policy._run(session.blocks, session.decoder, np.zeros(0, np.float32), 16000, True, session.search))
+    list(policy._run(session.check.blocks, session.check.decoder, np.zeros(0, np.float32), 16000, True,
+                     session.check.search))
+    for search, dec in ((session.search, policy._decoder), (session.check.search, policy._check_decoder)):
+        recs.append((np.concatenate(search.frames), dec.symbols, dec.blank))
+        cands += [h.words for h in search.beam.finish()] + [tuple(search.greedy)]
+    plain = ctc_beam.nbest(recs, cands, lm, 0.8, 2.5)
+    challenged = ctc_beam.nbest(recs, cands, lm, 0.8, 2.5, limit=1000, min_posterior=0.0,
+                                challenges=SAFETY_PHRASES)
+    assert challenged[0]["words"] == plain[0]["words"] == fields["nbest"][0]["words"]
+    said = [tuple(e["words"]) for e in challenged]
+    assert ("don't", *plain[0]["words"]) in said  # the best reading with a negation before it was scored

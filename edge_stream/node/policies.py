@@ -794,7 +794,7 @@ class RecognizerPolicy(BlockPolicy):
             recognizers.append((np.concatenate(search.frames), dec.symbols, dec.blank))
             candidates += [h.words for h in search.beam.finish()] + [tuple(search.greedy)]
         return nbest(recognizers, candidates, self.lm, c.lm_weight, c.word_bonus, self.NBEST_MIN_POSTERIOR,
-                     self.NBEST_MAX)
+                     self.NBEST_MAX, challenges=SAFETY_PHRASES)
 
     def describe(self, session) -> dict:
         return {"samples": session.blocks.samples_fed, "words": session.words,
@@ -834,6 +834,10 @@ DEFAULT_MIN_CONFIDENCE = 0.5
 PARSER_OPTIONS = ("min_confidence", "wake_word", "grammar_check")
 # Words that keep the robot still (a stop, a negation, a cancel, a question): rescoring must not lose one a recognizer heard.
 SAFETY_WORDS = frozenset(STOP_WORDS + NEGATIONS + CANCEL_WORDS + QUESTION_WORDS)
+# The phrases the recognizer route tries in the best reading (ctc_beam.nbest's `challenges`): one the audio
+# supports takes posterior from a motion it would have cancelled.
+SAFETY_PHRASES = (("don't",), ("do", "not"), ("never",), ("did", "you"), ("does", "it"), ("is", "it"), ("what",),
+                  ("cancel",), ("forget", "it"), ("never", "mind"))
 UNCONFIRMED = "<unk>"  # the recognizers' word outside the grammar: how the parser reads a stop word the recognizer marked `unconfirmed`
 
 
@@ -898,6 +902,7 @@ class CommandParserPolicy(Policy):
         if not isinstance(unconfirmed, bool):
             raise InputError(f"{self.model.name}: 'unconfirmed' must be true or false, got {unconfirmed!r}")
         if unconfirmed:
+            session.heard_words = sorted(set(session.heard_words) | (set(words) & set(STOP_WORDS)))  # heard, if unconfirmed
             words = [UNCONFIRMED if w in STOP_WORDS else w for w in words]
         if extra.get("revise") is True:  # the recognizer's rescoring at a pause: the segment's words are these
             nbest = self._nbest(extra)  # checked before anything changes

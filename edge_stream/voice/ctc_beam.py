@@ -200,17 +200,40 @@ def rescore(recognizers: Sequence[tuple[np.ndarray, Sequence[str], int, float]],
     return [Hypothesis(cands[i], float(scores[i]), float(post[i])) for i in order]
 
 
+def variants(words: Sequence[str], phrases: Sequence[Sequence[str]], positions: int = 4) -> list[tuple]:
+    """`words` with each of `phrases` put in at each of its first `positions` places (and at its end):
+    inserted before the word there, and in place of it."""
+    words = tuple(words)
+    out = []
+    for phrase in phrases:
+        phrase = tuple(phrase)
+        for i in list(range(min(len(words), positions) + 1)) + [len(words)]:
+            out.append(words[:i] + phrase + words[i:])
+            if i < len(words):
+                out.append(words[:i] + phrase + words[i + 1:])
+    return list(dict.fromkeys(out))
+
+
 def nbest(recognizers: Sequence[tuple[np.ndarray, Sequence[str], int]], candidates, lm: NGramLM | None,
-          lm_weight: float, word_bonus: float, min_posterior: float = 1e-4, limit: int = 16) -> list[dict]:
+          lm_weight: float, word_bonus: float, min_posterior: float = 1e-4, limit: int = 16,
+          challenges: Sequence[Sequence[str]] = ()) -> list[dict]:
     """What a recognizer route sends at a segment's end: `candidates` (each recognizer's beam search and
     greedy words) scored by all `recognizers` ((log-probs, labels, blank) each, weight 1) and the LM,
     best first, as {"words", "posteriors"}: one posterior per recognizer, its own CTC score with the
     LM over the same list (how likely that recognizer finds this reading against the others). Why
     one per recognizer: a reading both find likely is one neither misheard alone; the parser's
     confidence in a command is the least of them. Entries below `min_posterior` under every
-    recognizer are left out (the best always stays), at most `limit`."""
+    recognizer are left out (the best always stays), at most `limit`.
+
+    `challenges`: phrases that would change what the best reading means ("don't", "did you"): the
+    best reading with each put in (`variants`) is scored too, so a word neither search kept but the
+    audio supports ("so don't go" heard as "go go") takes its share of the posterior instead of
+    leaving the best reading sure of itself."""
     recs = [(frames, labels, blank, 1.0) for frames, labels, blank in recognizers]
     fused = rescore(recs, candidates, lm, lm_weight, word_bonus)
+    if challenges and fused:
+        fused = rescore(recs, [h.words for h in fused] + variants(fused[0].words, challenges), lm, lm_weight,
+                        word_bonus)
     words = [h.words for h in fused]
     each = [{h.words: h.posterior for h in rescore([r], words, lm, lm_weight, word_bonus)} for r in recs]
     out = [{"words": list(w), "posteriors": [round(p[w], 6) for p in each]} for w in words]
