@@ -208,12 +208,12 @@ def test_partial_words_on_a_route_that_is_no_recognizer_is_a_config_error():
                      "partial_words": True}])
 
 
-@pytest.mark.parametrize("fields", [{"replace_last": 2}, {"revise": True}], ids=["replace_last_2", "revise"])
+@pytest.mark.parametrize("fields", [{"replace_last": 2}, {"replace_last": 3}], ids=["replace_last_2", "replace_last_3"])
 def test_the_parser_refuses_any_revision_but_one_word_and_serves_the_next_chunk(parser_node, fields):
     parser = parser_node
     sub = Subscriber(["commands/", "errors"], connect=parser.endpoints["output"], prefix=True)
     tap = Publisher("words", connect=parser.endpoints["input"])
-    stream = f"refused-{next(iter(fields))}"
+    stream = "refused-" + "-".join(f"{k}{v}" for k, v in fields.items())
     try:
         assert tap.wait_ready(5.0)
         wait_subscribed(parser, sub)
@@ -227,6 +227,28 @@ def test_the_parser_refuses_any_revision_but_one_word_and_serves_the_next_chunk(
     (err,) = [r.header for r in got if r.kind == "error"]
     assert err["code"] == "input" and err["in_seq"] == seq and "one word at a time" in err["reason"]
     assert got[-1].header["command"] == "turn right"  # the refused chunk changed nothing
+
+
+def test_a_revise_chunk_replaces_the_segments_words_over_the_wire(parser_node):
+    """A rescoring recognizer's `revise: true` (docs/protocol.md, "Grammar-aware decoding"): the text's words
+    replace the segment's words; the replaced word's fields are retracted and the new ones sent."""
+    parser = parser_node
+    sub = Subscriber(["commands/"], connect=parser.endpoints["output"], prefix=True)
+    tap = Publisher("words", connect=parser.endpoints["input"])
+    try:
+        assert tap.wait_ready(5.0)
+        wait_subscribed(parser, sub)
+        tap.send(text="turn", stream="rev", confidence=0.99)
+        tap.send(text="right", stream="rev", confidence=0.99)
+        tap.send(text="turn left", stream="rev", revise=True)
+        tap.end(stream="rev")
+        got = collect(sub, lambda r: r.kind == "done", timeout=10.0)
+    finally:
+        tap.close()
+        sub.close()
+    kinds = [r.kind for r in got]
+    assert "retract" in kinds and kinds.index("retract") < len(kinds) - 1
+    assert got[-1].header["words"] == ["turn", "left"] and got[-1].header["command"] == "turn left"
 
 
 def test_the_reports_in_process_chain_with_early_partials_gives_the_commands_and_words_without_them(vad_dir):
