@@ -179,30 +179,12 @@ def test_rescore_scores_with_every_recognizer_and_gives_a_distribution(lm):
 # ----- the route and the parser -------------------------------------------------------------------
 
 
-def route(**options) -> dict:
-    return {"name": "recognizer", "dir": str(FIRST), "topics": ["speech"], "forward_topic": "words", **options}
+from test_verifier import first_model, gate, recognizer, say  # noqa: E402,F401  the route as the node builds it (fixtures too)
 
 
 def config(models: list):
     return make_node_config(name="n", input={"bind": ["tcp://127.0.0.1:*"]}, output={"bind": ["tcp://127.0.0.1:*"]},
                             models=models)
-
-
-@pytest.fixture(scope="module")
-def first_model():
-    return es.load(FIRST, intra_op_threads=1)
-
-
-def recognizer(first_model, **options):
-    return policy_for(first_model, config([route(**options)]).models[0])
-
-
-@pytest.fixture(scope="module")
-def gate():
-    from edge_stream.node.config import load_launch
-
-    cfg = next(n for n in load_launch(ROOT / "launch" / "voice_commands_verified.toml").nodes if n.name == "vad").models[0]
-    return policy_for(es.load(cfg.dir, intra_op_threads=1), cfg)
 
 
 def forwarded(gate, policy, audio, tail_s: float = 1.0) -> list:
@@ -318,13 +300,6 @@ def test_ngram_lm_is_for_recognizer_routes():
 def parser_policy():
     return CommandParserPolicy(es.load(PARSER_DIR, intra_op_threads=1), PolicyOptions(stream_options={
         "min_confidence": 0.5}))
-
-
-def say(policy, session, text: str, **end_fields) -> list:
-    outs = []
-    for w in text.split():
-        outs += list(policy.chunk(session, None, w, {"confidence": 0.99, "segment": 0}))
-    return outs + list(policy.end(session, {"segment": 0, **end_fields}))
 
 
 def nb(*entries) -> list:

@@ -184,20 +184,27 @@ def test_a_forced_revision_retracts_the_replaced_words_fields_then_sends_the_cor
     assert got[-1].header["command"] == "turn right" and got[-1].header["words"] == ["turn", "right"]
 
 
-def test_an_end_with_fewer_final_words_takes_the_unconfirmed_partial_back(parser_node):
-    parser = parser_node
+def said_to(parser, stream: str, chunks: list[dict], **end_fields) -> list:
+    """Word chunks published to the parser node's input as a recognizer would, then the end; every
+    parser output up to the `done`."""
     sub = Subscriber(["commands/"], connect=parser.endpoints["output"], prefix=True)
     tap = Publisher("words", connect=parser.endpoints["input"])
     try:
         assert tap.wait_ready(5.0)
         wait_subscribed(parser, sub)
-        tap.send(text="turn", stream="withdrawn", confidence=0.9, partial=True)
-        tap.send(text="left", stream="withdrawn", confidence=0.9, partial=True)
-        tap.end(stream="withdrawn", final_confidences=[0.9])  # "left" never won: it was not said
-        got = collect(sub, lambda r: r.kind == "done", timeout=10.0)
+        for chunk in chunks:
+            tap.send(stream=stream, **chunk)
+        tap.end(stream=stream, **end_fields)
+        return collect(sub, lambda r: r.kind == "done", timeout=10.0)
     finally:
         tap.close()
         sub.close()
+
+
+def test_an_end_with_fewer_final_words_takes_the_unconfirmed_partial_back(parser_node):
+    got = said_to(parser_node, "withdrawn", [{"text": "turn", "confidence": 0.9, "partial": True},
+                                             {"text": "left", "confidence": 0.9, "partial": True}],
+                  final_confidences=[0.9])  # "left" never won: it was not said
     assert "retract" in [r.kind for r in got]
     assert got[-1].header["words"] == ["turn"] and got[-1].header["command"] == "turn"
 
@@ -232,20 +239,8 @@ def test_the_parser_refuses_any_revision_but_one_word_and_serves_the_next_chunk(
 def test_a_revise_chunk_replaces_the_segments_words_over_the_wire(parser_node):
     """A rescoring recognizer's `revise: true` (docs/protocol.md, "Grammar-aware decoding"): the text's words
     replace the segment's words; the replaced word's fields are retracted and the new ones sent."""
-    parser = parser_node
-    sub = Subscriber(["commands/"], connect=parser.endpoints["output"], prefix=True)
-    tap = Publisher("words", connect=parser.endpoints["input"])
-    try:
-        assert tap.wait_ready(5.0)
-        wait_subscribed(parser, sub)
-        tap.send(text="turn", stream="rev", confidence=0.99)
-        tap.send(text="right", stream="rev", confidence=0.99)
-        tap.send(text="turn left", stream="rev", revise=True)
-        tap.end(stream="rev")
-        got = collect(sub, lambda r: r.kind == "done", timeout=10.0)
-    finally:
-        tap.close()
-        sub.close()
+    got = said_to(parser_node, "rev", [{"text": "turn", "confidence": 0.99}, {"text": "right", "confidence": 0.99},
+                                       {"text": "turn left", "revise": True}])
     kinds = [r.kind for r in got]
     assert "retract" in kinds and kinds.index("retract") < len(kinds) - 1
     assert got[-1].header["words"] == ["turn", "left"] and got[-1].header["command"] == "turn left"
