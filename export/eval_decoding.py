@@ -12,9 +12,9 @@ rescored by both (`edge_stream.voice.ctc_beam.nbest`: what the recognizer route'
 Figures: WER and exact utterances of each; and, for the rescored best, how often the grammar's
 reading of it (`grammar.command_of`) is the phrase's command ("right") or another command ("wrong")
 when it is kept only at a least-posterior of at least t (the parser's confidence, without the
-parser network's token probabilities). Compute: the beam searches' seconds per second of audio (run
-block by block, as the route runs them) and the segment-end rescoring's milliseconds; pin the process
-to one core (`taskset -c 1`) for a one-core figure.
+parser network's token probabilities: `grammar.command_posterior`). Compute: the beam searches'
+seconds per second of audio (run block by block, as the route runs them) and the segment-end
+rescoring's milliseconds; pin the process to one core (`taskset -c 1`) for a one-core figure.
 """
 
 from __future__ import annotations
@@ -70,23 +70,11 @@ def decode(models, decoders, lm, audio: np.ndarray, lm_weight: float, word_bonus
     return {"ways": ways, "nbest": best, "seconds": seconds}
 
 
-def least_posterior(best: list[dict], command: str) -> float:
-    """The parser's rule (policies._command_posterior, no wake word): the least, over the recognizers,
-    of the n-best mass that reads as `command`."""
-    from edge_stream.voice.grammar import command_of
-
-    mass = np.zeros(len(best[0]["posteriors"]))
-    for e in best:
-        if command_of(e["words"]).text() == command:
-            mass += e["posteriors"]
-    return float(min(1.0, mass.min()))
-
-
 def run(first: Path, verifier: Path, lm_path: Path, n: int, seed: int, engines, lm_weight: float,
         word_bonus: float, beam: int) -> dict:
     import edge_stream as es
     from edge_stream.voice.ctc import CtcDecoder
-    from edge_stream.voice.grammar import command_of
+    from edge_stream.voice.grammar import command_of, command_posterior
     from edge_stream.voice.ngram import read_arpa
 
     models = [es.load(first, intra_op_threads=1), es.load(verifier, intra_op_threads=1)]
@@ -115,7 +103,7 @@ def run(first: Path, verifier: Path, lm_path: Path, n: int, seed: int, engines, 
                     exact[way] += d == 0
                 said = command_of(commands.text(i).split()).text()
                 heard = command_of(got["ways"]["rescored"]).text()
-                rows.append((heard == said, heard != "" and heard != said, least_posterior(got["nbest"], heard)))
+                rows.append((heard == said, heard != "" and heard != said, command_posterior(got["nbest"], heard)))
             m = len(commands)
             kept = {f"{t:g}": {"right": round(sum(r and p >= t for r, _, p in rows) / m, 4),
                                "wrong": round(sum(w and p >= t for _, w, p in rows) / m, 4)} for t in THRESHOLDS}

@@ -138,6 +138,20 @@ def test_a_wide_beam_without_an_lm_finds_the_most_probable_labelling_in_any_chun
     assert [(h.words, round(h.score, 9)) for h in pieces.finish()] == [(h.words, round(h.score, 9)) for h in hyps]
 
 
+def test_a_long_update_that_prunes_the_priors_decodes_as_frame_by_frame_updates(lm):
+    """A narrow beam over many frames in one call: the priors are pruned to the live hypotheses
+    mid-call, and hypotheses made after that must still find their parents' priors."""
+    symbols = ["<blank>"] + grammar.recognizer_vocabulary()
+    logits = np.random.default_rng(7).normal(size=(400, len(symbols))) * 3
+    whole = ctc_beam.BeamDecoder(symbols, 0, lm, beam=1, top_k=8)
+    whole.update(logits)
+    frames = ctc_beam.BeamDecoder(symbols, 0, lm, beam=1, top_k=8)
+    for t in range(len(logits)):
+        frames.update(logits[t:t + 1])
+    assert [(h.words, round(h.score, 6)) for h in whole.finish()] == [(h.words, round(h.score, 6))
+                                                                      for h in frames.finish()]
+
+
 def test_the_lm_brings_back_a_word_whose_spike_never_beat_the_blank(lm):
     """"turn left ninety degrees" where "ninety" only reaches 0.3 under a 0.7 blank: greedy drops it,
     the beam search with the grammar keeps it."""
@@ -245,7 +259,10 @@ def test_the_route_streams_the_same_words_and_ends_with_the_rescored_nbest(first
 
 
 def test_the_nbest_is_what_ctc_beam_finds_on_the_recognizers_frames(first_model):
-    """Parity: the route's n-best equals BeamDecoder + rescore run directly on the two models' frames."""
+    """Parity: the route's n-best equals BeamDecoder + ctc_beam.nbest (with the route's safety phrases)
+    run directly on the two models' frames; and those phrases were tried in the best reading."""
+    from edge_stream.node.policies import SAFETY_PHRASES
+
     verifier = es.load(VERIFIER, intra_op_threads=1)
     policy = recognizer(first_model, verifier=str(VERIFIER), ngram_lm=str(LM))
     audio, _ = read_wav_float32(sorted(DATA.glob("command_*.wav"))[0])
@@ -267,15 +284,17 @@ def test_the_nbest_is_what_ctc_beam_finds_on_the_recognizers_frames(first_model)
                                  for i in range(0, len(padded), 16000)])
         beam = ctc_beam.BeamDecoder(dec.symbols, dec.blank, lm, 0.8, 2.5, beam=8)
         beam.update(logits)
-        recs.append((logits, dec.symbols, dec.blank, 1.0))
+        recs.append((logits, dec.symbols, dec.blank))
         cands += [h.words for h in beam.finish()] + [tuple(w.word for w in dec.update(logits).words + dec.finish().words)]
-    want = ctc_beam.rescore(recs, cands, lm, 0.8, 2.5)
-    assert end["nbest"][0]["words"] == list(want[0].words)
-    each = ctc_beam.rescore([recs[0]], [h.words for h in want], lm, 0.8, 2.5)
-    first_post = {h.words: h.posterior for h in each}
+    want = ctc_beam.nbest(recs, cands, lm, 0.8, 2.5, challenges=SAFETY_PHRASES)
+    assert end["nbest"][0]["words"] == want[0]["words"]
     # the frames of a random chunking differ from one 1 s chunking in the last float bits, which sums over
     # a hundred frames carry into the scores: posteriors agree to 0.02
-    assert end["nbest"][0]["posteriors"][0] == pytest.approx(first_post[want[0].words], abs=0.02)
+    assert end["nbest"][0]["posteriors"] == pytest.approx(want[0]["posteriors"], abs=0.02)
+    every = ctc_beam.nbest(recs, cands, lm, 0.8, 2.5, min_posterior=0.0, limit=1000, challenges=SAFETY_PHRASES)
+    assert ("don't", *want[0]["words"]) in [tuple(e["words"]) for e in every]  # a negation before it was scored
+    plain = ctc_beam.nbest(recs, cands, lm, 0.8, 2.5, min_posterior=0.0, limit=1000)
+    assert len(every) > len(plain) and plain[0]["words"] == want[0]["words"]
 
 
 @pytest.mark.parametrize("options, error", [
@@ -434,32 +453,3 @@ def test_a_stop_the_verifier_did_not_confirm_still_counts_as_heard_for_the_resco
     outs = list(parser_policy.end(session, {"nbest": nb(("go ahead please", (1.0, 1.0)))}))
     nu = next(o.fields for o in outs if o.kind == "not_understood")
     assert nu["reason"] == "rescored" and outs[-1].fields["command"] is None
-
-
-def test_the_route_scores_the_best_reading_with_safety_phrases_put_in(first_model):
-    from edge_stream.node.policies import SAFETY_PHRASES
-
-    policy = recognizer(first_model, verifier=str(VERIFIER), ngram_lm=str(LM))
-    audio, _ = read_wav_float32(sorted(DATA.glob("command_*.wav"))[0])
-    session = policy.open("s", {})
-    list(policy.chunk(session, audio, None, {"sr": 16000}))
-    fields = [o for o in policy.end(session, {}) if o.kind == "end"][0].fields
-    lm = ngram.read_arpa(LM)
-    recs, cands = [], []
-    for search, dec in ((session.search, policy._decoder), (session.check.search, policy._check_decoder)):
-        assert not search.frames  # the end reset the segment
-    # the same frames again, kept this time, to compare with and without the challenges
-    session = policy.open("s", {})
-    list(policy.chunk(session, audio, None, {"sr": 16000}))
-    list(policy._run(session.blocks, session.decoder, np.zeros(0, np.float32), 16000, True, session.search))
-    list(policy._run(session.check.blocks, session.check.decoder, np.zeros(0, np.float32), 16000, True,
-                     session.check.search))
-    for search, dec in ((session.search, policy._decoder), (session.check.search, policy._check_decoder)):
-        recs.append((np.concatenate(search.frames), dec.symbols, dec.blank))
-        cands += [h.words for h in search.beam.finish()] + [tuple(search.greedy)]
-    plain = ctc_beam.nbest(recs, cands, lm, 0.8, 2.5)
-    challenged = ctc_beam.nbest(recs, cands, lm, 0.8, 2.5, limit=1000, min_posterior=0.0,
-                                challenges=SAFETY_PHRASES)
-    assert challenged[0]["words"] == plain[0]["words"] == fields["nbest"][0]["words"]
-    said = [tuple(e["words"]) for e in challenged]
-    assert ("don't", *plain[0]["words"]) in said  # the best reading with a negation before it was scored

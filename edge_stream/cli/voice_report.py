@@ -181,9 +181,7 @@ class PolicyChain:
             if stage == 2 and out.kind == "chunk" and out.fields.get("replace_last"):
                 result.words[-1] = out.text  # an early partial word revised
             elif stage == 2 and out.kind == "chunk" and out.fields.get("revise"):  # rescored at a pause
-                del result.words[len(result.words) - result.segment_words:]
-                result.words += out.text.split()
-                result.segment_words = len(out.text.split())
+                result.replace_segment(out.text.split())
             elif stage == 2 and out.kind == "chunk":
                 result.words.append(out.text)
                 result.segment_words += 1
@@ -193,8 +191,7 @@ class PolicyChain:
                     del result.words[len(result.words) - (result.segment_words - len(finals)):]
                 nbest = out.fields.get("nbest")  # grammar-aware decoding: the parser takes the best hypothesis
                 if nbest:
-                    del result.words[len(result.words) - result.segment_words:]
-                    result.words += nbest[0]["words"]
+                    result.replace_segment(nbest[0]["words"])
                 result.segment_words = 0
             policy, session = self.policies[stage], sessions[stage]
             nxt = (policy.chunk(session, out.data, out.text, out.fields) if out.kind == "chunk"
@@ -207,7 +204,7 @@ class ChainResult:
     words: list = field(default_factory=list)  # words the recognizer forwarded
     commands: list = field(default_factory=list)  # one per speech segment
     confidences: list = field(default_factory=list)  # the parser's, one per segment
-    refused: list = field(default_factory=list)  # per segment: why a check held it back ("grammar", "verifier"; "": it did not)
+    refused: list = field(default_factory=list)  # per segment: why a check held it back (a CHECKS key; "": it did not)
     segment_words: int = 0  # words forwarded in the segment in progress (a revised one counts once)
 
     @property
@@ -219,6 +216,12 @@ class ChainResult:
     def confidence(self) -> float:
         """The confidence of `command` (1.0 when there is none)."""
         return next((f for c, f in zip(reversed(self.commands), reversed(self.confidences)) if c), 1.0)
+
+    def replace_segment(self, words: list) -> None:
+        """A rescoring recognizer's reading replaces the words of the segment in progress."""
+        del self.words[len(self.words) - self.segment_words:]
+        self.words += words
+        self.segment_words = len(words)
 
     @property
     def refused_by(self) -> str:
@@ -326,7 +329,9 @@ def set_figures(heard: list[Heard], threshold: float) -> dict:
 CHECKS = {"grammar": "Grammar check (`grammar_check`: a command the grammar's rules do not read from the same "
                      "words is asked again)",
           "verifier": "Verifier (the recognizer route's `verifier`: a command the second recognizer's words do not "
-                      "read as is asked again)"}
+                      "read as is asked again)",
+          "rescored": "Rescoring check (the recognizer route's `ngram_lm`: a best reading that lost a stop, negation, "
+                      "cancel or question word a recognizer heard is asked again)"}
 
 
 def checks_line(phrases: list[Heard], sentences: list[Heard], threshold: float) -> str:

@@ -543,7 +543,6 @@ class SegmentSearch:
     greedy: list = field(default_factory=list)  # the words greedy decoding gave
     last_word_frame: int = -1  # frame of the last greedy word (-1: none yet)
     rescored_at: int | None = None  # last_word_frame when the segment was last rescored at a pause
-    sent: list = field(default_factory=list)  # the segment's words as the parser has them (streamed, then revised)
 
     def update(self, logits: np.ndarray, words) -> None:
         self.beam.update(logits)
@@ -557,7 +556,6 @@ class SegmentSearch:
         self.frames.clear()
         self.greedy.clear()
         self.last_word_frame, self.rescored_at = -1, None
-        self.sent.clear()
 
 
 class RecognizerPolicy(BlockPolicy):
@@ -707,8 +705,6 @@ class RecognizerPolicy(BlockPolicy):
             yield Forward("chunk", "word", fields, text=w.word, infer_ms=infer_ms)
             if not revises:
                 session.words += 1
-            if session.search is not None:
-                session.search.sent.append(w.word)
             infer_ms = 0.0
         if pause is not None:
             yield pause
@@ -727,8 +723,7 @@ class RecognizerPolicy(BlockPolicy):
         search.rescored_at = search.last_word_frame
         nbest = self._nbest(session)
         if not nbest[0]["words"]:
-            return None
-        search.sent = list(nbest[0]["words"])  # sent even when the words are the same: the posteriors are new
+            return None  # sent even when the words are those sent: its posteriors are new
         fields = {"revise": True, "nbest": nbest, **({"segment": extra["segment"]} if "segment" in extra else {})}
         return Forward("chunk", "word", fields, text=" ".join(nbest[0]["words"]))
 
@@ -813,7 +808,7 @@ class ParserStream:
     woke_at: int | None = None  # parser token index at the wake word (None: not heard yet)
     woke_word: int | None = None  # index (in the utterance) of the word that woke it: a revision of it undoes that
     before: int = 0  # words of the previous utterances: a delta's `upto` is before + its word count
-    heard_words: list = field(default_factory=list)  # ngram_lm: words a rescoring replaced (the end's safety check)
+    heard_words: set = field(default_factory=set)  # ngram_lm: words heard before a rescoring replaced them (safety check)
     published: str = ""  # the command of the utterance's last delta ("" before any)
 
     def reset(self) -> None:
@@ -822,7 +817,7 @@ class ParserStream:
         self.woke_at = None
         self.woke_word = None
         self.before = 0
-        self.heard_words.clear()
+        self.heard_words = set()
         self.published = ""
 
 
@@ -902,7 +897,7 @@ class CommandParserPolicy(Policy):
         if not isinstance(unconfirmed, bool):
             raise InputError(f"{self.model.name}: 'unconfirmed' must be true or false, got {unconfirmed!r}")
         if unconfirmed:
-            session.heard_words = sorted(set(session.heard_words) | (set(words) & set(STOP_WORDS)))  # heard, if unconfirmed
+            session.heard_words |= set(words) & set(STOP_WORDS)  # a stop heard, if unconfirmed
             words = [UNCONFIRMED if w in STOP_WORDS else w for w in words]
         if extra.get("revise") is True:  # the recognizer's rescoring at a pause: the segment's words are these
             nbest = self._nbest(extra)  # checked before anything changes
@@ -1007,7 +1002,6 @@ class CommandParserPolicy(Policy):
         finals = self._final_confidences(extra)
         second = self._verifier_words(extra)
         nbest = self._nbest(extra)  # all three checked before anything changes
-        streamed = session.heard_words + ([w for w, _ in session.held] if self.cfg.wait_for_end else list(p.words))
         if nbest is not None:
             yield from self._rescored(session, nbest[0]["words"], nbest, extra)
         if finals is not None and self.cfg.wait_for_end:
@@ -1024,13 +1018,11 @@ class CommandParserPolicy(Policy):
             if len(finals) == len(p.words):  # the final words' confidences replace the early ones
                 p.set_word_confidences(finals)
         words = list(p.words)
-        heard_safety = None
-        if nbest is not None:
-            # A stop, negation, cancel or question word that a recognizer heard must survive the rescoring:
-            # an LM that finds "ahead" likelier than "never ahead" would otherwise move the robot.
-            lost = (set(streamed) | set(second or ())) & SAFETY_WORDS - set(words)
-            heard_safety = sorted(lost) or None
-        session.heard_words, session.published = [], ""
+        # A stop, negation, cancel or question word that a recognizer heard (its streamed words, the
+        # verifier's) must survive the rescoring: an LM that finds "ahead" likelier than "never ahead"
+        # would otherwise move the robot.
+        lost_safety = nbest is not None and _lost_safety(session.heard_words | set(second or ()), words)
+        session.heard_words, session.published = set(), ""
         session.before += len(words)
         p.end()
         got, confidence = p.end_fields, p.confidence
@@ -1045,7 +1037,7 @@ class CommandParserPolicy(Policy):
             second = second[second.index(session.wake_word):] if session.wake_word in second else []
         reason = None
         if result.commands and not stop_only:
-            if heard_safety is not None:
+            if lost_safety:
                 reason = "rescored"
             elif confidence < session.min_confidence:
                 reason = "confidence"
@@ -1078,21 +1070,21 @@ class CommandParserPolicy(Policy):
         and an utterance with a stop in it is a stop, so its words are not revised. With `nbest`, every
         word's confidence becomes the recognizers' confidence in the command the words read as: the
         least, over the recognizers, of the n-best mass that reads as it (voice.ctc_beam)."""
-        from edge_stream.voice.grammar import command_of
+        from edge_stream.voice.grammar import command_of, command_posterior
 
         p = session.parser
         current = [w for w, _ in session.held] if self.cfg.wait_for_end else list(p.words)
         if any(w in STOP_WORDS for w in current):
             return
-        session.heard_words = sorted(set(session.heard_words) | set(current))  # for the end's safety check
+        session.heard_words |= set(current)  # what was heard before this reading: the safety checks
         words = [w.lower() for w in words]
         keep = next((i for i, (a, b) in enumerate(zip(current, words)) if a != b), min(len(current), len(words)))
         words = words[:keep] + [UNCONFIRMED if w in STOP_WORDS else w for w in words[keep:]]
         confidence = None
         if nbest is not None:
             cut = words.index(session.wake_word) if session.wake_word in words else (len(words) if session.wake_word else 0)
-            confidence = _command_posterior(nbest, command_of(words[cut:]).text(), session.wake_word)
-        if (set(session.heard_words) & SAFETY_WORDS) - set(words):
+            confidence = command_posterior(nbest, command_of(words[cut:]).text(), session.wake_word)
+        if _lost_safety(session.heard_words, words):
             confidence = 0.0  # it lost a safety word a recognizer heard: nothing of it goes out (the end refuses it)
         if self.cfg.wait_for_end:
             session.held = [(w, confidence) for w in words]
@@ -1126,7 +1118,7 @@ class CommandParserPolicy(Policy):
         awake = p.words[session.woke_word:] if session.wake_word else p.words
         if session.grammar_check and command_of(awake).text() != command:
             return  # the end would refuse it (reason "grammar"): no preview of it either
-        if (set(session.heard_words) & SAFETY_WORDS) - set(p.words):
+        if _lost_safety(session.heard_words, p.words):
             return  # nor of one that lost a safety word (reason "rescored")
         session.published = command
         yield Output("delta", {"fields": [], "command": command, "word": None,
@@ -1174,19 +1166,9 @@ class CommandParserPolicy(Policy):
                 "wake_word": session.wake_word, "grammar_check": session.grammar_check}
 
 
-def _command_posterior(nbest: list, command: str, wake_word: str | None) -> float:
-    """The least, over the recognizers, of the posterior mass of the n-best entries whose words read as
-    `command` (with a wake word: the words from it on)."""
-    from edge_stream.voice.grammar import command_of
-
-    mass = [0.0] * len(nbest[0]["posteriors"])
-    for e in nbest:
-        words = e["words"]
-        if wake_word:
-            words = words[words.index(wake_word):] if wake_word in words else []
-        if command_of(words).text() == command:
-            mass = [m + x for m, x in zip(mass, e["posteriors"])]
-    return min(1.0, min(mass))
+def _lost_safety(heard, words) -> bool:
+    """Whether a stop, negation, cancel or question word in `heard` is missing from `words`."""
+    return bool((set(heard) & SAFETY_WORDS) - set(words))
 
 
 POLICY_CLASSES = {"lm": LMPolicy, "vad": BlockPolicy, "sequence": SequencePolicy, "recognizer": RecognizerPolicy,

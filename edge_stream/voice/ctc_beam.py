@@ -69,12 +69,13 @@ class BeamDecoder:
         """A new phrase: one empty hypothesis."""
         self._beams: dict[tuple, tuple[float, float]] = {(): (0.0, NEG)}  # label ids -> (ln p ends in blank, in label)
         self._prior: dict[tuple, float] = {(): 0.0}  # label ids -> lm_weight * ln P_lm + word_bonus * words
-        self.frames = 0
 
-    def _extend_prior(self, prefix: tuple, label: int) -> float:
-        words = [BOS] + [self.symbols[i] for i in prefix]
-        lm = self.lm.logp(self.symbols[label], words) if self.lm is not None else 0.0
-        return self._prior[prefix] + self.lm_weight * lm + self.word_bonus
+    def _step_prior(self, prefix: tuple, label: int) -> float:
+        """What appending `label` to `prefix` adds to the prior: the LM's weighted word score and the bonus."""
+        if self.lm is None:
+            return self.word_bonus
+        context = [BOS] + [self.symbols[i] for i in prefix[-(self.lm.order - 1):]] if self.lm.order > 1 else []
+        return self.lm_weight * self.lm.logp(self.symbols[label], context) + self.word_bonus
 
     def update(self, logprobs: np.ndarray) -> None:
         """Advance every hypothesis by the frames of `logprobs` ([n_frames, vocab])."""
@@ -98,7 +99,7 @@ class BeamDecoder:
                     p = float(row[c])
                     longer = prefix + (c,)
                     if longer not in prior:
-                        prior[longer] = self._extend_prior(prefix, c)
+                        prior[longer] = prior[prefix] + self._step_prior(prefix, c)
                     if c == last:  # a repeat stays the same word; a new one needs a blank between
                         e[1] = np.logaddexp(e[1], pnb + p)
                         f = new.setdefault(longer, [NEG, NEG])
@@ -108,15 +109,9 @@ class BeamDecoder:
                         f[1] = np.logaddexp(f[1], total + p)
             ranked = sorted(new.items(), key=lambda kv: -(np.logaddexp(kv[1][0], kv[1][1]) + prior[kv[0]]))
             beams = {p: (v[0], v[1]) for p, v in ranked[:self.beam]}
-            if len(prior) > 64 * self.beam * max(1, k):  # keep the LM cache to the live hypotheses
-                prior = {p: prior[p] for p in _with_prefixes(beams)}
+            if len(prior) > 64 * self.beam * max(1, k):  # keep the priors to the live hypotheses
+                prior = {p: prior[p] for p in beams}
         self._beams, self._prior = beams, prior
-        self.frames += lp.shape[0]
-
-    def best(self) -> tuple[str, ...]:
-        """The best hypothesis so far (no end-of-phrase probability)."""
-        prefix = max(self._beams, key=lambda p: np.logaddexp(*self._beams[p]) + self._prior[p])
-        return tuple(self.symbols[i] for i in prefix)
 
     def finish(self) -> list[Hypothesis]:
         """The hypotheses, best first, each scored with the LM's end of phrase."""
@@ -126,14 +121,6 @@ class BeamDecoder:
             end = self.lm.logp(EOS, [BOS, *words]) if self.lm is not None else 0.0
             out.append(Hypothesis(words, float(np.logaddexp(pb, pnb) + self._prior[prefix] + self.lm_weight * end)))
         return sorted(out, key=lambda h: -h.score)
-
-
-def _with_prefixes(beams: dict) -> set:
-    keep = set()
-    for p in beams:
-        for n in range(len(p) + 1):
-            keep.add(p[:n])
-    return keep
 
 
 def ctc_log_likelihoods(logprobs: np.ndarray, hyps: Sequence[Sequence[int]], blank: int) -> np.ndarray:
@@ -172,30 +159,45 @@ def ctc_log_likelihoods(logprobs: np.ndarray, hyps: Sequence[Sequence[int]], bla
     return np.where(out < NEG / 2, NEG, out)
 
 
+def _ctc_scores(recognizers: Sequence[tuple[np.ndarray, Sequence[str], int]], cands: list[tuple]) -> np.ndarray:
+    """[recognizers, candidates] ln P_ctc of each word sequence under each recognizer ((log-probs, labels,
+    blank) each); a word a recognizer has no label for makes the sequence impossible (NEG) for it."""
+    out = np.zeros((len(recognizers), len(cands)))
+    for k, (logprobs, labels, blank) in enumerate(recognizers):
+        index = {w: i for i, w in enumerate(labels)}
+        ok = [all(w in index for w in c) for c in cands]
+        ids = [[index[w] for w in c] if good else [] for c, good in zip(cands, ok)]
+        out[k] = np.where(ok, ctc_log_likelihoods(logprobs, ids, blank), NEG)
+    return out
+
+
+def _priors(cands: list[tuple], lm: NGramLM | None, lm_weight: float, word_bonus: float) -> np.ndarray:
+    """lm_weight * ln P_lm (with the end of phrase) + word_bonus * words, per candidate."""
+    return np.array([(lm_weight * lm.phrase_logp(list(c)) if lm is not None else 0.0) + word_bonus * len(c)
+                     for c in cands])
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = np.exp(scores - scores.max())
+    return z / z.sum()
+
+
 def rescore(recognizers: Sequence[tuple[np.ndarray, Sequence[str], int, float]], candidates,
-            lm: NGramLM | None, lm_weight: float, word_bonus: float, temperature: float = 1.0) -> list[Hypothesis]:
+            lm: NGramLM | None, lm_weight: float, word_bonus: float) -> list[Hypothesis]:
     """Score every word sequence of `candidates` by all `recognizers` and the LM, best first.
 
     recognizers: (log-probs [T, vocab] of the phrase, its labels, its blank id, weight) each;
     score = sum of weight * ln P_ctc + lm_weight * ln P_lm (with the end of phrase) + word_bonus *
     words. A word a recognizer has no label for makes the sequence impossible for it. `posterior`:
-    a softmax of score / temperature over the candidates (how sure the recognizers and the grammar
-    are of this reading against the others they found)."""
+    a softmax of the scores over the candidates (how sure the recognizers and the grammar are of
+    this reading against the others they found)."""
     cands = list(dict.fromkeys(tuple(c) for c in candidates))
     if not cands:
         return []
-    scores = np.zeros(len(cands))
-    for logprobs, labels, blank, weight in recognizers:
-        index = {w: i for i, w in enumerate(labels)}
-        ok = [all(w in index for w in c) for c in cands]
-        ids = [[index[w] for w in c] if good else [] for c, good in zip(cands, ok)]
-        ll = ctc_log_likelihoods(log_softmax(logprobs), ids, blank)
-        scores += weight * np.where(ok, ll, NEG)
-    for i, c in enumerate(cands):
-        scores[i] += (lm_weight * lm.phrase_logp(list(c)) if lm is not None else 0.0) + word_bonus * len(c)
-    z = scores / max(temperature, 1e-6)
-    post = np.exp(z - z.max())
-    post /= post.sum()
+    ll = _ctc_scores([(log_softmax(f), labels, blank) for f, labels, blank, _ in recognizers], cands)
+    weights = np.array([w for *_, w in recognizers])[:, None]
+    scores = (weights * ll).sum(axis=0) + _priors(cands, lm, lm_weight, word_bonus)
+    post = _softmax(scores)
     order = np.argsort(-scores, kind="stable")
     return [Hypothesis(cands[i], float(scores[i]), float(post[i])) for i in order]
 
@@ -229,13 +231,20 @@ def nbest(recognizers: Sequence[tuple[np.ndarray, Sequence[str], int]], candidat
     best reading with each put in (`variants`) is scored too, so a word neither search kept but the
     audio supports ("so don't go" heard as "go go") takes its share of the posterior instead of
     leaving the best reading sure of itself."""
-    recs = [(frames, labels, blank, 1.0) for frames, labels, blank in recognizers]
-    fused = rescore(recs, candidates, lm, lm_weight, word_bonus)
-    if challenges and fused:
-        fused = rescore(recs, [h.words for h in fused] + variants(fused[0].words, challenges), lm, lm_weight,
-                        word_bonus)
-    words = [h.words for h in fused]
-    each = [{h.words: h.posterior for h in rescore([r], words, lm, lm_weight, word_bonus)} for r in recs]
-    out = [{"words": list(w), "posteriors": [round(p[w], 6) for p in each]} for w in words]
+    recs = [(log_softmax(frames), labels, blank) for frames, labels, blank in recognizers]
+    cands = list(dict.fromkeys(tuple(c) for c in candidates))
+    if not cands:
+        return []
+    ll = _ctc_scores(recs, cands)  # every CTC forward once: the fused list and each recognizer's reuse it
+    prior = _priors(cands, lm, lm_weight, word_bonus)
+    if challenges:
+        seen = set(cands)
+        more = [v for v in variants(cands[int(np.argmax(ll.sum(axis=0) + prior))], challenges) if v not in seen]
+        cands += more
+        ll = np.concatenate([ll, _ctc_scores(recs, more)], axis=1)
+        prior = np.concatenate([prior, _priors(more, lm, lm_weight, word_bonus)])
+    order = np.argsort(-(ll.sum(axis=0) + prior), kind="stable")
+    each = np.stack([_softmax(row + prior) for row in ll])  # [recognizers, candidates]
+    out = [{"words": list(cands[i]), "posteriors": [round(float(p), 6) for p in each[:, i]]} for i in order]
     kept = [e for e in out if max(e["posteriors"]) >= min_posterior] or out[:1]
     return kept[:limit]

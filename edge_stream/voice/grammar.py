@@ -470,6 +470,21 @@ def command_of(words: Iterable[str]) -> Parse:
     return fold(tokens)
 
 
+def command_posterior(nbest: list[dict], command: str, wake_word: str | None = None) -> float:
+    """How sure several recognizers are of `command`: the least, over them, of the posterior mass of
+    the readings of `nbest` ({"words", "posteriors": one per recognizer}, edge_stream.voice.ctc_beam)
+    that mean it (with a wake word: their words from it on). Readings that differ only where the
+    meaning does not ("turn left" / "please turn left") pool their mass."""
+    mass = [0.0] * len(nbest[0]["posteriors"])
+    for e in nbest:
+        words = e["words"]
+        if wake_word:
+            words = words[words.index(wake_word):] if wake_word in words else []
+        if command_of(words).text() == command:
+            mass = [m + x for m, x in zip(mass, e["posteriors"])]
+    return min(1.0, min(mass))
+
+
 # ----- phrase templates -------------------------------------------------------------------
 
 @dataclass

@@ -151,9 +151,8 @@ def witten_bell(sentences: Iterable[list[str]], vocabulary: Iterable[str], order
             c = ctx[len(ctx) - k:]
             cnt = counts[k].get(c)
             if cnt:
-                total = sum(cnt.values())
-                lk = total / (total + len(cnt))
-                p = lk * cnt[word] / total + (1 - lk) * p
+                lk = lam(k, c)
+                p = lk * cnt[word] / sum(cnt.values()) + (1 - lk) * p
         return p
 
     probs: list[dict] = [dict() for _ in range(order)]
