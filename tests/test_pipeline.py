@@ -320,14 +320,14 @@ def test_parser_node_turns_words_into_a_command_field_by_field():
     assert (done["amount"], done["unit"], done["segment"], done["t_speech_end_ns"]) == (90.0, "deg", 3, 123)
 
 
-def run_chain(audio: np.ndarray, wait_for_end: bool, n_commands: int, vad_dir) -> list:
+def run_chain(audio: np.ndarray, wait_for_end: bool, n_commands: int, vad_dir, recognizer_dir: Path = RECOGNIZER_DIR) -> list:
     """Three chained Node objects (real sockets); `audio` then an end into the VAD; CommandRecords."""
     vad = start_node([vad_route(vad_dir)], name="vad")
     nodes = [vad]
     try:
         rec = Node(make_node_config(name="recognizer", input={"connect": vad.endpoints["output"]},
                                     output={"bind": ["tcp://127.0.0.1:*"]},
-                                    models=[recognizer_model(wait_for_end=wait_for_end)])).start()
+                                    models=[recognizer_model(wait_for_end=wait_for_end, dir=str(recognizer_dir))])).start()
         nodes.append(rec)
         parser = Node(make_node_config(name="parser", input={"connect": rec.endpoints["output"]},
                                        output={"bind": ["tcp://127.0.0.1:*"]}, output_topic="commands/{stream}",
@@ -406,3 +406,12 @@ def test_controller_times_a_stop_from_its_field_even_when_words_follow():
     assert rec.t_stop_pub_ns == 12
     rec = tracker.update({"kind": "done", "stream": "m", "command": "move forward", "t_pub_ns": 60})
     assert rec.t_stop_pub_ns is None  # no stop field in this segment
+
+
+def test_three_chained_nodes_take_back_a_command_the_next_segment_cancels(vad_dir):
+    """"turn left ninety degrees ... never mind" with 0.8 s between (tests/data/commands/split_cancel_0.wav):
+    the VAD makes two segments; the recognizer node says the pause over the wire, and the parser node's
+    second `done` takes the first segment's command back."""
+    records = run_chain(wav("split_cancel_0.wav"), False, 2, vad_dir, ROOT / "models" / "command-recognizer-multisynth")
+    assert [r.command for r in records] == ["turn left 90 deg", ""]
+    assert records[1].cancelled and records[1].cancels == {"segment": records[0].segment, "command": "turn left 90 deg"}

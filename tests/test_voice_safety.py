@@ -8,6 +8,8 @@ edge_stream.load as the parser node does; policy tests drive CommandParserPolicy
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -313,3 +315,113 @@ def test_parser_options_are_checked_at_open(parser_model):
         _policy(parser_model, threshold=0.5)
     with pytest.raises(ConfigError, match="grammar_check"):
         _policy(parser_model, grammar_check="yes")
+
+
+# ----- across segments: a VAD that ends a segment at a short pause splits one utterance ---------------
+
+def _segment(policy, session, text, segment, pause_ms=None, confidence=0.99):
+    """One VAD segment's words, as the recognizer forwards them (`pause_before_ms` after the first segment)."""
+    extra = {"confidence": confidence, "segment": segment,
+             **({"pause_before_ms": pause_ms} if pause_ms is not None else {})}
+    outs = []
+    for w in text.split():
+        outs += list(policy.chunk(session, None, w, dict(extra)))
+    outs += list(policy.end(session, {"segment": segment}))
+    return outs
+
+
+def test_a_cancel_in_the_next_segment_takes_back_the_command(parser_model):
+    """"walk backward thirteen meters, forget it": the VAD ended the first segment at the comma."""
+    policy, session = _policy(parser_model, min_confidence=0.5)
+    first = _segment(policy, session, "walk backward thirteen meters", 0)[-1].fields
+    assert first["command"] == "move back 13.0 m" and "cancels" not in first
+    done = _segment(policy, session, "forget it", 1, pause_ms=600.0)[-1].fields
+    assert done["cancelled"] and done["command"] is None
+    assert done["cancels"] == {"segment": 0, "command": "move back 13.0 m"}
+
+
+def test_a_cancel_reaches_back_only_across_a_short_pause_and_never_over_a_stop(parser_model):
+    policy, session = _policy(parser_model, min_confidence=0.5, cancel_reach_ms=1000)
+    _segment(policy, session, "turn left ninety degrees", 0)
+    late = _segment(policy, session, "never mind", 1, pause_ms=1500.0)[-1].fields
+    assert late["cancelled"] and "cancels" not in late  # its own utterance: cancelled, nothing taken back
+    _segment(policy, session, "turn left ninety degrees", 2, pause_ms=5000.0)
+    _segment(policy, session, "move forward", 3, pause_ms=200.0)
+    assert _segment(policy, session, "cancel", 4, pause_ms=300.0)[-1].fields["cancels"] == {
+        "segment": 3, "command": "move forward"}  # the segment just before, not one further back
+    assert _segment(policy, session, "stop", 5, pause_ms=4000.0)[-1].fields["command"] == "stop"
+    after_stop = _segment(policy, session, "never mind", 6, pause_ms=200.0)[-1].fields
+    assert after_stop["cancelled"] and "cancels" not in after_stop  # a stop is never taken back
+
+
+def test_a_negation_a_segment_ends_on_negates_the_next_segment(parser_model):
+    """"so don't, go": the VAD ended the segment after "don't"; "go" alone would be `move forward`."""
+    policy, session = _policy(parser_model, min_confidence=0.5)
+    assert _segment(policy, session, "so don't", 0)[-1].fields["cancelled"]
+    outs = _segment(policy, session, "go", 1, pause_ms=450.0)
+    done = outs[-1].fields
+    assert done["carried"] == ["don't"] and done["words"] == ["don't", "go"]
+    assert done["command"] is None and done["cancelled"] and "cancels" not in done
+    assert not any(o.kind == "delta" and "move" in o.fields["fields"] for o in outs)
+    # far enough apart, they are two utterances: "go" is a command of its own
+    policy, session = _policy(parser_model, min_confidence=0.5)
+    _segment(policy, session, "please do not", 0)
+    done = _segment(policy, session, "go", 1, pause_ms=2500.0)[-1].fields
+    assert done["command"] == "move forward" and "carried" not in done
+
+
+def test_the_first_segment_and_a_reach_of_zero_join_nothing(parser_model):
+    policy, session = _policy(parser_model, min_confidence=0.5, cancel_reach_ms=0)
+    _segment(policy, session, "turn right", 0)
+    assert "cancels" not in _segment(policy, session, "cancel", 1, pause_ms=100.0)[-1].fields
+    _segment(policy, session, "don't", 2, pause_ms=100.0)
+    assert _segment(policy, session, "go back", 3, pause_ms=100.0)[-1].fields["command"] == "move back"
+    policy, session = _policy(parser_model, min_confidence=0.5)
+    _segment(policy, session, "don't", 0)
+    # no pause known (a source that does not say it): each segment is its own utterance
+    assert _segment(policy, session, "go back", 1)[-1].fields["command"] == "move back"
+
+
+def test_a_bad_pause_is_refused_and_changes_nothing(parser_model):
+    from edge_stream.errors import ConfigError, InputError
+
+    policy, session = _policy(parser_model, min_confidence=0.5)
+    _segment(policy, session, "don't", 0)
+    for bad in ("soon", -5.0, float("nan"), True):
+        with pytest.raises(InputError, match="pause_before_ms"):
+            list(policy.chunk(session, None, "go", {"confidence": 0.99, "segment": 1, "pause_before_ms": bad}))
+    done = _segment(policy, session, "go", 1, pause_ms=300.0)[-1].fields  # the negation still carries
+    assert done["carried"] == ["don't"] and done["command"] is None
+    with pytest.raises(ConfigError, match="cancel_reach_ms"):
+        _policy(parser_model, cancel_reach_ms=-1)
+
+
+# Committed WAVs (espeak-ng voice en-us, 0.8 s of silence between the two parts, made once with
+# export.synth.synthesize): "turn left ninety degrees ... never mind" and "so don't ... go". The VAD of the
+# voice launch files (min_silence_ms 300) ends a segment in the silence.
+SPLIT_CANCEL = Path(__file__).parent / "data" / "commands" / "split_cancel_0.wav"
+SPLIT_NEGATION = Path(__file__).parent / "data" / "commands" / "split_negation_0.wav"
+VERIFIED = Path(__file__).resolve().parent.parent / "launch" / "voice_commands_verified.toml"
+
+
+@pytest.fixture(scope="module")
+def chain():
+    from edge_stream.cli.voice_report import PolicyChain
+
+    return lambda **options: PolicyChain.from_launch(str(VERIFIED), parser_options={"min_confidence": 0.0, **options})
+
+
+def test_the_recognizer_says_the_pause_and_a_split_utterance_means_what_it_said(chain):
+    """VAD gate -> two recognizers -> parser policies on real audio: the recognizer forwards the pause
+    between segments, so the cancel takes back the first segment's command and the negation the VAD cut
+    off still negates the "go"; with `cancel_reach_ms = 0` the same audio moves the robot twice."""
+    from edge_stream.audio import read_wav_float32
+
+    cancel, negation = (read_wav_float32(p)[0] for p in (SPLIT_CANCEL, SPLIT_NEGATION))
+    r = chain().run(cancel)
+    assert len(r.commands) == 2 and r.commands == ["", ""]  # two segments; the first one's command taken back
+    assert [c for c, _ in r.taken_back] == ["turn left 90 deg"]
+    r = chain().run(negation)
+    assert r.words == ["so", "don't", "go"] and r.commands == ["", ""]
+    apart = chain(cancel_reach_ms=0)
+    assert apart.run(cancel).commands == ["turn left 90 deg", ""] and apart.run(negation).commands == ["", "move forward"]

@@ -42,6 +42,7 @@ class CommandRecord:
     not_understood: bool = False  # the parser was not sure enough: ask again, do nothing
     confidence: float | None = None  # the parser node's confidence in the command
     retracted: int = 0  # deltas the parser retracted (early partial words it revised): undone by the controller
+    cancels: dict | None = None  # a cancel that took back the previous segment's command: {"segment", "command"}
 
     def ms_after_speech_end(self, t_ns: int | None, t_speech_end_ns: int | None = None) -> float | None:
         """`t_ns` minus the end of speech (the VAD's, or the one given), in ms."""
@@ -90,7 +91,8 @@ class CommandTracker:
                              p.t_first if p.t_first is not None else (t_pub if final else None),
                              p.t_known if final else None, t_pub, header.get("t_speech_end_ns"),
                              p.t_stop, bool(header.get("cancelled")), bool(header.get("not_understood")),
-                             header.get("confidence"), p.retracted)
+                             header.get("confidence"), p.retracted,
+                             header.get("cancels") if isinstance(header.get("cancels"), dict) else None)
 
     @staticmethod
     def _delta(p: _Pending, header: dict, t_pub: int) -> None:
@@ -124,7 +126,11 @@ def describe_command(r: CommandRecord) -> str:
               f"  (after the VAD's end of speech: known {known:+.0f} ms, done {done:+.0f} ms)" if known is not None
               else f"  (done {done:+.0f} ms after the VAD's end of speech)")
     heard = f"  heard {' '.join(r.words)!r}" if r.words else ""
-    what = "CANCELLED" if r.cancelled else "NOT UNDERSTOOD" if r.not_understood else f"COMMAND {r.command or '(none)'!r}"
+    if r.cancels:  # the robot abandons the command it is carrying out
+        what = f"CANCELLED, taking back #{r.cancels.get('segment', '?')} {r.cancels.get('command')!r}"
+    else:
+        what = ("CANCELLED" if r.cancelled else "NOT UNDERSTOOD" if r.not_understood
+                else f"COMMAND {r.command or '(none)'!r}")
     return f"{r.stream} #{r.segment if r.segment is not None else '?'}  {what}{heard}{timing}"
 
 

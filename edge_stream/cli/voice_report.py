@@ -171,6 +171,9 @@ class PolicyChain:
                 if out.kind == "not_understood":  # only the checks refuse here (min_confidence 0)
                     withheld, reason = out.fields["command"], out.fields.get("reason", "")
                 elif out.kind == "done":
+                    if out.fields.get("cancels") and result.commands:  # a cancel that reached back: the robot
+                        result.taken_back.append((result.commands[-1], result.confidences[-1]))  # acted on it, then stopped
+                        result.commands[-1] = ""
                     refused = bool(out.fields.get("not_understood"))
                     result.commands.append(withheld if refused else out.fields["command"] or "")
                     result.confidences.append(out.fields.get("confidence", 1.0))
@@ -206,6 +209,7 @@ class ChainResult:
     confidences: list = field(default_factory=list)  # the parser's, one per segment
     refused: list = field(default_factory=list)  # per segment: why a check held it back (a CHECKS key; "": it did not)
     segment_words: int = 0  # words forwarded in the segment in progress (a revised one counts once)
+    taken_back: list = field(default_factory=list)  # (command, confidence) a later segment's cancel took back
 
     @property
     def command(self) -> str:
@@ -289,6 +293,11 @@ class Heard:
     words: list  # what the recognizer forwarded
     batch: str | None = None  # the batch baseline's command (clean phrases only)
     refused: str = ""  # why the parser's checks held the command back ("": they did not)
+    taken_back: list = field(default_factory=list)  # (command, confidence) the next segment's cancel took back
+
+    def moved_then_cancelled(self, threshold: float) -> bool:
+        """Whether a motion was published (the robot acted on it) before a later segment's cancel took it back."""
+        return any(is_motion(c) and f >= threshold for c, f in self.taken_back)
 
     def published(self, threshold: float) -> str:
         """The command the parser node publishes at `threshold` ('' when none: not understood or silent)."""
@@ -308,7 +317,7 @@ def hear(cases: list[Case], launch: str, parser_options: dict | None = None, bat
     for k, c in enumerate(cases):
         r = stream.run(c.audio)
         b = waits.run(c.audio).command if waits and c.kind == "phrase" and c.condition == "clean" else None
-        out.append(Heard(c, r.command, r.confidence, r.words, b, r.refused_by))
+        out.append(Heard(c, r.command, r.confidence, r.words, b, r.refused_by, r.taken_back))
         if (k + 1) % 200 == 0:
             print(f"  {k + 1}/{len(cases)} utterances ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
@@ -323,7 +332,8 @@ def set_figures(heard: list[Heard], threshold: float) -> dict:
     return {"n": len(heard), **{k: kinds.count(k) / max(1, len(kinds)) for k in ("exact", "wrong", "not understood",
                                                                                   "nothing")},
             "wer": errors / max(1, ref), "calm": len(calm),
-            "unasked_motion": sum(is_motion(h.published(threshold)) for h in calm)}
+            "unasked_motion": sum(is_motion(h.published(threshold)) or h.moved_then_cancelled(threshold) for h in calm),
+            "taken_back": sum(h.moved_then_cancelled(threshold) for h in calm)}
 
 
 CHECKS = {"grammar": "Grammar check (`grammar_check`: a command the grammar's rules do not read from the same "
@@ -501,6 +511,7 @@ def report(args) -> str:
     wake_fa = wake["command"] * wake["n"]
     calm = sum(f["calm"] for f in figures.values())
     unasked = sum(f["unasked_motion"] for f in figures.values())
+    taken_back = sum(f["taken_back"] for f in figures.values())
     timed = [i for i, (s, b) in enumerate(zip(stream_rows, batch_rows)) if s["command"] and b["command"]]
     known = [stream_rows[i]["known_ms"] for i in timed if stream_rows[i]["known_ms"] is not None]
     stops = [r["stop_ms"] for r in stop_rows if r["stop_ms"] is not None]
@@ -543,7 +554,9 @@ def report(args) -> str:
                       f"| {HELD_OUT_ENGINE} (held out), {cond}: wrong commands | {f['wrong']:.1%} | <= 0.5% | "
                       f"{_met(f['wrong'] <= GOALS['wrong'])} |"]
     lines += [
-        f"| motion from negations, cancels and questions (all sets) | {unasked} of {calm} | 0 | {_met(unasked == 0)} |",
+        f"| motion from negations, cancels and questions (all sets) | {unasked} of {calm}"
+        + (f" ({taken_back} of them taken back by a cancel in the next segment)" if taken_back else "")
+        + f" | 0 | {_met(unasked == 0)} |",
         f"| non-command sentences with no command | {sent_all['silent'] + sent_all['not understood']:.1%} "
         f"({sent_all['n']} sentences; {sent_all['not understood']:.1%} of them asked again) | >= 99% | "
         f"{_met(1 - sent_all['command'] >= GOALS['silent'])} |",

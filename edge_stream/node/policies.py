@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edge_stream.errors import ConfigError, InputError, StreamStateError
-from edge_stream.voice.grammar import CANCEL_WORDS, NEGATIONS, QUESTION_WORDS, STOP_WORDS
+from edge_stream.voice.grammar import CANCEL_WORDS, HESITATIONS, NEGATIONS, QUESTION_WORDS, STOP_WORDS
 from edge_stream.voice.speech_gate import SpeechGate
 from edge_stream.voice.vad import VadStream
 
@@ -518,6 +518,8 @@ class RecognizerStream:
     check: VerifierStream | None = None  # the route's verifier, when it has one
     waiting: list = field(default_factory=list)  # confirm_stops: words held behind a stop word not yet confirmed
     search: Any = None  # ngram_lm: the segment's SegmentSearch (beam search, frames, greedy words)
+    last_speech_end: int | None = None  # the previous segment's speech_end_sample (kept across segments)
+    pause_ms: float | None = None  # from the previous segment's end of speech to this segment's first audio
 
     def reset(self) -> None:
         self.blocks.reset()
@@ -525,6 +527,7 @@ class RecognizerStream:
         self.held.clear()
         self.words = 0
         self.heard = False
+        self.pause_ms = None
         self.finals.clear()
         self.waiting.clear()
         if self.check is not None:
@@ -640,6 +643,9 @@ class RecognizerPolicy(BlockPolicy):
         if self.cfg.barge_in and not session.heard:
             # The VAD heard speech start: a chained LM still speaking its reply stops (barge-in).
             yield Forward("interrupt", None, {k: extra[k] for k in ("segment",) if k in extra})
+        if not session.heard and session.last_speech_end is not None and isinstance(extra.get("start_sample"), int):
+            sr = extra.get("sr") or self.model.manifest.blocking.sample_rate
+            session.pause_ms = round(max(0, extra["start_sample"] - session.last_speech_end) * 1000 / sr, 1)
         session.heard = True
         if self.cfg.wait_for_end:
             x = session.blocks.check_chunk(data, sr=extra.get("sr"), trusted=True)  # float32 [n]
@@ -702,6 +708,8 @@ class RecognizerPolicy(BlockPolicy):
                 fields["unconfirmed"] = True
             if "segment" in extra:
                 fields["segment"] = extra["segment"]
+            if session.pause_ms is not None:
+                fields["pause_before_ms"] = session.pause_ms
             yield Forward("chunk", "word", fields, text=w.word, infer_ms=infer_ms)
             if not revises:
                 session.words += 1
@@ -754,6 +762,8 @@ class RecognizerPolicy(BlockPolicy):
             yield from self._decode(session, piece, extra, flush=k == len(pieces) - 1)
         n_words = session.words
         passed = {k: extra[k] for k in self.PASS_ON if k in extra}
+        if session.pause_ms is not None:
+            passed["pause_before_ms"] = session.pause_ms
         if session.check is not None:
             passed["verifier_words"] = [w for w, _ in session.check.words]
         if session.search is not None and session.search.frames:
@@ -765,6 +775,8 @@ class RecognizerPolicy(BlockPolicy):
             yield Forward("end", None, {**passed, **finals})
         if self.cfg.partial_words:
             n_words = len(session.finals)  # the words said (an unconfirmed partial was not)
+        if isinstance(extra.get("speech_end_sample"), int):
+            session.last_speech_end = extra["speech_end_sample"]
         session.reset()
         yield Output("done", {"n_words": n_words, **passed})
 
@@ -810,6 +822,12 @@ class ParserStream:
     before: int = 0  # words of the previous utterances: a delta's `upto` is before + its word count
     heard_words: set = field(default_factory=set)  # ngram_lm: words heard before a rescoring replaced them (safety check)
     published: str = ""  # the command of the utterance's last delta ("" before any)
+    cancel_reach_ms: float = 0.0  # a cancel, or a negation a segment ended on, reaches across a pause this long
+    in_segment: bool = False  # a word of the present segment has come
+    pause_ms: float | None = None  # the present segment's pause_before_ms (None: first segment, or not known)
+    carried: list = field(default_factory=list)  # (word, confidence) carried in from the previous segment: its words come first
+    dangling: list = field(default_factory=list)  # the last segment ended on these negation words: for the next segment
+    reachable: dict | None = None  # the last segment's published command (not a stop): a cancel next may take it back
 
     def reset(self) -> None:
         self.parser.reset()
@@ -819,6 +837,8 @@ class ParserStream:
         self.before = 0
         self.heard_words = set()
         self.published = ""
+        self.in_segment, self.pause_ms, self.reachable = False, None, None
+        self.carried, self.dangling = [], []
 
 
 # From the voice report's confidence trade-off (docs/voice_commands.md, `choose_threshold`). Interim:
@@ -826,7 +846,10 @@ class ParserStream:
 # would ask again on every committed test WAV (confidences 0.64-0.87); 0.5 halves wrong commands
 # there (58% -> 23%). Re-choose from the report once the recognizer trained on the grammar lands.
 DEFAULT_MIN_CONFIDENCE = 0.5
-PARSER_OPTIONS = ("min_confidence", "wake_word", "grammar_check")
+PARSER_OPTIONS = ("min_confidence", "wake_word", "grammar_check", "cancel_reach_ms")
+# How long a pause a cancel or a dangling negation reaches across (CommandParserPolicy, "Across segments"):
+# a VAD that ends a segment at a 300 ms pause splits "walk back thirteen meters, forget it" and "so don't, go".
+DEFAULT_CANCEL_REACH_MS = 2000.0
 # Words that keep the robot still (a stop, a negation, a cancel, a question): rescoring must not lose one a recognizer heard.
 SAFETY_WORDS = frozenset(STOP_WORDS + NEGATIONS + CANCEL_WORDS + QUESTION_WORDS)
 # The phrases the recognizer route tries in the best reading (ctc_beam.nbest's `challenges`): one the audio
@@ -886,7 +909,11 @@ class CommandParserPolicy(Policy):
         check = opts.get("grammar_check", True)
         if not isinstance(check, bool):
             raise ConfigError(f"{self.model.name}: grammar_check: expected true or false, got {check!r}")
-        return ParserStream(CommandParser(self.model), float(conf), wake.lower() if wake else None, check)
+        reach = opts.get("cancel_reach_ms", DEFAULT_CANCEL_REACH_MS)
+        if isinstance(reach, bool) or not isinstance(reach, (int, float)) or not 0.0 <= reach <= 60000.0:
+            raise ConfigError(f"{self.model.name}: cancel_reach_ms: expected a number of ms in [0, 60000], got {reach!r}")
+        return ParserStream(CommandParser(self.model), float(conf), wake.lower() if wake else None, check,
+                            cancel_reach_ms=float(reach))
 
     def chunk(self, session, data, text, extra) -> Iterator[Output]:
         if text is None:
@@ -899,11 +926,15 @@ class CommandParserPolicy(Policy):
         if unconfirmed:
             session.heard_words |= set(words) & set(STOP_WORDS)  # a stop heard, if unconfirmed
             words = [UNCONFIRMED if w in STOP_WORDS else w for w in words]
-        if extra.get("revise") is True:  # the recognizer's rescoring at a pause: the segment's words are these
-            nbest = self._nbest(extra)  # checked before anything changes
+        revise = extra.get("revise") is True  # the recognizer's rescoring at a pause: the segment's words are these
+        nbest = self._nbest(extra) if revise else None  # checked before anything changes
+        replace = False if revise else self._replace_last(session, words, extra)
+        pause = self._pause_before(extra)
+        if not session.in_segment:
+            yield from self._segment_starts(session, pause, extra)
+        if revise:
             yield from self._rescored(session, words, nbest, extra)
             return
-        replace = self._replace_last(session, words, extra)  # checked before anything changes
         for i, word in enumerate(words):
             if self.cfg.wait_for_end:
                 if replace and i == 0:
@@ -915,6 +946,28 @@ class CommandParserPolicy(Policy):
                 yield from self._revise(session, word, confidence, extra)
             else:
                 yield from self._push(session, word, confidence, extra)
+
+    def _segment_starts(self, session, pause: float | None, extra: dict) -> Iterator[Output]:
+        """The segment's first word is here: a negation the previous segment ended on comes first when the
+        pause between them is within `cancel_reach_ms` ("so don't" | "go" is "so don't go": cancelled)."""
+        session.in_segment, session.pause_ms = True, pause
+        dangling, session.dangling = session.dangling, []
+        if not dangling or pause is None or pause > session.cancel_reach_ms:
+            return
+        session.carried = dangling
+        for word, confidence in dangling:
+            if self.cfg.wait_for_end:
+                session.held.append((word, confidence))
+            else:
+                yield from self._push(session, word, confidence, extra)
+
+    def _pause_before(self, extra: dict) -> float | None:
+        """A word's `pause_before_ms` (the recognizer's: since the previous segment's end of speech), checked."""
+        pause = extra.get("pause_before_ms")
+        if pause is not None and (isinstance(pause, bool) or not isinstance(pause, (int, float))
+                                  or not 0.0 <= pause < float("inf")):
+            raise InputError(f"{self.model.name}: 'pause_before_ms' must be a number of ms >= 0, got {pause!r}")
+        return None if pause is None else float(pause)
 
     def _replace_last(self, session, words: list, extra: dict) -> bool:
         """Whether the chunk replaces the last word (`replace_last: 1`); InputError, before anything
@@ -1001,23 +1054,28 @@ class CommandParserPolicy(Policy):
         p = session.parser
         finals = self._final_confidences(extra)
         second = self._verifier_words(extra)
-        nbest = self._nbest(extra)  # all three checked before anything changes
+        nbest = self._nbest(extra)
+        pause = self._pause_before(extra)  # all four checked before anything changes
+        if not session.in_segment:  # a segment whose only words are its end's `nbest`
+            yield from self._segment_starts(session, pause, extra)
         if nbest is not None:
             yield from self._rescored(session, nbest[0]["words"], nbest, extra)
+        n_carried = len(session.carried)  # words carried in come first; `finals` are the recognizer's words'
         if finals is not None and self.cfg.wait_for_end:
-            del session.held[len(finals):]  # a partial no label confirmed was not said
-            if len(finals) == len(session.held):
-                session.held = [(w, c) for (w, _), c in zip(session.held, finals)]
+            del session.held[n_carried + len(finals):]  # a partial no label confirmed was not said
+            if len(finals) == len(session.held) - n_carried:
+                session.held[n_carried:] = [(w, c) for (w, _), c in zip(session.held[n_carried:], finals)]
         for word, confidence in session.held:  # batch baseline: every word now, then the end
             p.push_word(word, confidence)
             self._woke(session, word)
         session.held.clear()
         if finals is not None and not self.cfg.wait_for_end:
-            while len(p.words) > len(finals):
+            while len(p.words) > n_carried + len(finals):
                 yield from self._take_back(session)
-            if len(finals) == len(p.words):  # the final words' confidences replace the early ones
-                p.set_word_confidences(finals)
+            if len(finals) == len(p.words) - n_carried:  # the final words' confidences replace the early ones
+                p.set_word_confidences(p.word_confidences[:n_carried] + finals)
         words = list(p.words)
+        word_confidences = list(p.word_confidences)
         # A stop, negation, cancel or question word that a recognizer heard (its streamed words, the
         # verifier's) must survive the rescoring: an LM that finds "ahead" likelier than "never ahead"
         # would otherwise move the robot.
@@ -1026,7 +1084,8 @@ class CommandParserPolicy(Policy):
         session.before += len(words)
         p.end()
         got, confidence = p.end_fields, p.confidence
-        result = fold(self._awake_tokens(session, p.last_tokens)) if session.wake_word else p.result
+        said = p.result  # every word's reading, wake word or not: a cancel counts without one, as a stop does
+        result = fold(self._awake_tokens(session, p.last_tokens)) if session.wake_word else said
         awake_words = words[session.woke_word:] if session.wake_word and session.woke_word is not None else words
         session.woke_at = session.woke_word = None
         infer_ms = _ms_since(t0)
@@ -1056,12 +1115,41 @@ class CommandParserPolicy(Policy):
                 yield Output("delta", {"fields": got, "command": result.text(), "word": None, **passed},
                              infer_ms=infer_ms)
                 infer_ms = 0.0
+        across = self._across_segments(session, said, result, not_understood, words, word_confidences, extra)
         first = result.first.as_dict()
         yield Output("done", {"command": result.text() if result.commands else None,
                               **{k: first[k] for k in ("action", "direction", "amount", "unit", "speed")},
-                              "commands": [c.as_dict() for c in result.commands], "cancelled": result.cancelled,
+                              "commands": [c.as_dict() for c in result.commands],
+                              "cancelled": result.cancelled or "cancels" in across,
                               "not_understood": not_understood, "confidence": round(confidence, 4),
-                              "words": words, **passed}, infer_ms=infer_ms)
+                              "words": words, **across, **passed}, infer_ms=infer_ms)
+
+    def _across_segments(self, session, said, result, not_understood: bool, words: list, confidences: list,
+                         extra: dict) -> dict:
+        """What this segment's end means beside its own command. A VAD ends a segment at a short pause,
+        which may fall inside what the speaker meant as one utterance. Within `cancel_reach_ms`:
+        - a segment that only cancels ("forget it", "never mind", "don't") takes back the previous
+          segment's command: the done carries `cancels` ({"segment", "command"}) and a controller
+          abandons that command (a stop is never taken back);
+        - a segment that ends on a negation ("so don't") puts it before the next segment's words.
+        Returns the done's extra fields: `cancels`, and `carried` (the words put before this segment's)."""
+        out = {}
+        if session.carried:
+            out["carried"] = [w for w, _ in session.carried]
+        elif (session.reachable is not None and said.cancelled and not said.commands
+              and session.pause_ms is not None and session.pause_ms <= session.cancel_reach_ms):
+            out["cancels"] = session.reachable
+        published = result.text() if result.commands and not not_understood else ""
+        session.reachable = ({"segment": extra.get("segment"), "command": published}
+                             if published and [c.action for c in result.commands] != ["stop"] else None)
+        end = len(words)
+        while end and words[end - 1] in HESITATIONS:
+            end -= 1
+        start = end - 2 if end >= 2 and words[end - 2:end] == ["do", "not"] else end - 1
+        session.dangling = (list(zip(words[start:end], confidences[start:end]))
+                            if end and words[end - 1] in NEGATIONS and not said.commands else [])
+        session.carried, session.in_segment, session.pause_ms = [], False, None
+        return out
 
     def _rescored(self, session, words: list, nbest: list | None, extra: dict) -> Iterator[Output]:
         """The recognizer's rescored words replace the segment's words (what they share stays; the rest is
@@ -1073,7 +1161,9 @@ class CommandParserPolicy(Policy):
         from edge_stream.voice.grammar import command_of, command_posterior
 
         p = session.parser
-        current = [w for w, _ in session.held] if self.cfg.wait_for_end else list(p.words)
+        n = len(session.carried)  # words carried in from the previous segment stay first; the rest is the recognizer's
+        now = [w for w, _ in session.held] if self.cfg.wait_for_end else list(p.words)
+        carried, current = now[:n], now[n:]
         if any(w in STOP_WORDS for w in current):
             return
         session.heard_words |= set(current)  # what was heard before this reading: the safety checks
@@ -1082,16 +1172,18 @@ class CommandParserPolicy(Policy):
         words = words[:keep] + [UNCONFIRMED if w in STOP_WORDS else w for w in words[keep:]]
         confidence = None
         if nbest is not None:
-            cut = words.index(session.wake_word) if session.wake_word in words else (len(words) if session.wake_word else 0)
-            confidence = command_posterior(nbest, command_of(words[cut:]).text(), session.wake_word)
+            said = carried + words
+            cut = said.index(session.wake_word) if session.wake_word in said else (len(said) if session.wake_word else 0)
+            readings = [{**e, "words": carried + e["words"]} for e in nbest] if carried else nbest
+            confidence = command_posterior(readings, command_of(said[cut:]).text(), session.wake_word)
         if _lost_safety(session.heard_words, words):
             confidence = 0.0  # it lost a safety word a recognizer heard: nothing of it goes out (the end refuses it)
         if self.cfg.wait_for_end:
-            session.held = [(w, confidence) for w in words]
+            session.held = session.held[:n] + [(w, confidence) for w in words]
             return
-        if len(p.words) > keep:
+        if len(p.words) > n + keep:
             session.published = ""  # the retracts void deltas: the command so far goes out again
-        while len(p.words) > keep:
+        while len(p.words) > n + keep:
             yield from self._take_back(session)
         if confidence is not None and p.words:
             p.set_word_confidences([confidence] * len(p.words))
