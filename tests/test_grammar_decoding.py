@@ -443,6 +443,10 @@ def test_variants_put_each_phrase_in_at_the_first_places_and_the_end():
     got = ctc_beam.variants(("go", "ahead"), [("don't",)], positions=1)
     assert got == [("don't", "go", "ahead"), ("don't", "ahead"), ("go", "don't", "ahead"), ("go", "don't"),
                    ("go", "ahead", "don't")]
+    # a phrase of two words also takes the place of two ("could you go back" heard for "did you go back")
+    got = ctc_beam.variants(("could", "you", "go"), [("did", "you")], positions=0)
+    assert got == [("did", "you", "could", "you", "go"), ("did", "you", "you", "go"), ("did", "you", "go"),
+                   ("could", "you", "go", "did", "you")]
 
 
 def test_a_stop_the_verifier_did_not_confirm_still_counts_as_heard_for_the_rescoring(parser_policy):

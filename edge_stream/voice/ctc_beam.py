@@ -204,15 +204,17 @@ def rescore(recognizers: Sequence[tuple[np.ndarray, Sequence[str], int, float]],
 
 def variants(words: Sequence[str], phrases: Sequence[Sequence[str]], positions: int = 4) -> list[tuple]:
     """`words` with each of `phrases` put in at each of its first `positions` places (and at its end):
-    inserted before the word there, and in place of it."""
+    inserted before the word there, in place of it, and (a phrase of several words) in place of as
+    many words ("could you go" -> "did you go")."""
     words = tuple(words)
     out = []
     for phrase in phrases:
         phrase = tuple(phrase)
         for i in list(range(min(len(words), positions) + 1)) + [len(words)]:
             out.append(words[:i] + phrase + words[i:])
-            if i < len(words):
-                out.append(words[:i] + phrase + words[i + 1:])
+            for n in sorted({1, len(phrase)}):
+                if i + n <= len(words):
+                    out.append(words[:i] + phrase + words[i + n:])
     return list(dict.fromkeys(out))
 
 
