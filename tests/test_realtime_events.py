@@ -57,6 +57,11 @@ def test_the_parser_outputs_become_command_events_with_latency_from_the_end_of_s
                                     "t_speech_end_ns": 300_000_000}, 350_000_000)
     assert done["type"] == "command.done" and done["item_id"] == "item_s1_0_0"
     assert (done["known_latency_ms"], done["latency_ms"]) == (-100.0, 50.0)  # known before the end of speech
+    assert "cancels" not in done
+    ev.translate("vad", {"kind": "event", "event": "speech_start", "sample": 40000}, 0)
+    done, = ev.translate("parser", {"kind": "done", "segment": 1, "command": None, "cancelled": True,
+                                    "cancels": {"segment": 0, "command": "turn left"}}, 400_000_000)
+    assert done["cancelled"] and done["cancels"] == {"item_id": "item_s1_0_0", "command": "turn left"}
 
 
 def test_early_partial_words_revise_the_transcript_and_retract_command_previews():

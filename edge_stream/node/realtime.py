@@ -288,7 +288,10 @@ class SessionEvents:
             seg.t_known_ns = t_recv_ns
         keys = ("command", "action", "direction", "amount", "unit", "speed", "commands", "cancelled",
                 "not_understood", "confidence", "words")
-        return [{"type": "command.done", "item_id": seg.item_id, **{k: h.get(k) for k in keys},
+        cancels = h.get("cancels")  # a cancel that took back the previous segment's command: name its item
+        taken_back = ({"cancels": {"item_id": self.item_id(cancels["segment"]), "command": cancels.get("command")}}
+                      if isinstance(cancels, dict) and isinstance(cancels.get("segment"), int) else {})
+        return [{"type": "command.done", "item_id": seg.item_id, **{k: h.get(k) for k in keys}, **taken_back,
                  "known_latency_ms": after_end(seg.t_known_ns) if final else None,
                  "latency_ms": after_end(t_recv_ns)}]
 

@@ -166,7 +166,8 @@ function onCommandDone(e) {
   const it = item(e.item_id);
   if (current !== e.item_id) showUtterance(e.item_id);
   let state = "final", text = e.command;
-  if (e.cancelled) { state = "cancelled"; text = "cancelled — nothing to do"; }
+  if (e.cancels) { state = "cancelled"; text = `cancelled — stop “${e.cancels.command}”`; }
+  else if (e.cancelled) { state = "cancelled"; text = "cancelled — nothing to do"; }
   else if (e.not_understood) { state = "not-understood"; text = "Sorry, could you say that again?"; }
   else if (!e.command) { state = "none"; text = "no command"; }
   it.command = {text, state, latency: e.latency_ms, known: e.known_latency_ms};
