@@ -425,3 +425,22 @@ def test_the_recognizer_says_the_pause_and_a_split_utterance_means_what_it_said(
     assert r.words == ["so", "don't", "go"] and r.commands == ["", ""]
     apart = chain(cancel_reach_ms=0)
     assert apart.run(cancel).commands == ["turn left 90 deg", ""] and apart.run(negation).commands == ["", "move forward"]
+
+
+def test_the_report_counts_a_command_taken_back_as_a_motion(chain):
+    """The robot was told to move before the cancel came: the voice report's unasked motion counts it
+    (and says how many were taken back), at the thresholds the command went out at."""
+    from edge_stream.audio import read_wav_float32
+    from edge_stream.cli.voice_report import Case, Heard, set_figures
+
+    audio = read_wav_float32(SPLIT_CANCEL)[0]
+    r = chain().run(audio)
+    case = Case("split", "turn left ninety degrees never mind", audio, len(audio), "", "espeak-ng", "en-us",
+                "clean", "phrase")
+    heard = Heard(case, r.command, r.confidence, r.words, None, r.refused_by, r.taken_back)
+    (_, confidence), = r.taken_back
+    assert heard.published(0.0) == ""  # nothing stands at the end
+    sure = set_figures([heard], threshold=0.0)
+    assert (sure["unasked_motion"], sure["taken_back"], sure["exact"]) == (1, 1, 1.0)
+    unsure = set_figures([heard], threshold=min(1.0, confidence + 1e-3))  # the first command was never published
+    assert (unsure["unasked_motion"], unsure["taken_back"]) == (0, 0)
