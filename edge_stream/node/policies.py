@@ -644,8 +644,7 @@ class RecognizerPolicy(BlockPolicy):
             # The VAD heard speech start: a chained LM still speaking its reply stops (barge-in).
             yield Forward("interrupt", None, {k: extra[k] for k in ("segment",) if k in extra})
         if not session.heard and session.last_speech_end is not None and isinstance(extra.get("start_sample"), int):
-            sr = extra.get("sr") or self.model.manifest.blocking.sample_rate
-            session.pause_ms = round(max(0, extra["start_sample"] - session.last_speech_end) * 1000 / sr, 1)
+            session.pause_ms = round(max(0, extra["start_sample"] - session.last_speech_end) * 1000 / self.sample_rate, 1)
         session.heard = True
         if self.cfg.wait_for_end:
             x = session.blocks.check_chunk(data, sr=extra.get("sr"), trusted=True)  # float32 [n]
@@ -808,6 +807,11 @@ class RecognizerPolicy(BlockPolicy):
                 **({"verifier_words": len(session.check.words)} if session.check is not None else {})}
 
 
+# How long a pause a cancel or a dangling negation reaches across (CommandParserPolicy, "Across segments"):
+# a VAD that ends a segment at a 300 ms pause splits "walk back thirteen meters, forget it" and "so don't, go".
+DEFAULT_CANCEL_REACH_MS = 2000.0
+
+
 @dataclass
 class ParserStream:
     """One stream of the command parser (one utterance at a time), with its launch options."""
@@ -822,7 +826,7 @@ class ParserStream:
     before: int = 0  # words of the previous utterances: a delta's `upto` is before + its word count
     heard_words: set = field(default_factory=set)  # ngram_lm: words heard before a rescoring replaced them (safety check)
     published: str = ""  # the command of the utterance's last delta ("" before any)
-    cancel_reach_ms: float = 0.0  # a cancel, or a negation a segment ended on, reaches across a pause this long
+    cancel_reach_ms: float = DEFAULT_CANCEL_REACH_MS  # a cancel, or a negation a segment ended on, reaches across a pause this long
     in_segment: bool = False  # a word of the present segment has come
     pause_ms: float | None = None  # the present segment's pause_before_ms (None: first segment, or not known)
     carried: list = field(default_factory=list)  # (word, confidence) carried in from the previous segment: its words come first
@@ -847,9 +851,6 @@ class ParserStream:
 # there (58% -> 23%). Re-choose from the report once the recognizer trained on the grammar lands.
 DEFAULT_MIN_CONFIDENCE = 0.5
 PARSER_OPTIONS = ("min_confidence", "wake_word", "grammar_check", "cancel_reach_ms")
-# How long a pause a cancel or a dangling negation reaches across (CommandParserPolicy, "Across segments"):
-# a VAD that ends a segment at a 300 ms pause splits "walk back thirteen meters, forget it" and "so don't, go".
-DEFAULT_CANCEL_REACH_MS = 2000.0
 # Words that keep the robot still (a stop, a negation, a cancel, a question): rescoring must not lose one a recognizer heard.
 SAFETY_WORDS = frozenset(STOP_WORDS + NEGATIONS + CANCEL_WORDS + QUESTION_WORDS)
 # The phrases the recognizer route tries in the best reading (ctc_beam.nbest's `challenges`): one the audio
