@@ -17,8 +17,8 @@ models have none, so their parity (stated in the manifest's parity block) flatte
 Measure a real model's perplexity before using this format for it.
 
 Weights: the builder's symmetric 8-bit blocks (or 4-bit) are dequantised and requantised
-per output channel (symmetric int8, zero point 0): one rounding more than quantising the
-float weights directly, bounded by the block step.
+per output channel (symmetric, zero point 0, in the 7-bit range: see WEIGHT_MAX): one
+rounding more than quantising the float weights directly, bounded by the block step.
 """
 
 from __future__ import annotations
@@ -58,11 +58,15 @@ def nbits_weight(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | No
     return np.ascontiguousarray(w.T)  # [K, N]
 
 
+WEIGHT_MAX = 63  # 7-bit weights: u8 x s8 pair sums fit int16 on AVX2 without VNNI (`export.hf.quantize_int8`)
+
+
 def per_channel_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output channel: (q [K, N] int8, scale [N] float32), w ~ q * scale."""
-    scale = np.abs(w).max(axis=0) / 127.0
+    """Symmetric int8 per output channel in the 7-bit range: (q [K, N] int8, scale [N] float32),
+    w ~ q * scale, |q| <= WEIGHT_MAX."""
+    scale = np.abs(w).max(axis=0) / WEIGHT_MAX
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero column: any scale
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w / scale), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
     return q, scale
 
 
